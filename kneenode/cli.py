@@ -1,0 +1,16 @@
+"""Console-script entry point: ``kneenode``."""
+
+from __future__ import annotations
+
+from kneenode.cli_app import app
+from kneenode.commands import config as _config  # noqa: F401  (registers commands)
+from kneenode.commands import edge as _edge  # noqa: F401
+
+
+def main() -> None:
+    """Run the CLI."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

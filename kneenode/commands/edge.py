@@ -1,0 +1,1 @@
+"""Network edge commands: ``kneenode scp``, ``kneenode echo``, ``kneenode send``."""

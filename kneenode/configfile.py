@@ -1,0 +1,77 @@
+"""Write a commented example ``kneenode.toml`` from the settings tree itself.
+
+The example is generated from the field descriptions and defaults in :mod:`kneenode.settings`, so
+the documentation of every key cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from kneenode.settings import Settings
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Path):
+        return json.dumps(str(value))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if value is None:
+        return '""'
+    return json.dumps(str(value))
+
+
+def _is_section(info: FieldInfo) -> bool:
+    ann = info.annotation
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _emit(model: type[BaseModel], instance: BaseModel, prefix: str, out: list[str]) -> None:
+    sections: list[tuple[str, FieldInfo]] = []
+    for name, info in model.model_fields.items():
+        if _is_section(info):
+            sections.append((name, info))
+            continue
+        value = getattr(instance, name)
+        out.append(f"# {info.description or name}")
+        if value is None or (isinstance(value, list) and value and isinstance(value[0], BaseModel)):
+            out.append(f"# {name} = ")
+        elif isinstance(value, list) and not value and name == "peers":
+            out.append("# [[scp.peers]]  (repeat per peer)")
+            out.append('# ae_title = "PACS"')
+            out.append('# hosts = ["10.0.0.0/24"]')
+            out.append("# quiet_seconds = 30")
+        else:
+            out.append(f"# {name} = {_toml_value(value)}")
+        out.append("")
+    for name, info in sections:
+        full = f"{prefix}.{name}" if prefix else name
+        out.append(f"[{full}]")
+        out.append(f"# {info.description or name}")
+        out.append("")
+        ann = info.annotation
+        assert isinstance(ann, type) and issubclass(ann, BaseModel)  # narrowed by _is_section
+        _emit(ann, getattr(instance, name), full, out)
+
+
+def example_config() -> str:
+    """The commented example configuration (every key, its default, its meaning)."""
+    out = [
+        "# kneenode.toml: every key with its default, commented out. Uncomment what you change.",
+        "# Environment variables override the file: KNEENODE_<SECTION>__<KEY>, e.g.",
+        "# KNEENODE_SCP__PORT=4242. Select this file with --config or KNEENODE_CONFIG.",
+        "",
+    ]
+    _emit(Settings, Settings.model_construct(), "", out)
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,103 @@
+"""One error family for the whole node: a code, a message and a recovery hint.
+
+Codes come from the old web app (extended). Permanent codes are never retried; transient ones are
+retried with a delay by the jobs layer. Errors are values at the edges: the SCP turns them into
+DICOM statuses, the jobs layer into job states.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Job and pipeline error codes (see DESIGN.md)."""
+
+    TIMEOUT = "TIMEOUT"
+    GPU_OOM = "GPU_OOM"
+    FILE_NOT_FOUND = "FILE_NOT_FOUND"
+    INVALID_FORMAT = "INVALID_FORMAT"
+    DICOM_ERROR = "DICOM_ERROR"
+    SEGMENTATION_FAILED = "SEGMENTATION_FAILED"
+    NSM_FAILED = "NSM_FAILED"
+    CONFIG_ERROR = "CONFIG_ERROR"
+    PIPELINE_ERROR = "PIPELINE_ERROR"
+    NOT_KNEE = "NOT_KNEE"
+    NOT_SELECTED = "NOT_SELECTED"
+    SEND_FAILED = "SEND_FAILED"
+
+
+HINTS: dict[ErrorCode, str] = {
+    ErrorCode.TIMEOUT: "The stage ran past its time limit; check the worker's load or raise the "
+    "stage time limit, then `kneenode retry ID`.",
+    ErrorCode.GPU_OOM: "The GPU ran out of memory; lower the tile batch size or use a larger GPU, "
+    "then retry.",
+    ErrorCode.FILE_NOT_FOUND: "A file of the job is missing; check that the spool and job folders "
+    "are on shared storage for all workers.",
+    ErrorCode.INVALID_FORMAT: "The series is not a usable 3-D volume; resend a complete series "
+    "with consistent geometry.",
+    ErrorCode.DICOM_ERROR: "A DICOM file could not be read or written; check the sender's "
+    "transfer syntax and the file.",
+    ErrorCode.SEGMENTATION_FAILED: "The segmentation model failed on this series; check the model "
+    "folder and the input contrast.",
+    ErrorCode.NSM_FAILED: "The shape model fit failed; the other results are still valid.",
+    ErrorCode.CONFIG_ERROR: "The node's configuration is invalid for this job; fix kneenode.toml "
+    "and retry.",
+    ErrorCode.PIPELINE_ERROR: "An unexpected error; see the job events and logs, then retry.",
+    ErrorCode.NOT_KNEE: "The series does not look like a knee MRI; adjust the selection rules if "
+    "it should be processed.",
+    ErrorCode.NOT_SELECTED: "The series did not match the selection rules (see the reason).",
+    ErrorCode.SEND_FAILED: "The destination did not accept the results; check it is up, then "
+    "`kneenode retry ID --from-stage deliver`.",
+}
+
+PERMANENT: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.INVALID_FORMAT,
+        ErrorCode.NOT_KNEE,
+        ErrorCode.NOT_SELECTED,
+        ErrorCode.CONFIG_ERROR,
+        ErrorCode.DICOM_ERROR,
+        ErrorCode.SEGMENTATION_FAILED,
+        ErrorCode.NSM_FAILED,
+    }
+)
+
+
+class NodeError(Exception):
+    """An error with a code, a message and a recovery hint.
+
+    Parameters
+    ----------
+    code
+        One of :class:`ErrorCode`.
+    message
+        What went wrong, specific to this case (never patient names or IDs).
+    hint
+        What the operator can do; defaults to the code's standard hint.
+    retryable
+        Whether the jobs layer should retry; defaults to ``code not in PERMANENT``.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        hint: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = ErrorCode(code)
+        self.message = message
+        self.hint = hint if hint is not None else HINTS[self.code]
+        self.retryable = retryable if retryable is not None else self.code not in PERMANENT
+
+    def as_dict(self) -> dict[str, object]:
+        """The error as stored in a job record."""
+        return {
+            "code": str(self.code),
+            "message": self.message,
+            "hint": self.hint,
+            "retryable": self.retryable,
+        }

@@ -1,0 +1,210 @@
+"""One typed settings tree for the whole node.
+
+Every default lives here, with a description per field. Values come from, in order of precedence:
+``KNEENODE_*`` environment variables (nested with ``__``, e.g. ``KNEENODE_SCP__PORT=4242``), the
+TOML file named by ``--config`` / ``KNEENODE_CONFIG``, then these defaults. An invalid value stops
+the node with one message naming the key (:func:`load_settings` raises :class:`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "KNEENODE_CONFIG"
+
+
+class Section(BaseModel):
+    """Base of every settings section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PeerSettings(Section):
+    """A sending peer (PACS, scanner) allowed to associate."""
+
+    ae_title: str = Field(description="Calling AE title of the peer (exact match).")
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="IP addresses or CIDR networks the peer may connect from; empty = any address.",
+    )
+    quiet_seconds: float | None = Field(
+        default=None, description="Series completion quiet period for this peer (overrides completion)."
+    )
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        return _check_ae(v)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for h in v:
+            ipaddress.ip_network(h, strict=False)  # raises ValueError with the bad value
+        return v
+
+
+class TlsSettings(Section):
+    """DICOM TLS for the SCP (and the SCU when a destination asks for it)."""
+
+    enabled: bool = Field(default=False, description="Serve DICOM over TLS instead of plain TCP.")
+    cert: Path | None = Field(default=None, description="PEM certificate of this node.")
+    key: Path | None = Field(default=None, description="PEM private key of this node.")
+    ca: Path | None = Field(default=None, description="PEM CA bundle used to verify peers.")
+    require_client_cert: bool = Field(
+        default=False, description="Reject peers that present no certificate signed by `ca`."
+    )
+
+
+class ScpSettings(Section):
+    """The Storage SCP: who may send, and how the network edge behaves."""
+
+    ae_title: str = Field(default="KNEENODE", description="AE title this node answers to.")
+    host: str = Field(default="0.0.0.0", description="Address the SCP listens on.")
+    port: int = Field(default=11112, ge=0, le=65535, description="TCP port of the SCP (0 = any free port).")
+    require_called_ae: bool = Field(
+        default=False, description="Reject associations whose called AE title is not `ae_title`."
+    )
+    allow_any: bool = Field(
+        default=False,
+        description="Accept any calling AE from any address (demos only; hospitals list `peers`).",
+    )
+    peers: list[PeerSettings] = Field(
+        default_factory=list, description="Allow-list of calling AE titles with optional addresses."
+    )
+    max_associations: int = Field(default=8, ge=1, description="Concurrent associations accepted.")
+    acse_timeout: float = Field(default=30, gt=0, description="Association negotiation timeout (s).")
+    dimse_timeout: float = Field(default=60, gt=0, description="DIMSE message timeout (s).")
+    network_timeout: float = Field(default=120, gt=0, description="Idle network timeout (s).")
+    max_pdu: int = Field(default=262144, ge=0, description="Maximum PDU length we receive (0 = unlimited).")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="DICOM TLS.")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        return _check_ae(v)
+
+
+class SpoolSettings(Section):
+    """The durable spool where every received instance is written before it is acknowledged."""
+
+    min_free_bytes: int = Field(
+        default=5 * 1024**3, ge=0, description="Refuse new instances (0xA700) below this free space."
+    )
+    min_free_percent: float = Field(
+        default=5.0, ge=0, le=100, description="Refuse new instances below this free percentage."
+    )
+    fsync: bool = Field(default=True, description="fsync each instance before answering Success.")
+
+
+class CompletionSettings(Section):
+    """When a series counts as complete."""
+
+    quiet_seconds: float = Field(
+        default=20, gt=0, description="A series is complete after this long with no new instance."
+    )
+    poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the completion monitor looks for quiet series."
+    )
+
+
+class LoggingSettings(Section):
+    """Logs: structured, with UIDs and job IDs, never patient names or IDs."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    format: Literal["console", "json"] = Field(default="console", description="Human or JSON lines.")
+
+
+class Settings(BaseSettings):
+    """Root of the settings tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KNEENODE_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    data_dir: Path = Field(
+        default=Path("data"), description="Folder for the spool, job folders and embedded redis data."
+    )
+    scp: ScpSettings = Field(default_factory=ScpSettings, description="Storage SCP.")
+    spool: SpoolSettings = Field(default_factory=SpoolSettings, description="Durable spool.")
+    completion: CompletionSettings = Field(
+        default_factory=CompletionSettings, description="Series completion."
+    )
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+
+    @property
+    def spool_dir(self) -> Path:
+        """Root of the spool (``incoming/`` and the spool's own temp folder live under it)."""
+        return self.data_dir / "spool"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_ENV)
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+
+class SettingsError(Exception):
+    """A configuration problem, already phrased for the operator (names the key)."""
+
+
+def _check_ae(v: str) -> str:
+    if not 0 < len(v) <= 16 or not v.isascii() or "\\" in v or v != v.strip():
+        raise ValueError("an AE title has 1-16 ASCII characters, no backslash, no edge spaces")
+    return v
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate the settings; raise :class:`SettingsError` naming the bad key.
+
+    ``config`` (the ``--config`` option) wins over ``KNEENODE_CONFIG``.
+    """
+    previous = os.environ.get(CONFIG_ENV)
+    try:
+        if config is not None:
+            if not Path(config).is_file():
+                raise SettingsError(f"config file not found: {config}")
+            os.environ[CONFIG_ENV] = str(config)
+        elif previous and not Path(previous).is_file():
+            raise SettingsError(f"config file not found: {previous} (from {CONFIG_ENV})")
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    except ValueError as exc:  # TOML syntax errors
+        raise SettingsError(f"cannot read config: {exc}") from None
+    finally:
+        if config is not None:
+            if previous is None:
+                os.environ.pop(CONFIG_ENV, None)
+            else:
+                os.environ[CONFIG_ENV] = previous
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"invalid setting '{key}': {err['msg']}{shown}")
+    return "; ".join(lines)
