@@ -119,6 +119,70 @@ class CompletionSettings(Section):
     )
 
 
+DEMO_MODEL_DIR = (
+    Path(__file__).resolve().parent.parent
+    / "models"
+    / "phantom_demo"
+    / "Dataset990_KneePhantomDemo"
+    / "nnUNetTrainer__nnUNetResEncUNetPhantomDemoPlans__3d_fullres"
+)
+
+
+class SegmentSettings(Section):
+    """The nnU-Net v2 segmentation model (see docs/segmentation.md)."""
+
+    model_dir: Path = Field(
+        default=DEMO_MODEL_DIR,
+        description="nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_N/), or its "
+        "dataset folder (then trainer/plans/configuration name the subfolder). Default: the "
+        "committed PHANTOM DEMO model, not for clinical use.",
+    )
+    trainer: str = Field(default="nnUNetTrainer", description="Trainer name in the folder name.")
+    plans: str = Field(default="nnUNetResEncUNetMPlans", description="Plans name in the folder name.")
+    configuration: str = Field(
+        default="3d_fullres",
+        description="3d_fullres, 3d_lowres or 3d_cascade_fullres (runs its 3d_lowres stage first).",
+    )
+    lowres_model_dir: str = Field(
+        default="",
+        description="Trained-model folder of the 3d_lowres stage of a cascade; empty = the sibling "
+        "folder <trainer>__<plans>__3d_lowres.",
+    )
+    folds: list[str] = Field(
+        default_factory=list,
+        description="Folds to ensemble (e.g. [\"0\", \"1\"] or [\"all\"]); empty = every fold_N "
+        "folder that holds the checkpoint.",
+    )
+    checkpoint: str = Field(
+        default="checkpoint_final.pth",
+        description="Checkpoint file in each fold folder (the old pipeline used checkpoint_best.pth).",
+    )
+    tta: bool = Field(default=False, description="Mirroring test-time augmentation (8 flips in 3-D).")
+    tile_step_size: float = Field(
+        default=0.5, gt=0, le=1, description="Sliding-window step as a fraction of the patch size."
+    )
+    tile_batch_size: int = Field(default=4, ge=1, description="Tiles per network forward pass.")
+    device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda or cuda:N.")
+    mixed_precision: bool = Field(
+        default=True, description="fp16 autocast on CUDA (ignored on CPU, where it is slower)."
+    )
+    postprocess: bool = Field(
+        default=True,
+        description="Keep the largest connected component per structure; fill holes in bones.",
+    )
+    allow_pickle: bool = Field(
+        default=False,
+        description="Load checkpoints that the weights-only unpickler refuses (runs pickled code: "
+        "only for model folders you trust).",
+    )
+
+
+DEFAULT_KNEE_PATTERN = (
+    r"(?<![a-z])(knee|knie|genou|rodilla|ginocchio|joelho|kolano|kn[äa]|polvi|polv|koleno|"
+    r"q?dess|cube|space|pd[ _-]*3d|3d[ _-]*pd)(?![a-z])"
+)
+
+
 class LoggingSettings(Section):
     """Logs: structured, with UIDs and job IDs, never patient names or IDs."""
 
@@ -142,6 +206,9 @@ class Settings(BaseSettings):
         default_factory=CompletionSettings, description="Series completion."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    segment: SegmentSettings = Field(
+        default_factory=SegmentSettings, description="nnU-Net v2 segmentation model."
+    )
 
     @property
     def spool_dir(self) -> Path:

@@ -1,0 +1,182 @@
+"""In-memory nnU-Net v2 prediction: preprocessing, batched sliding window, export to a label map.
+
+What is nnU-Net's own code: the preprocessor of the plans (``run_case_npy``: transpose, crop to
+non-zero, normalisation, resampling), the sliding-window steps and Gaussian weights
+(``compute_steps_for_sliding_window``, ``compute_gaussian``), padding (``pad_nd_image``), the
+cascade's one-hot input (``convert_labelmap_to_one_hot``) and the export back to the input grid
+(``convert_predicted_logits_to_segmentation_with_correct_shape``). What is ours: tiles are batched
+(``segment.tile_batch_size``) and their flips for TTA share one forward pass, logits accumulate in
+float32 on the device, fp16 autocast on CUDA, one network per fold kept on the device (no
+``load_state_dict`` per case), and the argmax runs on the device when no resampling is needed.
+Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+from acvl_utils.cropping_and_padding.padding import pad_nd_image
+from nnunetv2.inference.export_prediction import (
+    convert_predicted_logits_to_segmentation_with_correct_shape,
+)
+from nnunetv2.inference.sliding_window_prediction import (
+    compute_gaussian,
+    compute_steps_for_sliding_window,
+)
+from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
+
+from kneenode.errors import ErrorCode, NodeError
+from pipeline.segment.model import LoadedModel
+
+#: progress(done, total) called after each batch of tiles.
+Progress = Callable[[int, int], None]
+
+
+def tile_slices(shape: Sequence[int], patch: Sequence[int], step: float) -> list[tuple[slice, ...]]:
+    """The spatial tiles nnU-Net visits for an (already padded) image of ``shape``."""
+    steps = compute_steps_for_sliding_window(tuple(shape), tuple(patch), step)
+    return [
+        tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in itertools.product(*steps)
+    ]
+
+
+def _batches(items: list[tuple[slice, ...]], size: int) -> Iterator[list[tuple[slice, ...]]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _flip_sets(mirror_axes: tuple[int, ...] | None, enabled: bool) -> list[tuple[int, ...]]:
+    """Axis combinations for mirroring TTA (spatial axes of a 5-D batch), identity first."""
+    if not enabled or not mirror_axes:
+        return [()]
+    axes = [a + 2 for a in mirror_axes]
+    return [()] + [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
+
+
+def _forward(
+    network: torch.nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]]
+) -> torch.Tensor:
+    """Network output averaged over the flips; all flips of the batch in one forward pass."""
+    if len(flips) == 1:
+        return network(x).float()
+    stacked = torch.cat([torch.flip(x, f) if f else x for f in flips])
+    out = network(stacked).float()
+    n = x.shape[0]
+    total = torch.zeros_like(out[:n])
+    for i, f in enumerate(flips):
+        part = out[i * n : (i + 1) * n]
+        total += torch.flip(part, f) if f else part
+    return total / len(flips)
+
+
+@torch.inference_mode()
+def sliding_window_logits(
+    model: LoadedModel, data: torch.Tensor, progress: Progress | None = None
+) -> torch.Tensor:
+    """Logits (classes, *spatial) for preprocessed ``data`` (channels, *spatial), on the device.
+
+    Tiles are weighted by nnU-Net's Gaussian and averaged over folds and TTA flips.
+    """
+    settings, device = model.settings, model.device
+    patch = model.patch_size
+    padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+    padded = padded.to(device)
+    tiles = tile_slices(padded.shape[1:], patch, settings.tile_step_size)
+    gaussian = compute_gaussian(
+        patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32, device=device
+    )
+    n_classes = model.label_manager.num_segmentation_heads
+    logits = torch.zeros((n_classes, *padded.shape[1:]), dtype=torch.float32, device=device)
+    weights = torch.zeros(padded.shape[1:], dtype=torch.float32, device=device)
+    flips = _flip_sets(model.mirror_axes, settings.tta)
+    use_amp = device.type == "cuda" and settings.mixed_precision
+    amp = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
+    total = len(tiles) * len(model.networks)
+    done = 0
+    with amp:
+        for network in model.networks:
+            for batch in _batches(tiles, settings.tile_batch_size):
+                x = torch.stack([padded[(slice(None), *s)] for s in batch])
+                out = _forward(network, x, flips)
+                for k, s in enumerate(batch):
+                    logits[(slice(None), *s)] += out[k] * gaussian
+                    weights[s] += gaussian
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
+    logits /= weights
+    if not torch.isfinite(logits).all():
+        raise NodeError(ErrorCode.SEGMENTATION_FAILED, "the network produced non-finite logits")
+    return logits[(slice(None), *revert[1:])]
+
+
+def preprocess(
+    model: LoadedModel,
+    image: np.ndarray,
+    spacing: Sequence[float],
+    previous_seg: np.ndarray | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """nnU-Net's preprocessing of one single-channel volume (array axes as nnU-Net reads them)."""
+    preprocessor = model.configuration_manager.preprocessor_class(verbose=False)
+    seg = None if previous_seg is None else previous_seg[None].astype(np.int16)
+    data, seg_out, props = preprocessor.run_case_npy(
+        image[None].astype(np.float32, copy=False),
+        seg,
+        {"spacing": [float(s) for s in spacing]},
+        model.plans_manager,
+        model.configuration_manager,
+        model.dataset_json,
+    )
+    if previous_seg is not None:
+        onehot = convert_labelmap_to_one_hot(
+            seg_out[0], model.label_manager.foreground_labels, data.dtype
+        )
+        data = np.vstack((data, onehot))
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), props
+
+
+def logits_to_native(model: LoadedModel, logits: torch.Tensor, props: dict) -> np.ndarray:
+    """Native label map on the input grid (undo resampling, cropping and transpose)."""
+    if tuple(logits.shape[1:]) == tuple(props["shape_after_cropping_and_before_resampling"]):
+        # no resampling: argmax on the device, then nnU-Net's crop reversal and transpose
+        seg = model.label_manager.convert_logits_to_segmentation(logits)
+        seg = seg.to("cpu").numpy() if isinstance(seg, torch.Tensor) else np.asarray(seg)
+        full = np.zeros(props["shape_before_cropping"], dtype=np.uint8)
+        full = insert_crop_into_image(full, seg.astype(np.uint8), props["bbox_used_for_cropping"])
+        return np.ascontiguousarray(full.transpose(model.plans_manager.transpose_backward))
+    seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits.to("cpu"),
+        model.plans_manager,
+        model.configuration_manager,
+        model.label_manager,
+        props,
+        return_probabilities=False,
+        num_threads_torch=max(1, torch.get_num_threads()),
+    )
+    return np.ascontiguousarray(np.asarray(seg), dtype=np.uint8)
+
+
+def predict_native(
+    model: LoadedModel,
+    image: np.ndarray,
+    spacing: Sequence[float],
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Native labels for ``image`` (z, y, x as SimpleITK gives it; ``spacing`` in that order).
+
+    A cascade runs its 3d_lowres stage first and feeds that label map to the full-resolution
+    stage, as nnU-Net does.
+    """
+    if image.ndim != 3:
+        raise NodeError(ErrorCode.INVALID_FORMAT, f"expected a 3-D volume, got shape {image.shape}")
+    previous = None
+    if model.previous is not None:
+        previous = predict_native(model.previous, image, spacing, progress)
+    data, props = preprocess(model, image, spacing, previous)
+    logits = sliding_window_logits(model, data, progress)
+    return logits_to_native(model, logits, props)
