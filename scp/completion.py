@@ -1,0 +1,147 @@
+"""Series completion: a series is complete after a quiet period with no new instance.
+
+The monitor is a thread of the SCP process. Each poll it (1) finishes any complete version that
+lacks its summary or announcement (a crash between the steps), then (2) closes every open series
+that has been quiet long enough: one atomic rename into ``complete/``, a ``summary.json``, then
+the ``on_complete`` hand-off, then the ``announced`` marker. All state is in the spool, so a
+restart resumes exactly here. Instances arriving after completion start a new open series that
+becomes the next version, linked to the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from kneenode.logs import get_logger
+from kneenode.settings import Settings
+from scp import metrics
+from scp.announce import CompletedSeries, OnComplete
+from scp.spool import SeriesKey, Spool, read_events, write_json_atomic
+from scp.summary import summarize_series
+
+log = get_logger(__name__)
+
+SUMMARY = "summary.json"
+ANNOUNCED = "announced"
+
+
+def quiet_seconds_for(settings: Settings, calling_ae: str) -> float:
+    """The quiet period for a series from ``calling_ae`` (per-peer override or the default)."""
+    for peer in settings.scp.peers:
+        if peer.ae_title == calling_ae and peer.quiet_seconds is not None:
+            return peer.quiet_seconds
+    return settings.completion.quiet_seconds
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+class CompletionMonitor:
+    """Closes quiet series and announces complete versions (see module docstring)."""
+
+    def __init__(self, spool: Spool, settings: Settings, on_complete: OnComplete) -> None:
+        self.spool = spool
+        self.settings = settings
+        self.on_complete = on_complete
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Run :meth:`poll_once` every ``completion.poll_seconds`` in a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="completion", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop polling (the current poll finishes first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001 - the monitor must outlive any one bad series
+                log.exception("completion poll failed")
+            self._stop.wait(self.settings.completion.poll_seconds)
+
+    def poll_once(self, now: float | None = None) -> list[CompletedSeries]:
+        """One pass: recover unfinished versions, close quiet series. Returns those announced."""
+        announced = [s for s in map(self._finish, self._unfinished()) if s is not None]
+        now = time.time() if now is None else now
+        for key in self.spool.open_series():
+            version_dir = self._close_if_quiet(key, now)
+            if version_dir is not None:
+                series = self._finish(version_dir)
+                if series is not None:
+                    announced.append(series)
+        return announced
+
+    def _unfinished(self) -> list[Path]:
+        return [p for _, _, p in self.spool.complete_versions() if not (p / ANNOUNCED).exists()]
+
+    def _close_if_quiet(self, key: SeriesKey, now: float) -> Path | None:
+        folder = self.spool.incoming_dir(key)
+        with self.spool.locked(key):
+            if not folder.is_dir():
+                return None
+            source = _read_json(folder / "source.json")
+            quiet = quiet_seconds_for(self.settings, str(source.get("calling_ae", "")))
+            if now - self.spool.last_activity(key) < quiet:
+                return None
+            version, dest = self.spool.close_series(key)
+        metrics.SERIES_COMPLETED.inc()
+        if version > 1:
+            metrics.LATE_ARRIVALS.inc()
+        log.info("series complete", study_uid=key.study_uid, series_uid=key.series_uid,
+                 version=version, quiet_seconds=quiet)
+        return dest
+
+    def _finish(self, version_dir: Path) -> CompletedSeries | None:
+        """Write the summary if missing, announce, mark announced. Idempotent."""
+        summary_path = version_dir / SUMMARY
+        summary = _read_json(summary_path)
+        if not summary:
+            summary = self._build_summary(version_dir)
+            write_json_atomic(summary_path, summary)
+        series = CompletedSeries(
+            study_uid=summary["study_uid"], series_uid=summary["series_uid"],
+            version=int(summary["version"]), path=version_dir, summary=summary,
+        )
+        try:
+            self.on_complete(series)
+        except Exception:  # noqa: BLE001 - stays complete on disk; announced again next poll
+            log.exception("announcing a complete series failed; will retry",
+                          series_uid=series.series_uid, version=series.version)
+            return None
+        write_json_atomic(version_dir / ANNOUNCED, {"time": time.time()})
+        return series
+
+    def _build_summary(self, version_dir: Path) -> dict:
+        source = _read_json(version_dir / "source.json")
+        summary = summarize_series(version_dir)
+        version = int(version_dir.name[1:])
+        study_uid, series_uid = version_dir.parent.parent.name, version_dir.parent.name
+        previous = source.get("previous_version")
+        summary.update(
+            study_uid=summary["study_uid"] or study_uid,
+            series_uid=summary["series_uid"] or series_uid,
+            version=version,
+            previous_version=previous,
+            previous_path=str(version_dir.parent / f"v{previous}") if previous else None,
+            late_arrival=bool(previous),
+            calling_ae=source.get("calling_ae", ""),
+            called_ae=source.get("called_ae", ""),
+            address=source.get("address", ""),
+            first_received=source.get("first_received"),
+            completed=time.time(),
+            events=read_events(version_dir),
+        )
+        return summary

@@ -1,0 +1,134 @@
+"""The Storage SCP process: pynetdicom server + spool + completion monitor.
+
+:func:`start_scp` is what ``kneenode scp`` and ``kneenode serve`` call. It is the only place with
+process-wide pynetdicom settings (chunked receive, temp folder on the spool's filesystem), set at
+start, never at import.
+"""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from kneenode.logs import get_logger
+from kneenode.settings import Settings, TlsSettings
+from scp.announce import OnComplete
+from scp.completion import CompletionMonitor
+from scp.handlers import handle_echo, handle_requested, handle_store
+from scp.spool import Spool
+
+log = get_logger(__name__)
+
+
+def accepted_transfer_syntaxes() -> list[str]:
+    """Every transfer syntax pydicom can decode here, uncompressed first.
+
+    Compressed syntaxes come from pydicom's decoder registry, so installing a decoder plugin
+    (pylibjpeg-*, pyjpegls, gdcm) widens what the SCP accepts without code changes.
+    """
+    native = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+              ExplicitVRBigEndian]
+    compressed = [uid for uid, decoder in _PIXEL_DATA_DECODERS.items()
+                  if uid not in native and decoder[0].is_available]
+    return [str(u) for u in native] + sorted(str(u) for u in compressed)
+
+
+def tls_context(tls: TlsSettings) -> ssl.SSLContext | None:
+    """Server-side TLS context from the settings (None when TLS is off)."""
+    if not tls.enabled:
+        return None
+    if tls.cert is None or tls.key is None:
+        raise ValueError("scp.tls.enabled needs scp.tls.cert and scp.tls.key")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls.ca)
+    ctx.load_cert_chain(tls.cert, tls.key)
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    if tls.ca is None:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def build_ae(settings: Settings) -> AE:
+    """The application entity with every storage SOP class, C-ECHO and the timeouts."""
+    ae = AE(ae_title=settings.scp.ae_title)
+    syntaxes = accepted_transfer_syntaxes()
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, syntaxes)
+    ae.add_supported_context(Verification)
+    ae.maximum_associations = settings.scp.max_associations
+    ae.acse_timeout = settings.scp.acse_timeout
+    ae.dimse_timeout = settings.scp.dimse_timeout
+    ae.network_timeout = settings.scp.network_timeout
+    ae.maximum_pdu_size = settings.scp.max_pdu
+    return ae
+
+
+@dataclass
+class ScpHandle:
+    """A running SCP. ``stop()`` is graceful: no new associations, in-flight ones finish."""
+
+    ae: AE
+    server: ThreadedAssociationServer
+    monitor: CompletionMonitor
+    spool: Spool
+    port: int
+    _stopped: bool = field(default=False)
+
+    def stop(self, grace_seconds: float = 30) -> None:
+        """Stop listening, let active associations finish (up to ``grace_seconds``), then stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.server.shutdown()  # closes the listening socket; running associations continue
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and any(
+            a.is_established for a in self.server.active_associations
+        ):
+            time.sleep(0.05)
+        for assoc in self.server.active_associations:
+            if assoc.is_established:  # still busy after the grace period
+                log.warning("aborting association still open at shutdown",
+                            calling_ae=str(assoc.requestor.ae_title))
+            assoc.abort()  # also idle connections that never sent an A-ASSOCIATE-RQ
+        self.monitor.stop()
+        log.info("storage SCP stopped")
+
+
+def start_scp(settings: Settings, on_complete: OnComplete) -> ScpHandle:
+    """Start the Storage SCP and its completion monitor (non-blocking)."""
+    spool = Spool(settings.spool_dir, fsync=settings.spool.fsync)
+    for stale in spool.tmp.iterdir():  # never acknowledged: a crash mid-receive
+        stale.unlink(missing_ok=True)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(spool.tmp)  # pynetdicom's NamedTemporaryFile lands on the spool fs
+    ae = build_ae(settings)
+    handlers = [
+        (evt.EVT_REQUESTED, handle_requested, [settings]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [spool, settings]),
+    ]
+    server = ae.start_server(
+        (settings.scp.host, settings.scp.port),
+        block=False,
+        evt_handlers=handlers,
+        ssl_context=tls_context(settings.scp.tls),
+    )
+    port = int(server.server_address[1])
+    monitor = CompletionMonitor(spool, settings, on_complete)
+    monitor.start()
+    log.info("storage SCP listening", ae_title=settings.scp.ae_title, host=settings.scp.host,
+             port=port, spool=str(spool.root), tls=settings.scp.tls.enabled)
+    return ScpHandle(ae=ae, server=server, monitor=monitor, spool=spool, port=port)

@@ -1,0 +1,103 @@
+"""Run a real kneenode process (``kneenode scp`` / ``serve``) for tests, configured by TOML."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.procs import free_port, port_open, start, stop, wait_for
+
+KNEENODE = str(Path(sys.executable).with_name("kneenode"))
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def write_toml(path: Path, config: dict[str, Any]) -> None:
+    """Write a (two-level) TOML file; lists of dicts become arrays of tables."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {toml_value(value)}")
+    for name, table in tables:
+        arrays = {k: v for k, v in table.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+        subs = {k: v for k, v in table.items() if isinstance(v, dict)}
+        lines.append(f"\n[{name}]")
+        for k, v in table.items():
+            if k not in arrays and k not in subs:
+                lines.append(f"{k} = {toml_value(v)}")
+        for k, v in subs.items():
+            lines.append(f"\n[{name}.{k}]")
+            lines.extend(f"{kk} = {toml_value(vv)}" for kk, vv in v.items())
+        for k, items in arrays.items():
+            for item in items:
+                lines.append(f"\n[[{name}.{k}]]")
+                lines.extend(f"{kk} = {toml_value(vv)}" for kk, vv in item.items())
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@dataclass
+class Node:
+    """A kneenode process under test."""
+
+    root: Path
+    config: dict[str, Any]
+    command: str = "scp"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def spool(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "kneenode.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / f"{self.command}.log"
+
+    def start(self, timeout: float = 60) -> Node:
+        cfg = {"data_dir": str(self.data_dir), **self.config}
+        scp = {"host": "127.0.0.1", "port": self.port, **cfg.get("scp", {})}
+        cfg["scp"] = scp
+        cfg.setdefault("spool", {}).setdefault("min_free_bytes", 0)
+        cfg["spool"].setdefault("min_free_percent", 0)
+        write_toml(self.config_path, cfg)
+        env = {**os.environ, "KNEENODE_CONFIG": str(self.config_path)}
+        self.proc = start([KNEENODE, self.command], log=self.log_path, env=env)
+        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, timeout,
+                 what="the node to listen")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"node exited early:\n{self.log_path.read_text()}")
+        return self
+
+    def stop(self) -> int:
+        return stop(self.proc) if self.proc else 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def versions(self, study_uid: str, series_uid: str) -> list[Path]:
+        folder = self.spool / "complete" / study_uid / series_uid
+        return sorted(folder.glob("v*")) if folder.exists() else []
