@@ -1,0 +1,76 @@
+"""Write a phantom to disk: ``OUT/dicom/``, ``OUT/truth/labels.nii.gz``, ``subregions.nii.gz``, truth.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from pydicom.uid import ExplicitVRLittleEndian
+
+from pipeline.phantom.build import Phantom
+from pipeline.phantom.dicom_writer import write_dicom_series
+from pipeline.phantom.pose import ImageGrid
+
+
+@dataclass(frozen=True)
+class PhantomPaths:
+    """Where :func:`write_phantom` put things."""
+
+    root: Path
+    dicom_dir: Path
+    dicom_files: tuple[Path, ...]
+    labels: Path
+    subregions: Path
+    truth_json: Path
+
+
+def grid_image(array: np.ndarray, grid: ImageGrid) -> sitk.Image:
+    """A SimpleITK image of a ``[k, j, i]`` array with the grid's geometry."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    img.SetSpacing(grid.spacing)
+    img.SetOrigin(grid.origin)
+    img.SetDirection(grid.direction)
+    return img
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_phantom(
+    phantom: Phantom, out_dir: str | Path, *, transfer_syntax: str = ExplicitVRLittleEndian
+) -> PhantomPaths:
+    """Write the DICOM series, the truth label maps and truth.json under ``out_dir``."""
+    root = Path(out_dir)
+    dicom_dir, truth_dir = root / "dicom", root / "truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    files = write_dicom_series(phantom, dicom_dir, transfer_syntax=transfer_syntax)
+    labels = truth_dir / "labels.nii.gz"
+    subregions = truth_dir / "subregions.nii.gz"
+    sitk.WriteImage(grid_image(phantom.labels, phantom.grid), str(labels), useCompression=True)
+    sitk.WriteImage(grid_image(phantom.subregions, phantom.grid), str(subregions), useCompression=True)
+    truth = dict(phantom.truth)
+    truth["files"] = {
+        "dicom_dir": "dicom",
+        "labels": "truth/labels.nii.gz",
+        "subregions": "truth/subregions.nii.gz",
+        "instances": len(files),
+    }
+    truth_json = truth_dir / "truth.json"
+    _atomic_write_text(truth_json, json.dumps(truth, indent=2, sort_keys=False) + "\n")
+    return PhantomPaths(root=root, dicom_dir=dicom_dir, dicom_files=tuple(files), labels=labels,
+                        subregions=subregions, truth_json=truth_json)

@@ -1,0 +1,128 @@
+"""Ground truth of a phantom: label maps from materials, continuous volumes, truth.json content.
+
+Volumes: ``volumes_ml`` are the volumes of the continuous (analytic) anatomy inside the field of
+view, integrated exactly for voxels whose 6-neighbourhood holds one label and with 3x3x3 (default)
+sub-samples for voxels on a label boundary; ``label_volumes_ml`` are the voxel counts of
+``labels.nii.gz`` times the voxel volume. Thickness truth is the configured thickness of each
+region (exact along bone-surface normals, see :mod:`pipeline.phantom.geometry`). T2 truth is the
+configured T2 per region (uniform through the depth, so deep = superficial = mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from pipeline.phantom import geometry as g
+from pipeline.phantom.pose import ImageGrid
+
+#: Canonical labels (DESIGN.md) -> result-key prefix (as the encoders and results.json use).
+LABEL_KEYS: dict[int, str] = {
+    1: "femur",
+    2: "tibia",
+    3: "patella",
+    4: "fem_cart",
+    5: "med_tib_cart",
+    6: "lat_tib_cart",
+    7: "pat_cart",
+    8: "med_men",
+    9: "lat_men",
+}
+
+_LABEL_OF_MATERIAL = np.zeros(g.N_MATERIALS, dtype=np.uint8)
+for _c in range(1, 10):
+    _LABEL_OF_MATERIAL[_c] = _c
+for _c in (g.ANT_FEM, g.MED_WB_FEM, g.LAT_WB_FEM, g.MED_POST_FEM, g.LAT_POST_FEM):
+    _LABEL_OF_MATERIAL[_c] = g.FEM_CART
+
+_SUBREGION_OF_MATERIAL = _LABEL_OF_MATERIAL.copy()
+for _c in (g.ANT_FEM, g.MED_WB_FEM, g.LAT_WB_FEM, g.MED_POST_FEM, g.LAT_POST_FEM):
+    _SUBREGION_OF_MATERIAL[_c] = _c
+
+
+def labels_from_material(material: np.ndarray) -> np.ndarray:
+    """Canonical label map (0-9) from a material map."""
+    return _LABEL_OF_MATERIAL[material]
+
+
+def subregions_from_material(material: np.ndarray) -> np.ndarray:
+    """Label map with femoral cartilage split into its subregions 11-15."""
+    return _SUBREGION_OF_MATERIAL[material]
+
+
+def boundary_mask(labels: np.ndarray) -> np.ndarray:
+    """Voxels whose label differs from one of their 6 neighbours (either side of a boundary)."""
+    b = np.zeros(labels.shape, dtype=bool)
+    for axis in range(3):
+        a = [slice(None)] * 3
+        c = [slice(None)] * 3
+        a[axis], c[axis] = slice(1, None), slice(None, -1)
+        diff = labels[tuple(a)] != labels[tuple(c)]
+        b[tuple(a)] |= diff
+        b[tuple(c)] |= diff
+    return b
+
+
+def integrate_volumes(
+    labels: np.ndarray,
+    grid: ImageGrid,
+    label_at: Callable[[np.ndarray], np.ndarray],
+    *,
+    sub: int = 3,
+    chunk: int = 100_000,
+) -> dict[int, float]:
+    """Continuous volume (mm^3) of labels 1-9 inside the field of view.
+
+    ``label_at`` maps continuous voxel indices (N, 3; i, j, k) to canonical labels. Boundary voxels are sub-sampled
+    ``sub``^3 times; the others count whole.
+    """
+    voxel = float(np.prod(grid.spacing))
+    bnd = boundary_mask(labels)
+    counts = np.bincount(labels[~bnd].ravel(), minlength=10)[:10].astype(np.float64)
+    kji = np.argwhere(bnd)
+    offs = (np.arange(sub) + 0.5) / sub - 0.5
+    oi, oj, ok = np.meshgrid(offs, offs, offs, indexing="ij")
+    sub_off = np.stack([oi.ravel(), oj.ravel(), ok.ravel()], axis=1)  # (i, j, k) offsets
+    per = sub**3
+    for start in range(0, len(kji), chunk):
+        part = kji[start:start + chunk]
+        idx = part[:, ::-1].astype(np.float64)  # (i, j, k)
+        pts = (idx[:, None, :] + sub_off[None, :, :]).reshape(-1, 3)
+        lab = label_at(pts)
+        counts += np.bincount(lab, minlength=10)[:10] / per
+    return {lab: float(counts[lab] * voxel) for lab in range(1, 10)}
+
+
+def truth_record(
+    *,
+    side: str,
+    volumes_mm3: Mapping[int, float],
+    labels: np.ndarray,
+    grid: ImageGrid,
+    thickness: Mapping[str, float],
+    t2_ms: Mapping[str, float],
+) -> dict[str, object]:
+    """The measurement part of truth.json (key names of the research pipeline / results.json)."""
+    voxel_ml = float(np.prod(grid.spacing)) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=10)
+    rec: dict[str, object] = {"side": side}
+    rec["volumes_ml"] = {f"{LABEL_KEYS[k]}_ml": round(volumes_mm3[k] / 1000.0, 6) for k in LABEL_KEYS}
+    rec["label_volumes_ml"] = {
+        f"{LABEL_KEYS[k]}_ml": round(float(counts[k]) * voxel_ml, 6) for k in LABEL_KEYS
+    }
+    thick: dict[str, float] = {}
+    for region, t in thickness.items():
+        thick[f"{region}_mm_mean"] = float(t)
+        thick[f"{region}_mm_median"] = float(t)
+        thick[f"{region}_mm_std"] = 0.0
+    rec["thickness_mm"] = thick
+    t2: dict[str, float] = {}
+    for region, v in t2_ms.items():
+        for stat in ("mean", "median"):
+            t2[f"{region}_t2_ms_{stat}"] = float(v)
+            t2[f"{region}_deep_t2_ms_{stat}"] = float(v)
+            t2[f"{region}_superficial_t2_ms_{stat}"] = float(v)
+        t2[f"{region}_t2_ms_std"] = 0.0
+    rec["t2_ms"] = t2
+    return rec

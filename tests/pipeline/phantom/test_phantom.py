@@ -1,0 +1,199 @@
+"""Phantom: determinism, truth against its own label map, geometry of sides and orientations,
+valid DICOM (dciodvfy), qDESS echoes whose T2 the analytic formula recovers."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from pipeline.phantom import ImagingParams, make_phantom, write_phantom
+from pipeline.phantom import geometry as g
+from pipeline.phantom.pose import orientation_direction
+from pipeline.phantom.truth import integrate_volumes, labels_from_material
+
+BONES = ("femur_ml", "tibia_ml", "patella_ml")
+MENISCI = ("med_men_ml", "lat_men_ml")
+
+
+def _centroid_lps(ph, label: int) -> np.ndarray:
+    kji = np.argwhere(ph.labels == label).astype(np.float64)
+    return ph.grid.index_to_lps(kji[:, ::-1]).mean(axis=0)
+
+
+def test_same_seed_same_phantom_other_seed_other_phantom() -> None:
+    a = make_phantom(7, "small", orientation="oblique", qdess=True)
+    b = make_phantom(7, "small", orientation="oblique", qdess=True)
+    c = make_phantom(8, "small", orientation="oblique", qdess=True)
+    assert np.array_equal(a.labels, b.labels)
+    assert all(np.array_equal(x, y) for x, y in zip(a.echoes, b.echoes, strict=True))
+    assert a.truth == b.truth
+    assert not np.array_equal(a.labels, c.labels)
+    assert a.truth["thickness_mm"] != c.truth["thickness_mm"]
+
+
+@pytest.mark.parametrize(("seed", "orientation"), [(0, "sagittal"), (1, "coronal"), (2, "axial"),
+                                                   (3, "oblique")])
+def test_label_map_volumes_match_analytic_volumes(seed: int, orientation: str) -> None:
+    ph = make_phantom(seed, "small", orientation=orientation)
+    analytic, counted = ph.truth["volumes_ml"], ph.truth["label_volumes_ml"]
+    for key, v in analytic.items():
+        assert v > 0, key
+        tol = 0.01 if key in BONES else 0.12 if key in MENISCI else 0.05
+        assert abs(counted[key] - v) <= tol * v, (key, counted[key], v)
+
+
+def test_volume_integration_converges() -> None:
+    ph = make_phantom(11, "small", orientation="oblique")
+    to_local = ph.pose.grid_to_local(ph.grid)
+
+    def label_at(ijk: np.ndarray) -> np.ndarray:
+        local = (ijk @ to_local[0].T + to_local[1]).astype(np.float32)
+        return labels_from_material(g.classify(ph.anatomy, local).material)
+
+    fine = integrate_volumes(ph.labels, ph.grid, label_at, sub=6)
+    for lab, key in enumerate(ph.truth["volumes_ml"], start=1):
+        assert abs(fine[lab] / 1000 - ph.truth["volumes_ml"][key]) <= 0.01 * fine[lab] / 1000, key
+
+
+def _ray_inside(anatomy: g.Anatomy, start: np.ndarray, direction: np.ndarray, codes: set[int],
+                length: float = 6.0, step: float = 0.002) -> float:
+    """Length (mm) of the ray start + s * direction, 0 <= s <= length, inside materials ``codes``."""
+    s = np.arange(0.0, length, step) + step / 2
+    pts = start[None, :] + s[:, None] * direction[None, :]
+    mat = g.classify(anatomy, pts.astype(np.float32)).material
+    return float(np.isin(mat, list(codes)).sum() * step)
+
+
+def test_thickness_truth_along_bone_normals() -> None:
+    """A ray along the bone-surface normal crosses exactly the configured thickness."""
+    thickness = {"ant_fem_cart": 2.1, "med_wb_fem_cart": 1.9, "lat_wb_fem_cart": 1.4,
+                 "med_post_fem_cart": 1.3, "lat_post_fem_cart": 1.6, "med_tib_cart": 2.0,
+                 "lat_tib_cart": 2.4, "pat_cart": 2.7}
+    ph = make_phantom(5, "small", thickness=thickness)
+    a = ph.anatomy
+    assert ph.truth["thickness_mm"]["lat_tib_cart_mm_mean"] == 2.4
+    fem = {g.ANT_FEM, g.MED_WB_FEM, g.LAT_WB_FEM, g.MED_POST_FEM, g.LAT_POST_FEM}
+    cases = [  # (region, sign of m, polar angle on the condyle in degrees)
+        ("med_wb_fem_cart", 1, 0.0), ("lat_wb_fem_cart", -1, 10.0), ("med_post_fem_cart", 1, -60.0),
+        ("lat_post_fem_cart", -1, -90.0), ("ant_fem_cart", 1, 70.0),
+    ]
+    for region, sign, deg in cases:
+        n = np.array([0.0, math.sin(math.radians(deg)), -math.cos(math.radians(deg))])
+        start = np.array([sign * a.condyle_m, 0.0, 0.0]) + (a.condyle_r - 0.5) * n
+        got = _ray_inside(a, start, n, fem)
+        assert abs(got - thickness[region]) < 0.01, (region, got)
+    up = np.array([0.0, 0.0, 1.0])
+    for region, sign in (("med_tib_cart", 1), ("lat_tib_cart", -1)):
+        start = np.array([sign * a.condyle_m, a.plateau_ap, a.plateau_top - 0.5])
+        code = g.MED_TIB_CART if sign > 0 else g.LAT_TIB_CART
+        assert abs(_ray_inside(a, start, up, {code}) - thickness[region]) < 0.01, region
+    start = np.array([0.0, a.patella_c[0] - a.patella_half[1] + 0.5, a.patella_c[1]])
+    got = _ray_inside(a, start, np.array([0.0, -1.0, 0.0]), {g.PAT_CART})
+    assert abs(got - thickness["pat_cart"]) < 0.01
+    # every region is present in the subregion truth map
+    for code in (*fem, g.MED_TIB_CART, g.LAT_TIB_CART, g.PAT_CART):
+        assert (ph.subregions == code).sum() > 10, code
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_side_geometry(side: str) -> None:
+    """Right knee: medial tibial cartilage at larger LPS x than lateral; left knee: the reverse."""
+    ph = make_phantom(2, "small", side=side, orientation="coronal")
+    assert ph.truth["side"] == side
+    med, lat = _centroid_lps(ph, 5), _centroid_lps(ph, 6)
+    assert (med[0] > lat[0]) == (side == "right")
+    # femur above tibia, patella anterior (smaller y in LPS) of the femur
+    assert _centroid_lps(ph, 1)[2] > _centroid_lps(ph, 2)[2]
+    assert _centroid_lps(ph, 3)[1] < _centroid_lps(ph, 1)[1]
+
+
+def test_orientation_presets() -> None:
+    expect = {"sagittal": ((0, 1, 0), (0, 0, -1)), "coronal": ((1, 0, 0), (0, 0, -1)),
+              "axial": ((1, 0, 0), (0, 1, 0))}
+    for name, (row, col) in expect.items():
+        d = orientation_direction(name)
+        assert np.allclose(d[:, 0], row) and np.allclose(d[:, 1], col)
+        assert np.allclose(d[:, 2], np.cross(row, col))
+    ob = make_phantom(4, "small", orientation="oblique").grid.matrix
+    angle = math.degrees(math.acos(abs(ob[:, 2] @ np.array([-1.0, 0, 0]))))
+    assert 10 < angle < 30
+    assert np.allclose(ob.T @ ob, np.eye(3))
+
+
+def _dciodvfy(path: Path) -> str:
+    exe = shutil.which("dciodvfy")
+    assert exe, "dciodvfy (dicom3tools) is required"
+    res = subprocess.run([exe, str(path)], check=False, capture_output=True, text=True, timeout=60)
+    return res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("qdess", [False, True])
+def test_written_series_is_valid_dicom(tmp_path: Path, qdess: bool) -> None:
+    ph = make_phantom(3, "small", side="left", orientation="oblique", qdess=qdess)
+    paths = write_phantom(ph, tmp_path / "out")
+    n_slices = ph.grid.size[2]
+    assert len(paths.dicom_files) == n_slices * (2 if qdess else 1)
+    for f in (paths.dicom_files[0], paths.dicom_files[-1]):
+        report = _dciodvfy(f)
+        assert "Error" not in report, report
+        assert "MRImage" in report
+    ds = pydicom.dcmread(paths.dicom_files[-1])
+    assert str(ds.PatientName).startswith("PHANTOM^") and ds.PatientID.startswith("KNEENODE-PHANTOM")
+    assert ds.PatientIdentityRemoved == "YES" and ds.Laterality == "L" and ds.Modality == "MR"
+    assert np.allclose([float(v) for v in ds.ImageOrientationPatient],
+                       np.r_[ph.grid.matrix[:, 0], ph.grid.matrix[:, 1]], atol=1e-7)
+    truth = json.loads(paths.truth_json.read_text())
+    assert truth["side"] == "left" and truth["seed"] == 3
+    assert set(truth["thickness_mm"]) >= {f"{r}_mm_mean" for r in g.REGION_CODES}
+    lab = sitk.ReadImage(str(paths.labels))
+    assert np.array_equal(sitk.GetArrayFromImage(lab), ph.labels)
+    assert np.allclose(lab.GetDirection(), ph.grid.direction) and np.allclose(lab.GetOrigin(), ph.grid.origin)
+    sub = sitk.GetArrayFromImage(sitk.ReadImage(str(paths.subregions)))
+    assert set(np.unique(sub)) == {0, 1, 2, 3, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15}
+    if qdess:
+        e1, e2 = (pydicom.dcmread(p) for p in (paths.dicom_files[0], paths.dicom_files[-1]))
+        assert (int(e1.EchoNumbers), int(e2.EchoNumbers)) == (1, 2)
+        assert float(e2.EchoTime) == pytest.approx(2 * float(e1.RepetitionTime) - float(e1.EchoTime))
+        assert float(e1[0x0019, 0x10B6].value) == 3132 and float(e1[0x0019, 0x10B7].value) == 1800
+        assert e1.private_block(0x0019, "GEMS_ACQU_01")[0xB6].value == e1[0x0019, 0x10B6].value
+
+
+def test_qdess_t2_is_recovered_by_the_analytic_formula() -> None:
+    clean = make_phantom(6, "small", qdess=True, imaging=ImagingParams(noise_sigma=0, psf_sigma_vox=0))
+    e1, e2 = clean.echoes
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t2 = clean.qdess_params.t2_from_ratio(e2 / e1)
+    for region, code in g.REGION_CODES.items():
+        truth = clean.truth["t2_ms"][f"{region}_t2_ms_mean"]
+        vals = t2[clean.subregions == code]
+        assert np.allclose(vals, truth, atol=1e-3), region
+    # with the default noise and blur, the median over a region stays close
+    noisy = make_phantom(6, "small", qdess=True, imaging=ImagingParams(psf_sigma_vox=0))
+    e1, e2 = noisy.echoes
+    t2 = noisy.qdess_params.t2_from_ratio(e2 / e1)
+    for region, code in g.REGION_CODES.items():
+        assert abs(np.median(t2[noisy.subregions == code]) - noisy.truth["t2_ms"][f"{region}_t2_ms_mean"]) < 2.0
+
+
+def test_cli_writes_a_phantom(tmp_path: Path) -> None:
+    from kneenode.cli_app import app
+    from kneenode.commands import analysis  # noqa: F401  (registers the command)
+
+    out = tmp_path / "ph"
+    res = CliRunner().invoke(app, ["phantom", str(out), "--seed", "3", "--side", "right",
+                                   "--orientation", "coronal", "--qdess"])
+    assert res.exit_code == 0, res.output
+    truth = json.loads((out / "truth" / "truth.json").read_text())
+    assert truth["side"] == "right" and truth["orientation"] == "coronal" and truth["qdess"]
+    assert len(list((out / "dicom").glob("*.dcm"))) == 96
+    again = CliRunner().invoke(app, ["phantom", str(out)])
+    assert again.exit_code != 0
