@@ -183,6 +183,48 @@ DEFAULT_KNEE_PATTERN = (
 )
 
 
+class EncodeSettings(Section):
+    """Result DICOM objects (SEG, SR, overlay series, PDF): which ones, and how (docs/encode.md)."""
+
+    seg: bool = Field(default=True, description="Produce the DICOM SEG (BINARY, one segment per tissue).")
+    sr: bool = Field(default=True, description="Produce the TID 1500 Comprehensive 3D SR.")
+    overlay: bool = Field(
+        default=True, description="Produce the colour overlay series (for PACS without SEG support)."
+    )
+    pdf: bool = Field(default=True, description="Produce the Encapsulated PDF report.")
+    seg_keep_empty_frames: bool = Field(
+        default=True,
+        description="Keep empty frames in the SEG (one frame per segment and source slice): some "
+        "viewers misplace sparse SEGs.",
+    )
+    seg_subregions: bool = Field(
+        default=False, description="Add the five femoral cartilage subregions (labels 11-15) as segments."
+    )
+    series_number_base: int | None = Field(
+        default=None,
+        ge=0,
+        description="Result series numbers are base + 1 (SEG), 2 (SR), 3 (overlay), 4 (PDF); "
+        "unset = source series number x 100.",
+    )
+    description_prefix: str = Field(
+        default="KneeNode", max_length=24, description="Start of every result Series Description."
+    )
+    uid_prefix: str | None = Field(
+        default=None,
+        pattern=r"^([0-9]+\.)+$",
+        description="UID root for new Series/SOP UIDs (ends with a dot); unset = pydicom's root.",
+    )
+    manufacturer: str = Field(default="kneenode", description="Manufacturer written into results.")
+    device_serial_number: str = Field(default="0", description="Device Serial Number of this node.")
+    overlay_alpha: float = Field(
+        default=0.45, ge=0, le=1, description="Opacity of the label colours in the overlay series."
+    )
+    overlay_outline: bool = Field(
+        default=True, description="Draw label outlines opaque on top of the translucent fill."
+    )
+    pdf_key_slices: int = Field(default=3, ge=1, le=6, description="Key slices shown in the PDF report.")
+
+
 class LoggingSettings(Section):
     """Logs: structured, with UIDs and job IDs, never patient names or IDs."""
 
@@ -206,6 +248,9 @@ class Settings(BaseSettings):
         default_factory=CompletionSettings, description="Series completion."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    encode: EncodeSettings = Field(
+        default_factory=EncodeSettings, description="Result DICOM objects (SEG, SR, overlay, PDF)."
+    )
     segment: SegmentSettings = Field(
         default_factory=SegmentSettings, description="nnU-Net v2 segmentation model."
     )

@@ -1,0 +1,123 @@
+"""The ``encode`` stage in one call: the configured result objects, and writing them to a folder.
+
+The jobs layer calls :func:`encode_results` with what earlier stages left in the job folder and
+:func:`write_results` to persist the instances (atomically, one file per SOP instance) for the
+``deliver`` stage.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from kneenode.errors import ErrorCode, NodeError
+from kneenode.logs import get_logger
+from kneenode.settings import EncodeSettings
+from pipeline.encode.common import AlgorithmInfo, knee_side, load_source
+from pipeline.encode.overlay import encode_overlay
+from pipeline.encode.pdf import encode_pdf
+from pipeline.encode.seg import encode_seg
+from pipeline.encode.sr import encode_sr
+
+log = get_logger(__name__)
+
+
+@dataclass
+class EncodedResults:
+    """The result instances of one job (None / empty for objects not configured)."""
+
+    seg: Dataset | None = None
+    sr: Dataset | None = None
+    overlay: list[Dataset] = field(default_factory=list)
+    pdf: Dataset | None = None
+
+    def instances(self) -> list[tuple[str, Dataset]]:
+        """(kind, dataset) of every instance, in sending order (SEG before the SR that cites it)."""
+        out: list[tuple[str, Dataset]] = []
+        if self.seg is not None:
+            out.append(("seg", self.seg))
+        if self.sr is not None:
+            out.append(("sr", self.sr))
+        out.extend(("overlay", d) for d in self.overlay)
+        if self.pdf is not None:
+            out.append(("pdf", self.pdf))
+        return out
+
+
+def encode_results(
+    *,
+    source: Sequence[Dataset | str | Path],
+    labels: np.ndarray,
+    results: Mapping[str, Any],
+    model: Mapping[str, Any] | AlgorithmInfo,
+    options: EncodeSettings,
+    thickness_map: np.ndarray | None = None,
+    software_version: str = "kneenode",
+) -> EncodedResults:
+    """Encode the objects that ``options`` enables (the SR needs the SEG it references).
+
+    Parameters
+    ----------
+    source
+        The source series (datasets sorted along the slice normal, or paths; pixels are needed
+        for the overlay and the PDF).
+    labels
+        Canonical label map aligned to the source slices.
+    results
+        results.json of the job.
+    model
+        Model card (``ModelCard.as_dict()``) or :class:`AlgorithmInfo`.
+    options
+        The ``encode`` settings.
+    thickness_map
+        Optional 2-D femoral cartilage thickness map (mm) for the PDF.
+    software_version
+        Software Versions written into the SEG.
+    """
+    if options.sr and not options.seg:
+        raise NodeError(ErrorCode.CONFIG_ERROR, "encode.sr needs encode.seg: the SR references SEG segments")
+    info = AlgorithmInfo.from_card(model)
+    side = knee_side(results)
+    datasets = load_source(source, pixels=options.overlay or options.pdf)
+    out = EncodedResults()
+    if options.seg:
+        out.seg = encode_seg(source=datasets, labels=labels, model=info, side=side, options=options,
+                             software_version=software_version)
+    if options.sr and out.seg is not None:
+        out.sr = encode_sr(source=datasets, seg=out.seg, results=results, model=info, options=options)
+    if options.overlay:
+        out.overlay = encode_overlay(source=datasets, labels=labels, model=info, side=side, options=options)
+    if options.pdf:
+        out.pdf = encode_pdf(source=datasets, labels=labels, results=results, model=info,
+                             thickness_map=thickness_map, options=options)
+    log.info("encoded results", series_uid=datasets[0].SeriesInstanceUID, seg=out.seg is not None,
+             sr=out.sr is not None, overlay_images=len(out.overlay), pdf=out.pdf is not None)
+    return out
+
+
+def write_results(encoded: EncodedResults, out_dir: Path) -> list[Path]:
+    """Write every instance as ``<kind>/<SOPInstanceUID>.dcm`` (temp file, fsync, rename)."""
+    written = []
+    for kind, ds in encoded.instances():
+        folder = Path(out_dir) / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                ds.save_as(fh, enforce_file_format=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(path)
+    return written

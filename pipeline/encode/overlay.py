@@ -1,0 +1,221 @@
+"""Colour overlay series for PACS without SEG support: Secondary Capture RGB, one per source slice.
+
+Each image is the source slice (windowed to 8 bits) with the labels drawn in colour (translucent
+fill, opaque outline), a banner strip on top ("NOT FOR DIAGNOSTIC USE", and "PHANTOM DEMO MODEL"
+when the demo model ran) and a legend panel on the right, so that no text covers the anatomy.
+Secondary Capture Image Storage is what every PACS displays; it has no patient geometry, so the
+series scrolls by Instance Number (the source order), and each image references its source slice.
+
+Why not highdicom's ``SCImage``: it builds and validates each image separately (a few ms each);
+here the constant attributes are built once and every image adds only what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from kneenode.settings import EncodeSettings
+from pipeline.encode.common import (
+    COLORS,
+    DEMO_BANNER,
+    NOT_FOR_DIAGNOSIS,
+    SUBREGIONS,
+    TISSUES,
+    AlgorithmInfo,
+    check_label_map,
+    content_datetime,
+    copy_patient_study,
+    encode_error,
+    load_source,
+    new_uid,
+    series_description,
+    series_number,
+)
+
+
+def source_volume(datasets: Sequence[Dataset]) -> np.ndarray:
+    """Stored pixel values of the source slices as one float32 volume (rescale applied)."""
+    try:
+        slices = [d.pixel_array for d in datasets]
+    except (AttributeError, ValueError, RuntimeError) as exc:
+        raise encode_error(f"cannot decode the source pixel data: {exc}") from exc
+    vol = np.stack(slices).astype(np.float32)
+    if vol.ndim != 3:
+        raise encode_error(f"source slices must be single-frame greyscale, got shape {vol.shape}")
+    slope = float(datasets[0].get("RescaleSlope", 1) or 1)
+    intercept = float(datasets[0].get("RescaleIntercept", 0) or 0)
+    return vol * slope + intercept
+
+
+def window_to_uint8(volume: np.ndarray) -> np.ndarray:
+    """Window the volume to 8 bits between its 1st and 99.5th percentiles (on a subsample)."""
+    sample = volume[:, ::4, ::4]
+    lo, hi = np.percentile(sample, [1.0, 99.5])
+    scale = 255.0 / max(float(hi - lo), 1e-6)
+    return np.clip((volume - lo) * scale, 0, 255).astype(np.uint8)
+
+
+def colorize(grey: np.ndarray, labels: np.ndarray, *, alpha: float, outline: bool) -> np.ndarray:
+    """RGB volume: grey with label colours blended at ``alpha``, outlines opaque."""
+    lut = np.zeros((256, 3), dtype=np.uint16)
+    for label, rgb in COLORS.items():
+        lut[label] = rgb
+    a = int(round(alpha * 256))
+    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.uint16)
+    colored = labels > 0
+    blend = (rgb[colored] * (256 - a) + lut[labels[colored]] * a) >> 8
+    rgb[colored] = blend
+    if outline:
+        edge = np.zeros_like(colored)
+        for axis in (1, 2):
+            diff = np.diff(labels, axis=axis) != 0
+            lead = [slice(None)] * 3
+            lead[axis] = slice(None, -1)
+            trail = [slice(None)] * 3
+            trail[axis] = slice(1, None)
+            edge[tuple(lead)] |= diff
+            edge[tuple(trail)] |= diff
+        edge &= colored
+        rgb[edge] = lut[labels[edge]]
+    return rgb.astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def banner_and_legend(
+    *, rows: int, cols: int, present: Sequence[int], info: AlgorithmInfo
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Canvas with banner strip (top) and legend panel (right), and the image's (row, col) offset."""
+    size = max(10, min(rows, cols) // 28)
+    font = _font(size)
+    lines = [NOT_FOR_DIAGNOSIS] + ([DEMO_BANNER] if info.is_demo else [])
+    banner_h = (size + 6) * len(lines) + 6
+    names = {**{k: v[1] for k, v in TISSUES.items()}, **{k: v[1] for k, v in SUBREGIONS.items()}}
+    entries = [names[label] for label in present]
+    texts = [*entries, "Legend", info.label[:40]]
+    legend_w = max([size * 2 + 8 + int(font.getlength(t)) for t in texts] + [size * 8])
+    legend_h = (len(entries) + 2) * (size + 6) + 12
+    height, width = banner_h + max(rows, legend_h), cols + legend_w + 8
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([0, 0, width - 1, banner_h - 1], fill=(160, 0, 0))
+    for i, line in enumerate(lines):
+        draw.text((6, 4 + i * (size + 6)), line, fill=(255, 255, 255), font=font)
+    y = banner_h + 4
+    draw.text((cols + 6, y), "Legend", fill=(255, 255, 255), font=font)
+    for label, text in zip(present, entries, strict=True):
+        y += size + 6
+        draw.rectangle([cols + 6, y + 2, cols + 6 + size, y + 2 + size - 2], fill=COLORS[label])
+        draw.text((cols + 12 + size, y), text, fill=(255, 255, 255), font=font)
+    draw.text((cols + 6, y + size + 10), info.label[:40], fill=(200, 200, 200), font=font)
+    return np.array(canvas), (banner_h, 0)
+
+
+def _template(
+    first: Dataset, info: AlgorithmInfo, opts: EncodeSettings, shape: tuple[int, int], side: str | None
+) -> Dataset:
+    """Attributes common to every overlay image."""
+    ds = Dataset()
+    copy_patient_study(first, ds)
+    ds.Laterality = first.get("Laterality") or {"left": "L", "right": "R"}.get(side or "", "")
+    if "BodyPartExamined" in first:
+        ds.BodyPartExamined = first.BodyPartExamined
+    date, time = content_datetime()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.Modality = first.get("Modality", "MR")
+    ds.SeriesInstanceUID = new_uid(opts.uid_prefix)
+    ds.SeriesNumber = series_number(first, "overlay", opts.series_number_base)
+    ds.SeriesDescription = series_description(first, "overlay", opts.description_prefix)
+    ds.Manufacturer = opts.manufacturer
+    ds.ConversionType = "WSD"
+    ds.SecondaryCaptureDeviceManufacturer = opts.manufacturer
+    ds.SecondaryCaptureDeviceManufacturerModelName = "kneenode"
+    ds.SecondaryCaptureDeviceSoftwareVersions = f"{info.name} {info.version}"[:64]
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = f"Labels of {info.label} drawn over the source slice"[:1024]
+    ds.ImageComments = NOT_FOR_DIAGNOSIS + (f"; {DEMO_BANNER}" if info.is_demo else "")
+    ds.BurnedInAnnotation = "YES"
+    ds.PatientOrientation = ""
+    ds.LossyImageCompression = "00"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.Rows, ds.Columns = shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    return ds
+
+
+def encode_overlay(
+    *,
+    source: Sequence[Dataset | str | Path],
+    labels: np.ndarray,
+    model: Mapping[str, Any] | AlgorithmInfo,
+    side: str | None = None,
+    options: EncodeSettings | None = None,
+) -> list[Dataset]:
+    """Encode the label map as a colour Secondary Capture series, one image per source slice.
+
+    Parameters
+    ----------
+    source
+        The source series with pixel data: datasets sorted along the slice normal, or paths.
+    labels
+        Canonical label map (slices, rows, columns), aligned to ``source``.
+    model
+        Model card (``ModelCard.as_dict()``) or :class:`AlgorithmInfo`.
+    side
+        ``"left"``/``"right"`` knee (Laterality when the source has none), or None.
+    options
+        The ``encode`` settings (opacity, outline, numbering, UID root).
+
+    Returns
+    -------
+    list of pydicom.dataset.Dataset
+        One RGB Secondary Capture instance per source slice, Instance Number 1..N in source order.
+    """
+    opts = options or EncodeSettings()
+    info = AlgorithmInfo.from_card(model)
+    if side not in (None, "left", "right"):
+        raise encode_error(f"side must be 'left', 'right' or None, got {side!r}")
+    datasets = load_source(source, pixels=True)
+    lab = check_label_map(labels, datasets)
+    rgb = colorize(window_to_uint8(source_volume(datasets)), lab, alpha=opts.overlay_alpha,
+                   outline=opts.overlay_outline)
+    present = [int(v) for v in np.unique(lab) if v in COLORS]
+    canvas, (top, left) = banner_and_legend(
+        rows=lab.shape[1], cols=lab.shape[2], present=present, info=info
+    )
+    template = _template(datasets[0], info, opts, canvas.shape[:2], side)
+    out = []
+    frame = canvas.copy()
+    for i, src in enumerate(datasets):
+        frame[top : top + lab.shape[1], left : left + lab.shape[2]] = rgb[i]
+        out.append(_instance(template, src, i + 1, frame.tobytes(), opts))
+    return out
+
+
+def _instance(template: Dataset, src: Dataset, number: int, pixels: bytes, opts: EncodeSettings) -> Dataset:
+    ds = Dataset(dict(template.items()))  # own element dict; shared elements are never modified
+    uid = new_uid(opts.uid_prefix)
+    ds.add_new("SOPInstanceUID", "UI", uid)
+    ds.add_new("InstanceNumber", "IS", number)
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    ds.add_new("SourceImageSequence", "SQ", [ref])
+    ds.add_new("PixelData", "OB", pixels)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds

@@ -1,0 +1,288 @@
+"""TID 1500 Comprehensive 3D SR of the knee measurements, each group referencing its SEG segment.
+
+Layout (one Volumetric ROI measurement group, TID 1411, per structure):
+
+- a group per tissue (labels 1-9) referencing its segment: volume (ml); for tibial and patellar
+  cartilage also thickness mean / median / std (mm) and T2 (ms) when present;
+- a group per femoral cartilage subregion (11-15) with thickness and T2, referencing the
+  subregion's own segment when the SEG has subregion segments, else the femoral cartilage segment
+  (the tracking identifier names the subregion);
+- a group "femur_shape" referencing the femur segment with the BScore and the NSM fit quality
+  (ASSD of bone and cartilage, mm) when the shape stage ran.
+
+Values carry UCUM units; every group carries the algorithm identification and, when known, the
+knee side as laterality of the finding site. The tracking identifier of each group is the prefix
+of its results.json keys, so :func:`read_sr_measurements` maps the SR back to results.json.
+T2 of the deep and superficial halves is a T2 measurement whose finding site has the topographical
+modifier Deep / Superficial. BScore and ASSD have no standard code: they use the private coding
+scheme ``99KNEENODE``, declared in the Coding Scheme Identification Sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import SegmentationStorage
+
+from kneenode.settings import EncodeSettings
+from pipeline.encode.common import (
+    SUBREGIONS,
+    TISSUES,
+    AlgorithmInfo,
+    encode_error,
+    finite_float,
+    knee_side,
+    load_source,
+    new_uid,
+    series_description,
+    series_number,
+)
+
+PRIVATE_SCHEME = "99KNEENODE"
+BSCORE = Code("BSCORE", PRIVATE_SCHEME, "BScore (femur shape score)")
+ASSD_BONE = Code("ASSDBONE", PRIVATE_SCHEME, "NSM fit ASSD bone")
+ASSD_CART = Code("ASSDCART", PRIVATE_SCHEME, "NSM fit ASSD cartilage")
+THICKNESS = Code("59089-3", "LN", "Thickness")
+VOLUME = Code("118565006", "SCT", "Volume")
+T2 = Code("113065", "DCM", "T2")
+_KNEE = Code("49076000", "SCT", "Knee joint")
+_CARTILAGE = Code("309312004", "SCT", "Cartilage")
+_SIDE = {"left": Code("7771000", "SCT", "Left"), "right": Code("24028007", "SCT", "Right")}
+_LAYERS = {"deep": Code("795002", "SCT", "Deep"), "superficial": Code("26283006", "SCT", "Superficial")}
+_STATS = {
+    "mean": Code("373098007", "SCT", "Mean"),
+    "median": Code("373099004", "SCT", "Median"),
+    "std": Code("386136009", "SCT", "Standard Deviation"),
+}
+_UNITS = {
+    "ml": Code("ml", "UCUM", "milliliter"),
+    "mm": Code("mm", "UCUM", "millimeter"),
+    "ms": Code("ms", "UCUM", "millisecond"),
+    "1": Code("1", "UCUM", "no units"),
+}
+#: results.json keys of the shape stage (several spellings of the BScore accepted).
+BSCORE_KEYS = ("bscore", "Bscore", "BScore")
+SHAPE_GROUP = "femur_shape"
+_CART_REGIONS = ("med_tib_cart", "lat_tib_cart", "pat_cart", "fem_cart")
+
+
+def _measurement(
+    name: Code, value: float, unit: str, info: hd.sr.AlgorithmIdentification,
+    stat: str | None = None, layer: str | None = None,
+) -> hd.sr.Measurement:
+    sites = None
+    if layer is not None:
+        sites = [hd.sr.FindingSite(anatomic_location=_CARTILAGE, topographical_modifier=_LAYERS[layer])]
+    return hd.sr.Measurement(
+        name=name,
+        value=value,
+        unit=_UNITS[unit],
+        derivation=_STATS[stat] if stat else None,
+        algorithm_id=info,
+        finding_sites=sites,
+    )
+
+
+def region_measurements(
+    prefix: str, results: Mapping[str, Any], algo: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.Measurement]:
+    """Volume, thickness and T2 measurements of one structure that results.json holds."""
+    out = []
+    volume = finite_float(results, f"{prefix}_ml")
+    if volume is not None:
+        out.append(_measurement(VOLUME, volume, "ml", algo))
+    for stat in _STATS:
+        value = finite_float(results, f"{prefix}_mm_{stat}")
+        if value is not None:
+            out.append(_measurement(THICKNESS, value, "mm", algo, stat))
+    for layer in (None, *_LAYERS):
+        for stat in _STATS:
+            key = f"{prefix}_t2_ms_{layer}_{stat}" if layer else f"{prefix}_t2_ms_{stat}"
+            value = finite_float(results, key)
+            if value is not None:
+                out.append(_measurement(T2, value, "ms", algo, stat, layer))
+    return out
+
+
+def shape_measurements(results: Mapping[str, Any], algo: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+    """BScore and NSM fit quality, when the shape stage ran."""
+    out = []
+    for key in BSCORE_KEYS:
+        value = finite_float(results, key)
+        if value is not None:
+            out.append(_measurement(BSCORE, value, "1", algo))
+            break
+    for key, code in (("assd_bone_mm", ASSD_BONE), ("assd_cart_mm", ASSD_CART)):
+        value = finite_float(results, key)
+        if value is not None:
+            out.append(_measurement(code, value, "mm", algo))
+    return out
+
+
+def _segments_by_key(seg: Dataset) -> dict[str, int]:
+    """Tracking ID (results key prefix) -> segment number, read from the SEG itself."""
+    out = {}
+    for item in seg.SegmentSequence:
+        out[str(item.get("TrackingID", ""))] = int(item.SegmentNumber)
+    return out
+
+
+def _groups(
+    *, seg: Dataset, series_uid: str, results: Mapping[str, Any], info: AlgorithmInfo,
+    side: str | None,
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    algo = hd.sr.AlgorithmIdentification(name=info.name, version=info.version)
+    numbers = _segments_by_key(seg)
+    if "femur" not in numbers or "fem_cart" not in numbers:
+        raise encode_error("the SEG lacks the femur or femoral cartilage segment")
+    sites = [hd.sr.FindingSite(anatomic_location=_KNEE, laterality=_SIDE[side])] if side else None
+    plan: list[tuple[str, list[hd.sr.Measurement]]] = [
+        (key, region_measurements(key, results, algo))
+        for key, _ in (*TISSUES.values(), *SUBREGIONS.values())
+    ]
+    plan.append((SHAPE_GROUP, shape_measurements(results, algo)))
+    groups = []
+    for key, measurements in plan:
+        if not measurements:
+            continue
+        number = numbers.get(key) or _fallback(key, numbers)
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=key),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=SegmentationStorage,
+                    sop_instance_uid=seg.SOPInstanceUID,
+                    segment_number=number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+                ),
+                algorithm_id=algo,
+                finding_sites=sites,
+                measurements=measurements,
+            )
+        )
+    return groups
+
+
+def _fallback(key: str, numbers: Mapping[str, int]) -> int:
+    """Segment a group refers to when the SEG has no segment of its own for it."""
+    if key == SHAPE_GROUP:
+        return numbers["femur"]
+    return numbers["fem_cart"]  # femoral subregions without subregion segments
+
+
+def encode_sr(
+    *,
+    source: Sequence[Dataset | str | Path],
+    seg: Dataset,
+    results: Mapping[str, Any],
+    model: Mapping[str, Any] | AlgorithmInfo,
+    options: EncodeSettings | None = None,
+) -> Dataset:
+    """Encode results.json as a TID 1500 Comprehensive 3D SR referencing the SEG's segments.
+
+    Parameters
+    ----------
+    source
+        The source series (datasets or paths); evidence and Patient/Study come from it.
+    seg
+        The SEG from :func:`pipeline.encode.seg.encode_seg` (segments found by tracking ID).
+    results
+        results.json of the job (keys as in knee-pipeline-facts.md, ``<tissue>_ml``, ``side``,
+        ``bscore``, ``assd_bone_mm``, ``assd_cart_mm``).
+    model
+        Model card (``ModelCard.as_dict()``) or :class:`AlgorithmInfo`.
+    options
+        The ``encode`` settings.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The SR instance (with file meta).
+    """
+    opts = options or EncodeSettings()
+    info = AlgorithmInfo.from_card(model)
+    if not isinstance(results, Mapping):
+        raise encode_error(f"results must be a mapping, got {type(results).__name__}")
+    if not isinstance(seg, Dataset) or seg.get("SOPClassUID") != SegmentationStorage:
+        raise encode_error("seg must be a DICOM Segmentation dataset")
+    datasets = load_source(source, pixels=False)
+    if seg.StudyInstanceUID != datasets[0].StudyInstanceUID:
+        raise encode_error("the SEG belongs to another study than the source series")
+    side = knee_side(results)
+    groups = _groups(
+        seg=seg, series_uid=datasets[0].SeriesInstanceUID, results=results, info=info, side=side
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=new_uid(opts.uid_prefix),
+            name=info.name,
+            manufacturer_name=opts.manufacturer,
+            model_name=f"{info.name} {info.version}"[:64],
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.SCT.ImagingProcedure,
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[seg, *datasets],
+        content=report,
+        series_instance_uid=new_uid(opts.uid_prefix),
+        series_number=series_number(datasets[0], "sr", opts.series_number_base),
+        sop_instance_uid=new_uid(opts.uid_prefix),
+        instance_number=1,
+        manufacturer=opts.manufacturer,
+        is_complete=True,
+        series_description=series_description(datasets[0], "sr", opts.description_prefix),
+    )
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+    scheme.CodingSchemeName = "kneenode private codes (BScore, NSM fit quality)"
+    scheme.CodingSchemeResponsibleOrganization = "kneenode"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
+
+
+_STAT_BY_CODE = {code.value: stat for stat, code in _STATS.items()}
+_LAYER_BY_CODE = {code.value: layer for layer, code in _LAYERS.items()}
+_SIDE_BY_CODE = {code.value: side for side, code in _SIDE.items()}
+
+
+def read_sr_measurements(sr: Dataset) -> dict[str, Any]:
+    """Read an SR written by :func:`encode_sr` back into results.json keys (and ``side``)."""
+    doc = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    out: dict[str, Any] = {}
+    for group in doc.content.get_volumetric_roi_measurement_groups():
+        prefix = str(group.tracking_identifier)
+        for site in group.finding_sites:
+            if site.laterality is not None:
+                out["side"] = _SIDE_BY_CODE[site.laterality.value]
+        for m in group.get_measurements():
+            out[_key(prefix, m)] = float(m.value)
+    return out
+
+
+def _key(prefix: str, m: hd.sr.Measurement) -> str:
+    code = m.name.value
+    stat = _STAT_BY_CODE.get(m.derivation.value) if m.derivation is not None else None
+    if code == VOLUME.value:
+        return f"{prefix}_ml"
+    if code == THICKNESS.value:
+        return f"{prefix}_mm_{stat}"
+    if code == T2.value:
+        layers = [_LAYER_BY_CODE[s.topographical_modifier.value] for s in m.finding_sites
+                  if s.topographical_modifier is not None]
+        return f"{prefix}_t2_ms_{layers[0]}_{stat}" if layers else f"{prefix}_t2_ms_{stat}"
+    by_code = {BSCORE.value: "bscore", ASSD_BONE.value: "assd_bone_mm", ASSD_CART.value: "assd_cart_mm"}
+    if code in by_code:
+        return by_code[code]
+    raise encode_error(f"unknown measurement {m.name.meaning!r} in group {prefix}")

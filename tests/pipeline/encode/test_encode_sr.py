@@ -1,0 +1,84 @@
+"""TID 1500 SR encoder: measurements re-read equal results.json, segment references, dciodvfy."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import pydicom
+import pytest
+
+from kneenode.errors import NodeError
+from kneenode.settings import EncodeSettings
+from pipeline.encode.seg import encode_seg
+from pipeline.encode.sr import PRIVATE_SCHEME, encode_sr, read_sr_measurements
+from tests.pipeline.encode.conftest import dciodvfy
+
+
+@pytest.fixture
+def seg(series, labels, card):
+    return encode_seg(source=series, labels=labels, model=card, side="right")
+
+
+def _write_read(ds, tmp_path):
+    path = tmp_path / "sr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+def test_measurements_round_trip_exactly(series, seg, results, card, tmp_path):
+    sr = _write_read(encode_sr(source=series, seg=seg, results=results, model=card), tmp_path)
+    assert read_sr_measurements(sr) == results
+
+
+def test_groups_reference_their_segments(series, seg, results, card):
+    sr = hd.sr.Comprehensive3DSR.from_dataset(encode_sr(source=series, seg=seg, results=results, model=card))
+    by_id = {s.TrackingID: int(s.SegmentNumber) for s in seg.SegmentSequence}
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    seen = {}
+    for group in groups:
+        ref = group.referenced_segment
+        assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID
+        seen[group.tracking_identifier] = ref.referenced_segment_numbers[0]
+        names = [i.TextValue for i in group[0].ContentSequence
+                 if i.ConceptNameCodeSequence[0].CodeValue == "111001"]
+        assert names == ["kneenode-phantom-demo"]  # Algorithm Name (TID 4019)
+        assert group.finding_sites[0].laterality.meaning == "Right"
+    for key, number in by_id.items():
+        assert seen[key] == number
+    # subregions without their own segments refer to the femoral cartilage segment
+    assert seen["med_wb_fem_cart"] == by_id["fem_cart"]
+    assert seen["femur_shape"] == by_id["femur"]
+    units = {m.unit.value for g in groups for m in g.get_measurements()}
+    assert units == {"ml", "mm", "ms", "1"}
+
+
+def test_subregion_segments_referenced(series, labels, results, card):
+    seg = encode_seg(source=series, labels=labels, model=card, options=EncodeSettings(seg_subregions=True))
+    sr = hd.sr.Comprehensive3DSR.from_dataset(encode_sr(source=series, seg=seg, results=results, model=card))
+    seen = {g.tracking_identifier: g.referenced_segment.referenced_segment_numbers[0]
+            for g in sr.content.get_volumetric_roi_measurement_groups()}
+    assert seen["ant_fem_cart"] == 10 and seen["lat_post_fem_cart"] == 14
+
+
+def test_optional_groups_absent(series, seg, card, tmp_path):
+    minimal = {"femur_ml": 80.0, "med_tib_cart_mm_mean": 2.0}
+    sr = _write_read(encode_sr(source=series, seg=seg, results=minimal, model=card), tmp_path)
+    assert read_sr_measurements(sr) == minimal  # no side, no T2, no BScore group
+
+
+def test_dciodvfy_no_errors(series, seg, results, card, tmp_path):
+    sr = encode_sr(source=series, seg=seg, results=results, model=card)
+    errors, warnings = dciodvfy(sr, tmp_path)
+    assert errors == []
+    assert all(PRIVATE_SCHEME in w for w in warnings), warnings
+    assert sr.StudyInstanceUID == series[0].StudyInstanceUID
+    assert sr.SeriesNumber == 302
+    assert sr.SeriesInstanceUID not in (seg.SeriesInstanceUID, series[0].SeriesInstanceUID)
+
+
+def test_rejects_bad_input(series, seg, results, card):
+    with pytest.raises(NodeError):
+        encode_sr(source=series, seg=series[0], results=results, model=card)
+    with pytest.raises(NodeError):
+        encode_sr(source=series, seg=seg, results={"femur_ml": "many"}, model=card)
+    with pytest.raises(NodeError):
+        encode_sr(source=series, seg=seg, results={"side": "up"}, model=card)
