@@ -5,6 +5,7 @@ from __future__ import annotations
 from kneenode.cli_app import app
 from kneenode.commands import config as _config  # noqa: F401  (registers commands)
 from kneenode.commands import edge as _edge  # noqa: F401
+from kneenode.commands import jobs as _jobs  # noqa: F401
 
 
 def main() -> None:

@@ -183,6 +183,104 @@ DEFAULT_KNEE_PATTERN = (
 )
 
 
+class AeSelectionOverride(Section):
+    """Selection rules for one calling AE (unset fields keep the node-wide rule)."""
+
+    ae_title: str = Field(description="Calling AE title these rules apply to (exact match).")
+    process_all: bool = Field(
+        default=False, description="Skip the knee pattern for this sender (it only sends knees)."
+    )
+    modalities: list[str] | None = Field(default=None, description="Accepted modalities.")
+    min_slices: int | None = Field(default=None, ge=1, description="Minimum 2-D slice count.")
+    pattern: str | None = Field(default=None, description="Knee regex (case-insensitive).")
+
+
+class SelectionSettings(Section):
+    """Which complete series become analysis jobs; the rest are recorded as ignored."""
+
+    modalities: list[str] = Field(default_factory=lambda: ["MR"], description="Accepted modalities.")
+    min_slices: int = Field(
+        default=20, ge=1, description="A non-3-D series needs at least this many slices."
+    )
+    require_consistent_geometry: bool = Field(
+        default=True, description="Ignore series whose slice geometry is inconsistent."
+    )
+    pattern: str = Field(
+        default=DEFAULT_KNEE_PATTERN,
+        description="Regex (case-insensitive) searched in series description, protocol name and "
+        "body part: knee in several languages and knee sequence names (DESS, qDESS, CUBE, SPACE, "
+        "PD 3D).",
+    )
+    per_ae: list[AeSelectionOverride] = Field(
+        default_factory=list, description="Per calling-AE overrides ([[jobs.selection.per_ae]])."
+    )
+
+
+class JobsSettings(Section):
+    """The job system: broker (redis), workers, time limits, retries, status server."""
+
+    redis_url: str | None = Field(
+        default=None,
+        description="External redis (e.g. redis://host:6379/0) shared by several hosts; unset = "
+        "`kneenode serve` starts a private redis-server child under data_dir/redis.",
+    )
+    redis_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the embedded redis (0 = a free port)."
+    )
+    redis_server: str = Field(default="redis-server", description="redis-server executable.")
+    namespace: str = Field(default="kneenode", description="Prefix of every redis key.")
+    chain: str = Field(
+        default="workers.stages:default_chain",
+        description="module:function returning the stage list (name, queue, function).",
+    )
+    optional_stages: list[str] = Field(
+        default_factory=lambda: ["shape"],
+        description="Optional stages to run (an optional stage not listed here is skipped).",
+    )
+    stage_time_limit_s: float = Field(
+        default=1800, gt=0, description="Time limit of one stage attempt (s); past it: TIMEOUT."
+    )
+    stage_time_limits: dict[str, float] = Field(
+        default_factory=dict, description="Per-stage time limits (s), e.g. {segment = 3600}."
+    )
+    watchdog_grace_s: float = Field(
+        default=30, ge=0, description="A stage still running this long past its limit has its "
+        "worker process killed and restarted (native code ignores the in-thread limit).",
+    )
+    max_retries: int = Field(default=5, ge=0, description="Retries of a transient error per stage.")
+    retry_min_backoff_s: float = Field(default=5, gt=0, description="First retry delay (s).")
+    retry_max_backoff_s: float = Field(default=600, gt=0, description="Longest retry delay (s).")
+    heartbeat_timeout_s: float = Field(
+        default=60, gt=0, description="A worker silent this long is dead; its messages requeue."
+    )
+    maintenance_chance: int = Field(
+        default=1000, ge=0, le=1000000,
+        description="Per million broker calls: how often dead-worker maintenance runs.",
+    )
+    poll_ms: int = Field(
+        default=50, ge=1, description="Longest idle poll interval of a consumer (ms): hop latency."
+    )
+    cpu_processes: int = Field(default=1, ge=0, description="`serve`: worker processes, cpu queue.")
+    cpu_threads: int = Field(default=2, ge=1, description="Threads per cpu worker process.")
+    io_processes: int = Field(default=1, ge=0, description="`serve`: worker processes, io queue.")
+    io_threads: int = Field(default=4, ge=1, description="Threads per io worker process.")
+    gpu_devices: list[str] = Field(
+        default_factory=lambda: ["auto"],
+        description="`serve`: one gpu-queue process (one job at a time) per entry: auto, cpu, "
+        "cuda:N.",
+    )
+    shutdown_grace_s: float = Field(
+        default=10, ge=0, description="On SIGTERM, wait this long for running stages, then "
+        "requeue them.",
+    )
+    http_enabled: bool = Field(default=True, description="`serve` runs the HTTP status server.")
+    http_host: str = Field(default="127.0.0.1", description="Address of the HTTP status server.")
+    http_port: int = Field(default=8642, ge=0, le=65535, description="Port of the status server.")
+    selection: SelectionSettings = Field(
+        default_factory=SelectionSettings, description="Series selection rules."
+    )
+
+
 class EncodeSettings(Section):
     """Result DICOM objects (SEG, SR, overlay series, PDF): which ones, and how (docs/encode.md)."""
 
@@ -248,6 +346,7 @@ class Settings(BaseSettings):
         default_factory=CompletionSettings, description="Series completion."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    jobs: JobsSettings = Field(default_factory=JobsSettings, description="Job system.")
     encode: EncodeSettings = Field(
         default_factory=EncodeSettings, description="Result DICOM objects (SEG, SR, overlay, PDF)."
     )

@@ -1,0 +1,201 @@
+"""Job commands: ``serve``, ``worker``, ``jobs``, ``job``, ``retry``, ``cancel``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kneenode.cli_app import CliState, app, fail, settings_for
+from kneenode.errors import NodeError
+from kneenode.settings import Settings
+from workers.actors import enqueue_stage
+from workers.broker import make_broker, make_client, resolve_redis_url
+from workers.jobstate import TERMINAL, JobStore
+from workers.stages import load_chain
+from workers.supervisor import Supervisor, specs_for_worker
+
+console = Console()
+
+
+def _store(settings: Settings) -> tuple[JobStore, str]:
+    try:
+        url = resolve_redis_url(settings)
+    except NodeError as exc:
+        raise fail(f"{exc.message}. {exc.hint}") from None
+    return JobStore(make_client(url), settings.jobs.namespace), url
+
+
+def _when(ts: Any) -> str:
+    if not ts:
+        return ""
+    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    no_scp: Annotated[bool, typer.Option("--no-scp", help="Run without the DICOM edge.")] = False,
+) -> None:
+    """Run the whole node: embedded redis, SCP, workers for all queues, HTTP status server."""
+    from kneenode.serve import scp_available, serve
+
+    settings = settings_for(ctx)
+    if not no_scp and not scp_available():
+        raise fail("this build has no Storage SCP (scp.server.start_scp); use --no-scp")
+    state: CliState = ctx.obj
+    try:
+        serve(settings, state.config, with_scp=not no_scp)
+    except NodeError as exc:
+        raise fail(f"{exc.message}. {exc.hint}") from None
+
+
+@app.command("worker")
+def worker_cmd(
+    ctx: typer.Context,
+    queues: Annotated[str, typer.Option(help="Comma-separated queues: gpu,cpu,io.")] = "gpu,cpu,io",
+    processes: Annotated[int, typer.Option(min=1, help="Worker processes per queue group.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Threads per cpu/io process.")] = 2,
+    device: Annotated[str, typer.Option(help="GPU of the gpu processes: auto, cpu, cuda:K.")] = "auto",
+) -> None:
+    """Run only workers (extra GPU hosts): needs jobs.redis_url or a running serve."""
+    settings = settings_for(ctx)
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    bad = [q for q in names if q not in ("gpu", "cpu", "io")]
+    if bad or not names:
+        raise fail(f"unknown queue(s) {bad}: use gpu, cpu, io")
+    try:
+        load_chain(settings)
+    except NodeError as exc:
+        raise fail(exc.message, 2) from None
+    _, url = _store(settings)
+    state: CliState = ctx.obj
+    sup = Supervisor(settings, url, specs_for_worker(names, processes, threads, device),
+                     state.config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    sup.start()
+    console.print(f"workers running on {names} (pids {sup.pids()}); Ctrl-C stops them")
+    while not stop.wait(0.5):
+        pass
+    sup.stop()
+
+
+@app.command("jobs")
+def jobs_cmd(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many (newest first).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """List jobs, newest first."""
+    store, _ = _store(settings_for(ctx))
+    jobs = store.list(state, limit)
+    if as_json:
+        typer.echo(json.dumps(jobs, indent=2, default=str))
+        return
+    table = Table(title=f"{len(jobs)} job(s)")
+    for col in ("id", "state", "progress", "series", "v", "description", "from", "error",
+                "updated"):
+        table.add_column(col, overflow="fold")
+    for j in jobs:
+        err = j.get("error") or {}
+        table.add_row(
+            j["id"], j.get("state", ""), f"{100 * float(j.get('progress', 0)):.0f}%",
+            "..." + str(j.get("series_uid", ""))[-12:], str(j.get("version", "")),
+            j.get("series_description", ""), j.get("calling_ae", ""),
+            str(err.get("code", "")) if isinstance(err, dict) else "", _when(j.get("updated")),
+        )
+    console.print(table)
+
+
+@app.command("job")
+def job_cmd(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
+) -> None:
+    """Show one job: record, stages and events."""
+    store, _ = _store(settings_for(ctx))
+    job = store.get(job_id)
+    if job is None:
+        raise fail(f"no job {job_id}")
+    events = store.events(job_id)
+    if as_json:
+        typer.echo(json.dumps({**job, "events": events}, indent=2, default=str))
+        return
+    head = Table(show_header=False, title=f"job {job_id}")
+    for key in ("state", "stage", "progress", "run", "attempts", "study_uid", "series_uid",
+                "version", "calling_ae", "modality", "series_description", "instance_count",
+                "previous_job", "reason", "job_dir", "series_path"):
+        head.add_row(key, str(job.get(key, "")))
+    err = job.get("error")
+    if isinstance(err, dict):
+        for key in ("code", "message", "hint"):
+            head.add_row(f"error.{key}", str(err.get(key, "")))
+    head.add_row("created", _when(job.get("created")))
+    console.print(head)
+    stages = Table(title="stages")
+    for col in ("stage", "state", "attempts", "start", "duration s", "worker"):
+        stages.add_column(col)
+    for name, st in job["stages"].items():
+        dur = st.get("duration")
+        stages.add_row(name, str(st.get("state", "")), str(st.get("attempts", "")),
+                       _when(st.get("start")), f"{dur:.3f}" if dur is not None else "",
+                       str(st.get("worker", "")))
+    console.print(stages)
+    ev = Table(title="events")
+    for col in ("time", "event", "details"):
+        ev.add_column(col, overflow="fold")
+    for e in events:
+        details = {k: v for k, v in e.items() if k not in ("t", "kind")}
+        ev.add_row(_when(e["t"]), e["kind"], json.dumps(details, default=str) if details else "")
+    console.print(ev)
+
+
+@app.command("retry")
+def retry_cmd(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    from_stage: Annotated[str | None, typer.Option(help="Redo from this stage (default: the "
+                                                   "failed stage, else the first).")] = None,
+) -> None:
+    """Run an ended job again (failed, cancelled or done), from a stage on."""
+    settings = settings_for(ctx)
+    store, url = _store(settings)
+    job = store.get(job_id)
+    if job is None:
+        raise fail(f"no job {job_id}")
+    if job["state"].split(":")[0] not in TERMINAL - {"ignored"}:
+        raise fail(f"job {job_id} is {job['state']}: only failed, cancelled or done jobs retry")
+    queues = {s.name: s.queue for s in load_chain(settings)}
+    chain: list[str] = job.get("chain") or []
+    stage = from_stage or (job.get("stage") if job["state"] == "failed" else None) or chain[0]
+    if stage not in chain or stage not in queues:
+        raise fail(f"unknown stage '{stage}' (stages: {', '.join(chain)})")
+    run = store.restart(job_id, stage)
+    enqueue_stage(make_broker(url, settings.jobs), settings.jobs, job_id=job_id, stage=stage,
+                  queue=queues[stage], run=run, rerun=True)
+    console.print(f"job {job_id} queued again from stage '{stage}' (run {run})")
+
+
+@app.command("cancel")
+def cancel_cmd(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+) -> None:
+    """Cancel a job: no further stage starts; a running stage may finish or stop early."""
+    store, _ = _store(settings_for(ctx))
+    job = store.get(job_id)
+    if job is None:
+        raise fail(f"no job {job_id}")
+    if not store.cancel(job_id):
+        raise fail(f"job {job_id} already ended ({job['state']})")
+    console.print(f"job {job_id} cancelled")

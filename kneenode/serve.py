@@ -1,0 +1,119 @@
+"""``kneenode serve``: the whole node in one command.
+
+Start order: embedded redis (unless ``jobs.redis_url``) -> worker processes for every queue ->
+HTTP status server -> Storage SCP with the job creator as its ``on_complete``. SIGINT/SIGTERM stop
+in reverse: the SCP stops accepting associations and finishes in-flight C-STOREs, workers finish
+or requeue their stages, then the status server and redis (by PID) stop. ``data_dir/serve.json``
+tells operators and tests the ports of the running node.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from kneenode.logs import get_logger
+from kneenode.settings import Settings
+from workers.broker import make_broker, make_client, redis_folder
+from workers.http import StatusServer
+from workers.intake import make_on_complete
+from workers.jobstate import JobStore
+from workers.redisproc import RedisChild, start_redis, write_json_atomic
+from workers.stages import load_chain
+from workers.supervisor import Supervisor, specs_for_serve
+
+log = get_logger(__name__)
+
+
+def scp_available() -> bool:
+    """Whether the edge's ``scp.server.start_scp`` exists in this build."""
+    try:
+        return hasattr(importlib.import_module("scp.server"), "start_scp")
+    except ImportError:
+        return False
+
+
+class Node:
+    """The composed node; :meth:`start` then :meth:`stop` (idempotent)."""
+
+    def __init__(self, settings: Settings, config: Path | None = None, *, with_scp: bool = True):
+        self.settings = settings
+        self.config = config
+        self.with_scp = with_scp
+        self.redis: RedisChild | None = None
+        self.supervisor: Supervisor | None = None
+        self.http: StatusServer | None = None
+        self.scp: Any = None
+        self.redis_url = ""
+
+    def start(self) -> None:
+        """Start every part; on any failure, stop what already started and re-raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        chain = load_chain(s)  # a bad jobs.chain stops the node before anything starts
+        if s.jobs.redis_url:
+            self.redis_url = s.jobs.redis_url
+        else:
+            self.redis = start_redis(redis_folder(s), port=s.jobs.redis_port,
+                                     executable=s.jobs.redis_server)
+            self.redis_url = self.redis.url
+        store = JobStore(make_client(self.redis_url), s.jobs.namespace)
+        broker = make_broker(self.redis_url, s.jobs)
+        self.supervisor = Supervisor(s, self.redis_url, specs_for_serve(s), self.config)
+        self.supervisor.start()
+        if s.jobs.http_enabled:
+            self.http = StatusServer(store, s)
+            self.http.start()
+        if self.with_scp:
+            from scp.server import start_scp
+
+            self.scp = start_scp(s, make_on_complete(s, store, broker, chain))
+        info = {
+            "pid": os.getpid(), "redis_url": self.redis_url,
+            "redis_pid": self.redis.pid if self.redis else None,
+            "http_port": self.http.port if self.http else None,
+            "scp_port": getattr(self.scp, "port", None),
+            "worker_pids": self.supervisor.pids(),
+        }
+        write_json_atomic(s.data_dir / "serve.json", info)
+        log.info("node ready", **info)
+
+    def stop(self) -> None:
+        """Stop in reverse order; every part is stopped even if an earlier one fails."""
+        for name, part in (("scp", self.scp), ("workers", self.supervisor), ("http", self.http),
+                           ("redis", self.redis)):
+            if part is None:
+                continue
+            try:
+                part.stop()
+            except Exception:
+                log.exception("stop failed", part=name)
+        self.scp = self.supervisor = self.http = self.redis = None
+        (self.settings.data_dir / "serve.json").unlink(missing_ok=True)
+
+
+def serve(settings: Settings, config: Path | None = None, *, with_scp: bool = True) -> None:
+    """Run the node until SIGINT/SIGTERM, then shut it down gracefully."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node = Node(settings, config, with_scp=with_scp)
+    node.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+        log.info("shutting down")
+    finally:
+        node.stop()
+    log.info("node stopped")

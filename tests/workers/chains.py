@@ -1,0 +1,92 @@
+"""Stage chains used by the job-system tests, plugged in through ``jobs.chain`` (the real mechanism).
+
+Each stage does what the series summary's ``behaviour`` entry for it says, and appends
+``start``/``end`` lines to ``<job_dir>/trace.log`` so tests can check that no stage completed twice:
+
+``ok`` (default), ``sleep:S`` (Python sleep, cancel-aware), ``busy:S`` (pure-Python loop: dramatiq's
+time limit can interrupt it), ``stuck:S`` (one C-level sleep: nothing but the watchdog can stop it),
+``flaky:N`` (CUDA-OOM-like RuntimeError on the first N attempts), ``transient:N`` (NodeError
+SEND_FAILED on the first N attempts), ``permanent`` (NodeError INVALID_FORMAT).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from kneenode.errors import ErrorCode, NodeError
+from kneenode.settings import Settings
+from workers.stages import Stage, StageContext
+
+
+def _trace(ctx: StageContext, name: str, what: str) -> None:
+    with open(ctx.job_dir / "trace.log", "a", encoding="utf-8") as fh:
+        fh.write(f"{name} {what} {ctx.attempt} {os.getpid()} {time.time():.6f}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def behave(ctx: StageContext, name: str) -> None:
+    """Run the behaviour the series asks of stage ``name``."""
+    _trace(ctx, name, "start")
+    spec = str((ctx.summary.get("behaviour") or {}).get(name, "ok"))
+    kind, _, arg = spec.partition(":")
+    if kind == "sleep":
+        end = time.monotonic() + float(arg)
+        while time.monotonic() < end and not ctx.cancelled.is_set():
+            time.sleep(0.02)
+    elif kind == "busy":
+        end = time.monotonic() + float(arg)
+        while time.monotonic() < end:
+            sum(range(1000))
+    elif kind == "stuck":
+        time.sleep(float(arg))  # a C call: the in-thread time limit cannot interrupt it
+    elif kind in ("flaky", "transient") and ctx.attempt <= int(arg):
+        if kind == "flaky":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (test fault)")
+        raise NodeError(ErrorCode.SEND_FAILED, f"destination refused (test fault {ctx.attempt})")
+    elif kind == "permanent":
+        raise NodeError(ErrorCode.INVALID_FORMAT, "series is not a volume (test fault)")
+    (ctx.work_dir / "out.txt").write_text(name, encoding="utf-8")
+    _trace(ctx, name, "end")
+
+
+def _stage(name: str):
+    def fn(ctx: StageContext) -> None:
+        behave(ctx, name)
+
+    fn.__name__ = name
+    return fn
+
+
+def fault_chain(settings: Settings) -> list[Stage]:
+    """s1 (cpu) -> s2 (gpu) -> s3 (cpu) -> s4 (io) -> s5 (cpu, optional)."""
+    del settings
+    return [
+        Stage("s1", "cpu", _stage("s1")),
+        Stage("s2", "gpu", _stage("s2")),
+        Stage("s3", "cpu", _stage("s3")),
+        Stage("s4", "io", _stage("s4")),
+        Stage("s5", "cpu", _stage("s5"), optional=True),
+    ]
+
+
+def noop_chain(settings: Settings) -> list[Stage]:
+    """Six no-op stages on the node's queues (benchmark of the job system's own overhead)."""
+    del settings
+    names = [("prepare", "cpu"), ("segment", "gpu"), ("quantify", "cpu"), ("shape", "gpu"),
+             ("encode", "cpu"), ("deliver", "io")]
+    return [Stage(n, q, _noop) for n, q in names]  # type: ignore[arg-type]
+
+
+def _noop(ctx: StageContext) -> None:
+    del ctx
+
+
+def trace_lines(job_dir: Path) -> list[list[str]]:
+    """The parsed trace of a job."""
+    path = job_dir / "trace.log"
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text(encoding="utf-8").splitlines()]

@@ -1,0 +1,117 @@
+"""Selection: which complete series are knee MRI volumes worth a job, and why the rest are not.
+
+Pure rules over the series summary (``summary.json`` written by the edge), read defensively: any
+key may be missing. When the geometry summary is missing, the headers are read from the files
+(pydicom, no pixel data). Rules come from ``jobs.selection`` with per-calling-AE overrides.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kneenode.errors import ErrorCode
+from kneenode.settings import SelectionSettings
+
+_TEXT_KEYS = ("series_description", "protocol_name", "body_part_examined", "sequence_name")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of selection: selected, or not with an error code and a reason."""
+
+    selected: bool
+    code: ErrorCode | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The effective rules for one sender (node-wide rules with its overrides applied)."""
+
+    modalities: tuple[str, ...]
+    min_slices: int
+    require_consistent: bool
+    pattern: str | None  # None: no knee pattern check (process_all)
+
+
+def rules_for(settings: SelectionSettings, calling_ae: str) -> Rules:
+    """Apply the override of ``calling_ae`` (if any) to the node-wide rules."""
+    rules = Rules(
+        modalities=tuple(m.upper() for m in settings.modalities),
+        min_slices=settings.min_slices,
+        require_consistent=settings.require_consistent_geometry,
+        pattern=settings.pattern,
+    )
+    for o in settings.per_ae:
+        if o.ae_title != calling_ae:
+            continue
+        rules = Rules(
+            modalities=tuple(m.upper() for m in o.modalities) if o.modalities else rules.modalities,
+            min_slices=o.min_slices or rules.min_slices,
+            require_consistent=rules.require_consistent,
+            pattern=None if o.process_all else (o.pattern or rules.pattern),
+        )
+    return rules
+
+
+def select(summary: dict[str, Any], rules: Rules, folder: Path | None = None) -> Decision:
+    """Decide whether a series is analysed; the first failing rule gives the reason.
+
+    Order: modality, then volume geometry, then the knee pattern (cheapest, most telling first).
+    """
+    modality = str(summary.get("modality") or "").upper()
+    if not modality and folder is not None:
+        modality = str(read_headers(folder).get("modality", "")).upper()
+    if modality not in rules.modalities:
+        return Decision(False, ErrorCode.NOT_SELECTED,
+                        f"modality {modality or 'unknown'} is not one of {list(rules.modalities)}")
+    geometry = summary.get("geometry")
+    if not isinstance(geometry, dict) and folder is not None:
+        geometry = read_headers(folder).get("geometry")
+    geo_reason = _geometry_reason(geometry if isinstance(geometry, dict) else {}, rules)
+    if geo_reason:
+        return Decision(False, ErrorCode.NOT_SELECTED, geo_reason)
+    if rules.pattern is not None:
+        texts = {k: str(summary.get(k) or "") for k in _TEXT_KEYS}
+        if not any(re.search(rules.pattern, t, re.IGNORECASE) for t in texts.values()):
+            shown = ", ".join(f"{k}={v!r}" for k, v in texts.items() if v) or "no descriptions"
+            return Decision(False, ErrorCode.NOT_KNEE, f"no knee keyword in {shown}")
+    return Decision(True)
+
+
+def _geometry_reason(geometry: dict[str, Any], rules: Rules) -> str:
+    slices = int(geometry.get("slices") or 0)
+    is_3d = bool(geometry.get("is_3d"))
+    consistent = geometry.get("consistent")
+    if rules.require_consistent and consistent is False:
+        return f"inconsistent geometry: {geometry.get('reason') or 'unspecified'}"
+    if not is_3d and slices < rules.min_slices:
+        return f"not a volume: {slices} slice(s), not 3-D (needs 3-D or >= {rules.min_slices})"
+    return ""
+
+
+def read_headers(folder: Path) -> dict[str, Any]:
+    """Modality and a minimal geometry read from the files, for summaries that lack them."""
+    from pydicom import dcmread
+
+    modality, orientations, positions, is_3d = "", set(), set(), False
+    for path in sorted(folder.glob("*.dcm")):
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001, S112 - an unreadable file simply does not count
+            continue
+        modality = modality or str(ds.get("Modality", ""))
+        is_3d = is_3d or str(ds.get("MRAcquisitionType", "")).upper() == "3D"
+        orientations.add(tuple(round(float(v), 3) for v in ds.get("ImageOrientationPatient", [])))
+        positions.add(tuple(round(float(v), 2) for v in ds.get("ImagePositionPatient", [])))
+    consistent = len(orientations) == 1
+    return {
+        "modality": modality,
+        "geometry": {
+            "is_3d": is_3d, "slices": len(positions), "consistent": consistent,
+            "reason": None if consistent else f"{len(orientations)} slice orientations",
+        },
+    }

@@ -1,0 +1,190 @@
+"""The declared chain of stages, and what a stage function receives.
+
+A chain is a list of :class:`Stage` (name, queue, function). The node's chain is
+:func:`default_chain`; ``jobs.chain`` names the ``module:function`` that returns the chain to run,
+so a deployment (or a test) plugs in its own list through the same mechanism. Stages that later
+issues implement (segment, quantify, shape, encode, deliver) are appended to
+:func:`default_chain` as their ``pipeline``/``scp`` functions land.
+
+Stage functions are plain ``fn(ctx: StageContext) -> None``: they read the series and earlier
+stages' outputs from the job folder and write their own outputs under ``ctx.work_dir``. They raise
+:class:`kneenode.errors.NodeError` for known failures. Idempotency is provided here: a finished
+stage leaves ``<job_dir>/stages/<name>.done`` and is not run again; an unfinished stage's
+``work_dir`` is emptied before it is re-run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kneenode.errors import ErrorCode, NodeError
+from kneenode.settings import Settings
+
+Queue = Literal["cpu", "gpu", "io"]
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything a stage function may use; no broker, no redis.
+
+    Attributes
+    ----------
+    job_id, job_dir
+        The job and its folder (``data_dir/jobs/<job_id>``).
+    series_path
+        Folder of the complete series version (``*.dcm`` + ``summary.json``).
+    work_dir
+        This stage's output folder (``job_dir/<stage>``), empty at the start of an attempt.
+    summary
+        The series summary (see :mod:`scp.summary`).
+    settings
+        The node settings.
+    device
+        ``cpu`` or ``cuda:N`` for GPU stages (``cpu`` elsewhere).
+    attempt
+        1 for the first attempt of this stage in this run.
+    cancelled
+        Set when the job is cancelled while the stage runs; long stages may poll it.
+    """
+
+    job_id: str
+    job_dir: Path
+    series_path: Path
+    work_dir: Path
+    summary: dict[str, Any]
+    settings: Settings
+    device: str = "cpu"
+    attempt: int = 1
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def stage_dir(self, name: str) -> Path:
+        """Output folder of another (earlier) stage."""
+        return self.job_dir / name
+
+
+StageFn = Callable[[StageContext], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One declared stage: a name, the queue whose workers run it, and a plain function."""
+
+    name: str
+    queue: Queue
+    fn: StageFn
+    optional: bool = False
+
+
+def load_chain(settings: Settings) -> list[Stage]:
+    """Import ``jobs.chain`` and return the active stages (optional ones only when enabled).
+
+    Raises
+    ------
+    NodeError
+        CONFIG_ERROR when the path does not import, or the chain is malformed.
+    """
+    spec = settings.jobs.chain
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+        stages: Sequence[Stage] = factory(settings)
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise NodeError(ErrorCode.CONFIG_ERROR, f"jobs.chain '{spec}' cannot be loaded: {exc}") from exc
+    enabled = set(settings.jobs.optional_stages)
+    active = [s for s in stages if not s.optional or s.name in enabled]
+    names = [s.name for s in active]
+    if not active or len(set(names)) != len(names):
+        raise NodeError(ErrorCode.CONFIG_ERROR, f"jobs.chain '{spec}' has no or duplicate stages: {names}")
+    for s in active:
+        if s.queue not in ("cpu", "gpu", "io"):
+            raise NodeError(ErrorCode.CONFIG_ERROR, f"stage '{s.name}' has unknown queue '{s.queue}'")
+    return active
+
+
+def next_stage(chain: Sequence[Stage], name: str) -> Stage | None:
+    """The stage after ``name``, or None at the end of the chain."""
+    names = [s.name for s in chain]
+    i = names.index(name)
+    return chain[i + 1] if i + 1 < len(chain) else None
+
+
+# -- idempotency markers ----------------------------------------------------------------------
+def marker_path(job_dir: Path, stage: str) -> Path:
+    """The done-marker of a stage."""
+    return job_dir / "stages" / f"{stage}.done"
+
+
+def is_done(job_dir: Path, stage: str) -> bool:
+    """Whether the stage has committed in this job folder."""
+    return marker_path(job_dir, stage).exists()
+
+
+def mark_done(job_dir: Path, stage: str, info: dict[str, Any]) -> None:
+    """Commit a stage: write its marker atomically (temp + fsync + rename)."""
+    path = marker_path(job_dir, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(info, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def clear_from(job_dir: Path, chain_names: Sequence[str], stage: str) -> None:
+    """Forget ``stage`` and every later stage (``kneenode retry --from-stage``)."""
+    for name in chain_names[list(chain_names).index(stage) :]:
+        marker_path(job_dir, name).unlink(missing_ok=True)
+
+
+def fresh_work_dir(job_dir: Path, stage: str) -> Path:
+    """Empty the stage's output folder before an attempt (left-overs of a crashed attempt)."""
+    work = job_dir / stage
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return work
+
+
+# -- the node's chain -------------------------------------------------------------------------
+def prepare(ctx: StageContext) -> None:
+    """Read and validate the series headers; write ``prepare/series.json``.
+
+    Placeholder until ``pipeline.series`` lands: header-only, so it catches missing or unreadable
+    files (FILE_NOT_FOUND, DICOM_ERROR) before GPU time is spent.
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    files = sorted(ctx.series_path.glob("*.dcm"))
+    if not files:
+        raise NodeError(ErrorCode.FILE_NOT_FOUND, f"no *.dcm files in {ctx.series_path}")
+    uids = set()
+    for path in files:
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            raise NodeError(ErrorCode.DICOM_ERROR, f"{path.name}: {exc}") from exc
+        uids.add(str(ds.get("SeriesInstanceUID", "")))
+    if len(uids) != 1:
+        raise NodeError(ErrorCode.INVALID_FORMAT, f"{len(uids)} series UIDs in one series folder")
+    out = {"files": [p.name for p in files], "series_uid": uids.pop()}
+    (ctx.work_dir / "series.json").write_text(json.dumps(out), encoding="utf-8")
+
+
+def default_chain(settings: Settings) -> list[Stage]:
+    """The node's stages, in order: only those whose functions exist today.
+
+    Target chain (DESIGN.md): prepare (cpu) -> segment (gpu) -> quantify (cpu) -> shape (gpu,
+    optional) -> encode (cpu) -> deliver (io).
+    """
+    del settings  # the chain may depend on settings later (e.g. destinations)
+    return [Stage("prepare", "cpu", prepare)]
