@@ -31,7 +31,7 @@ from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from workers.actors import STAGE_ACTORS, enqueue_stage, time_limit_s
 from workers.jobstate import TERMINAL, JobStore, now
-from workers.stages import Stage, fresh_work_dir, is_done, mark_done, next_stage
+from workers.stages import Stage, StageCancelled, fresh_work_dir, is_done, mark_done, next_stage
 
 log = get_logger(__name__)
 
@@ -242,6 +242,10 @@ class JobMiddleware(Middleware):
 
     def _error(self, broker: RedisBroker, task: Task, exc: BaseException) -> None:
         store = self.rt.store
+        if isinstance(exc, StageCancelled):
+            store.stage_update(task.job_id, task.stage, state="cancelled", end=now())
+            store.event(task.job_id, "stage_cancelled", stage=task.stage)
+            return
         err = classify(exc, task.stage, time_limit_s(self.jobs, task.stage))
         info = err.as_dict()
         duration = time.monotonic() - task.started

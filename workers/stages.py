@@ -31,6 +31,10 @@ from kneenode.settings import Settings
 Queue = Literal["cpu", "gpu", "io"]
 
 
+class StageCancelled(Exception):
+    """Raised by :meth:`StageContext.check_cancelled`; ends the stage without an error."""
+
+
 @dataclass(frozen=True)
 class StageContext:
     """Everything a stage function may use; no broker, no redis.
@@ -64,6 +68,11 @@ class StageContext:
     device: str = "cpu"
     attempt: int = 1
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`StageCancelled` if the job was cancelled (call it between steps)."""
+        if self.cancelled.is_set():
+            raise StageCancelled(self.job_id)
 
     def stage_dir(self, name: str) -> Path:
         """Output folder of another (earlier) stage."""

@@ -34,7 +34,8 @@ def behave(ctx: StageContext, name: str) -> None:
     kind, _, arg = spec.partition(":")
     if kind == "sleep":
         end = time.monotonic() + float(arg)
-        while time.monotonic() < end and not ctx.cancelled.is_set():
+        while time.monotonic() < end:
+            ctx.check_cancelled()
             time.sleep(0.02)
     elif kind == "busy":
         end = time.monotonic() + float(arg)
