@@ -27,8 +27,11 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if value is None:
-        return '""'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    if isinstance(value, BaseModel):
+        return _toml_value(value.model_dump(mode="json"))
     return json.dumps(str(value))
 
 
@@ -45,8 +48,10 @@ def _emit(model: type[BaseModel], instance: BaseModel, prefix: str, out: list[st
             continue
         value = getattr(instance, name)
         out.append(f"# {info.description or name}")
-        if value is None or (isinstance(value, list) and value and isinstance(value[0], BaseModel)):
-            out.append(f"# {name} = ")
+        if value is None:
+            out.append(f"# {name}: unset by default")
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            out.append(f"# {name}: see the documentation")
         elif isinstance(value, list) and not value and name == "peers":
             out.append("# [[scp.peers]]  (repeat per peer)")
             out.append('# ae_title = "PACS"')

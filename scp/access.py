@@ -35,6 +35,8 @@ def check_association(
     peer = next((p for p in settings.peers if p.ae_title == calling), None)
     if settings.allow_any:
         return AccessDecision(True, "allow_any", peer=peer)
+    if peer is None and settings.allow_loopback and _is_loopback(address):
+        return AccessDecision(True, "allow_loopback")
     if peer is None:
         return AccessDecision(False, f"calling AE '{calling}' is not in the allow-list",
                               RejectReason.CALLING_AE_NOT_RECOGNISED)
@@ -50,3 +52,10 @@ def _address_in(address: str, networks: list[str]) -> bool:
     except ValueError:
         return False
     return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

@@ -23,6 +23,7 @@ from scp.status import StoreStatus
 
 log = get_logger(__name__)
 
+DUL_LOOP_DELAY = 0.0001
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
 
 
@@ -41,6 +42,10 @@ def handle_requested(event: events.Event, settings: Settings) -> None:
         event.assoc.acse.send_reject(0x01, 0x01, int(decision.diagnostic))
         event.assoc.kill()  # as pynetdicom's own rejections do: flushes the A-ASSOCIATE-RJ
         return
+    # pynetdicom's DUL thread sleeps 1 ms whenever a loop found nothing to do; each C-STORE
+    # response waits for that sleep. 0.1 ms cuts the per-instance latency at a small CPU cost
+    # while the association is open (measured in tests/bench/ingest.py).
+    event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY
     log.info("association accepted", calling_ae=calling, peer=requestor.address,
              rule=decision.reason)
 

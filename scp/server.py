@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from pydicom import config as pydicom_config
 from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -113,6 +114,9 @@ def start_scp(settings: Settings, on_complete: OnComplete) -> ScpHandle:
     for stale in spool.tmp.iterdir():  # never acknowledged: a crash mid-receive
         stale.unlink(missing_ok=True)
     _config.STORE_RECV_CHUNKED_DATASET = True
+    # Header reads on the hot path check UIDs themselves (scp.spool.is_valid_uid); pydicom's
+    # per-element value validation doubled the handler's time.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     tempfile.tempdir = str(spool.tmp)  # pynetdicom's NamedTemporaryFile lands on the spool fs
     ae = build_ae(settings)
     handlers = [

@@ -117,7 +117,7 @@ def test_compressed_transfer_syntaxes_received_and_decode(node_factory, name, fl
 
 def test_unknown_calling_ae_and_wrong_address_are_rejected(node_factory, tmp_path):
     files = mr_series(tmp_path / "src", slices=2)
-    node = node_factory({"scp": {"peers": [
+    node = node_factory({"scp": {"allow_loopback": False, "peers": [
         {"ae_title": "PACS", "hosts": ["127.0.0.0/8"]},
         {"ae_title": "FARAWAY", "hosts": ["10.9.8.0/24"]},
     ]}})
@@ -256,3 +256,22 @@ def test_per_ae_quiet_period(node_factory, tmp_path):
 def test_spool_temp_folder_is_on_spool_filesystem(node_factory):
     node = node_factory(OPEN)
     assert os.stat(node.spool / "tmp").st_dev == os.stat(node.spool / "incoming").st_dev
+
+
+def test_default_accepts_local_senders_but_listed_peers_keep_their_addresses(node_factory):
+    node = node_factory({"scp": {"peers": [{"ae_title": "FARAWAY", "hosts": ["10.9.8.0/24"]}]}})
+    assert echoscu(node.port, aet="ANYLOCAL").returncode == 0  # allow_loopback (default)
+    assert echoscu(node.port, aet="FARAWAY").returncode != 0
+
+
+def test_max_associations_rejects_the_one_too_many(node_factory):
+    node = node_factory({"scp": {"allow_any": True, "max_associations": 1}})
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = ae.associate("127.0.0.1", node.port, ae_title="KNEENODE")
+    try:
+        assert held.is_established
+        assert echoscu(node.port).returncode != 0
+    finally:
+        held.release()
+    wait_for(lambda: echoscu(node.port).returncode == 0, 10, what="a free association slot")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import free_port, port_open, start, stop, wait_for
+from tests.support.procs import free_port, start, stop, wait_for
 
 KNEENODE = str(Path(sys.executable).with_name("kneenode"))
 
@@ -86,8 +86,10 @@ class Node:
         write_toml(self.config_path, cfg)
         env = {**os.environ, "KNEENODE_CONFIG": str(self.config_path)}
         self.proc = start([KNEENODE, self.command], log=self.log_path, env=env)
-        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, timeout,
-                 what="the node to listen")
+        # Wait for the node's own "listening" line rather than probing the port: a probe
+        # connection would hold an association slot until the ACSE timeout.
+        wait_for(lambda: "listening on port" in self.log() or self.proc.poll() is not None,
+                 timeout, what="the node to listen")
         if self.proc.poll() is not None:
             raise RuntimeError(f"node exited early:\n{self.log_path.read_text()}")
         return self
