@@ -80,6 +80,11 @@ class ScpSettings(Section):
         default=False,
         description="Accept any calling AE from any address (demos only; hospitals list `peers`).",
     )
+    allow_loopback: bool = Field(
+        default=True,
+        description="Accept any calling AE connecting from this machine (127.0.0.0/8, ::1), "
+        "so a local storescu or `kneenode send` works out of the box.",
+    )
     peers: list[PeerSettings] = Field(
         default_factory=list, description="Allow-list of calling AE titles with optional addresses."
     )
@@ -346,10 +351,10 @@ class Settings(BaseSettings):
         default_factory=CompletionSettings, description="Series completion."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
-    jobs: JobsSettings = Field(default_factory=JobsSettings, description="Job system.")
     encode: EncodeSettings = Field(
         default_factory=EncodeSettings, description="Result DICOM objects (SEG, SR, overlay, PDF)."
     )
+    jobs: JobsSettings = Field(default_factory=JobsSettings, description="Job system.")
     segment: SegmentSettings = Field(
         default_factory=SegmentSettings, description="nnU-Net v2 segmentation model."
     )
