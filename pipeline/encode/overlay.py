@@ -13,6 +13,7 @@ here the constant attributes are built once and every image adds only what diffe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,6 @@ from pipeline.encode.common import (
     COLORS,
     DEMO_BANNER,
     NOT_FOR_DIAGNOSIS,
-    SUBREGIONS,
-    TISSUES,
     AlgorithmInfo,
     check_label_map,
     content_datetime,
@@ -40,18 +39,41 @@ from pipeline.encode.common import (
 )
 
 
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
+#: Short legend names (the legend panel should not be wider than it must).
+LEGEND: dict[int, str] = {
+    1: "Femur", 2: "Tibia", 3: "Patella", 4: "Femoral cart.", 5: "Med. tibial cart.",
+    6: "Lat. tibial cart.", 7: "Patellar cart.", 8: "Med. meniscus", 9: "Lat. meniscus",
+    11: "Ant. femoral cart.", 12: "Med. WB femoral cart.", 13: "Lat. WB femoral cart.",
+    14: "Med. post. femoral cart.", 15: "Lat. post. femoral cart.",
+}
+
+
+def _slice_pixels(ds: Dataset) -> np.ndarray:
+    """One slice's stored values; native little-endian data is viewed directly (no decoder)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    bits = int(ds.get("BitsAllocated", 0))
+    if syntax in _NATIVE and bits in (8, 16) and int(ds.get("SamplesPerPixel", 1)) == 1:
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+        count = int(ds.Rows) * int(ds.Columns)
+        return np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(int(ds.Rows), int(ds.Columns))
+    return ds.pixel_array
+
+
 def source_volume(datasets: Sequence[Dataset]) -> np.ndarray:
-    """Stored pixel values of the source slices as one float32 volume (rescale applied)."""
+    """Pixel values of the source slices as one float32 volume (rescale applied)."""
     try:
-        slices = [d.pixel_array for d in datasets]
-    except (AttributeError, ValueError, RuntimeError) as exc:
+        slices = [_slice_pixels(d) for d in datasets]
+        vol = np.stack(slices).astype(np.float32)
+    except (AttributeError, KeyError, ValueError, RuntimeError) as exc:
         raise encode_error(f"cannot decode the source pixel data: {exc}") from exc
-    vol = np.stack(slices).astype(np.float32)
     if vol.ndim != 3:
         raise encode_error(f"source slices must be single-frame greyscale, got shape {vol.shape}")
     slope = float(datasets[0].get("RescaleSlope", 1) or 1)
     intercept = float(datasets[0].get("RescaleIntercept", 0) or 0)
-    return vol * slope + intercept
+    return vol * slope + intercept if (slope, intercept) != (1.0, 0.0) else vol
 
 
 def window_to_uint8(volume: np.ndarray) -> np.ndarray:
@@ -59,32 +81,49 @@ def window_to_uint8(volume: np.ndarray) -> np.ndarray:
     sample = volume[:, ::4, ::4]
     lo, hi = np.percentile(sample, [1.0, 99.5])
     scale = 255.0 / max(float(hi - lo), 1e-6)
-    return np.clip((volume - lo) * scale, 0, 255).astype(np.uint8)
+    out = np.empty(volume.shape, dtype=np.uint8)
+    for i, plane in enumerate(volume):  # slice by slice: no full-size float temporaries
+        out[i] = np.clip((plane - lo) * scale, 0, 255)
+    return out
+
+
+@lru_cache(maxsize=8)
+def _blend_table(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """RGB of every (label, grey) pair: ``table[label * 256 + grey]``; and the opaque colours."""
+    colour = np.zeros((256, 3), dtype=np.float32)
+    weight = np.zeros(256, dtype=np.float32)
+    for label, rgb in COLORS.items():
+        colour[label], weight[label] = rgb, alpha
+    grey = np.arange(256, dtype=np.float32)
+    table = grey[None, :, None] * (1 - weight)[:, None, None] + (colour * weight[:, None])[:, None, :]
+    return np.round(table).astype(np.uint8).reshape(256 * 256, 3), colour.astype(np.uint8)
+
+
+def colorize_slice(grey: np.ndarray, labels: np.ndarray, *, alpha: float, outline: bool) -> np.ndarray:
+    """RGB slice: grey with label colours blended at ``alpha``, outlines opaque.
+
+    One gather from a (label, grey) -> RGB table (about 1 ms for 384 x 384) instead of masks.
+    """
+    table, colour = _blend_table(float(alpha))
+    index = labels.astype(np.intp) * 256 + grey
+    out = np.take(table, index, axis=0)
+    if outline:
+        edge = np.zeros(labels.shape, dtype=bool)
+        dy = labels[1:, :] != labels[:-1, :]
+        dx = labels[:, 1:] != labels[:, :-1]
+        edge[1:, :] |= dy
+        edge[:-1, :] |= dy
+        edge[:, 1:] |= dx
+        edge[:, :-1] |= dx
+        edge &= labels > 0
+        out[edge] = colour[labels[edge]]
+    return out
 
 
 def colorize(grey: np.ndarray, labels: np.ndarray, *, alpha: float, outline: bool) -> np.ndarray:
-    """RGB volume: grey with label colours blended at ``alpha``, outlines opaque."""
-    lut = np.zeros((256, 3), dtype=np.uint16)
-    for label, rgb in COLORS.items():
-        lut[label] = rgb
-    a = int(round(alpha * 256))
-    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.uint16)
-    colored = labels > 0
-    blend = (rgb[colored] * (256 - a) + lut[labels[colored]] * a) >> 8
-    rgb[colored] = blend
-    if outline:
-        edge = np.zeros_like(colored)
-        for axis in (1, 2):
-            diff = np.diff(labels, axis=axis) != 0
-            lead = [slice(None)] * 3
-            lead[axis] = slice(None, -1)
-            trail = [slice(None)] * 3
-            trail[axis] = slice(1, None)
-            edge[tuple(lead)] |= diff
-            edge[tuple(trail)] |= diff
-        edge &= colored
-        rgb[edge] = lut[labels[edge]]
-    return rgb.astype(np.uint8)
+    """:func:`colorize_slice` for every slice of a volume: (slices, rows, columns, 3) uint8."""
+    return np.stack([colorize_slice(g, lab, alpha=alpha, outline=outline)
+                     for g, lab in zip(grey, labels, strict=True)])
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -98,25 +137,23 @@ def banner_and_legend(
     size = max(10, min(rows, cols) // 28)
     font = _font(size)
     lines = [NOT_FOR_DIAGNOSIS] + ([DEMO_BANNER] if info.is_demo else [])
-    banner_h = (size + 6) * len(lines) + 6
-    names = {**{k: v[1] for k, v in TISSUES.items()}, **{k: v[1] for k, v in SUBREGIONS.items()}}
-    entries = [names[label] for label in present]
-    texts = [*entries, "Legend", info.label[:40]]
-    legend_w = max([size * 2 + 8 + int(font.getlength(t)) for t in texts] + [size * 8])
-    legend_h = (len(entries) + 2) * (size + 6) + 12
+    banner_h = (size + 6) * (len(lines) + 1) + 6
+    entries = [LEGEND[label] for label in present]
+    legend_w = max([size * 2 + 8 + int(font.getlength(t)) for t in [*entries, "Legend"]] + [size * 6])
+    legend_h = (len(entries) + 1) * (size + 6) + 12
     height, width = banner_h + max(rows, legend_h), cols + legend_w + 8
     canvas = Image.new("RGB", (width, height), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     draw.rectangle([0, 0, width - 1, banner_h - 1], fill=(160, 0, 0))
     for i, line in enumerate(lines):
         draw.text((6, 4 + i * (size + 6)), line, fill=(255, 255, 255), font=font)
+    draw.text((6, 4 + len(lines) * (size + 6)), info.label[:64], fill=(255, 200, 200), font=font)
     y = banner_h + 4
     draw.text((cols + 6, y), "Legend", fill=(255, 255, 255), font=font)
     for label, text in zip(present, entries, strict=True):
         y += size + 6
         draw.rectangle([cols + 6, y + 2, cols + 6 + size, y + 2 + size - 2], fill=COLORS[label])
         draw.text((cols + 12 + size, y), text, fill=(255, 255, 255), font=font)
-    draw.text((cols + 6, y + size + 10), info.label[:40], fill=(200, 200, 200), font=font)
     return np.array(canvas), (banner_h, 0)
 
 
@@ -188,9 +225,9 @@ def encode_overlay(
         raise encode_error(f"side must be 'left', 'right' or None, got {side!r}")
     datasets = load_source(source, pixels=True)
     lab = check_label_map(labels, datasets)
-    rgb = colorize(window_to_uint8(source_volume(datasets)), lab, alpha=opts.overlay_alpha,
-                   outline=opts.overlay_outline)
-    present = [int(v) for v in np.unique(lab) if v in COLORS]
+    grey = window_to_uint8(source_volume(datasets))
+    counts = np.bincount(lab.ravel(), minlength=256)
+    present = [label for label in COLORS if counts[label]]
     canvas, (top, left) = banner_and_legend(
         rows=lab.shape[1], cols=lab.shape[2], present=present, info=info
     )
@@ -198,7 +235,9 @@ def encode_overlay(
     out = []
     frame = canvas.copy()
     for i, src in enumerate(datasets):
-        frame[top : top + lab.shape[1], left : left + lab.shape[2]] = rgb[i]
+        frame[top : top + lab.shape[1], left : left + lab.shape[2]] = colorize_slice(
+            grey[i], lab[i], alpha=opts.overlay_alpha, outline=opts.overlay_outline
+        )
         out.append(_instance(template, src, i + 1, frame.tobytes(), opts))
     return out
 

@@ -13,8 +13,9 @@ Layout (one Volumetric ROI measurement group, TID 1411, per structure):
 Values carry UCUM units; every group carries the algorithm identification and, when known, the
 knee side as laterality of the finding site. The tracking identifier of each group is the prefix
 of its results.json keys, so :func:`read_sr_measurements` maps the SR back to results.json.
-T2 of the deep and superficial halves is a T2 measurement whose finding site has the topographical
-modifier Deep / Superficial. BScore and ASSD have no standard code: they use the private coding
+T2 of the deep and superficial halves (``<region>_deep_t2_ms_<stat>``, as the phantom truth and
+the old pipeline spell them; ``<region>_t2_ms_deep_<stat>`` is accepted too) is a T2 measurement
+whose finding site has the topographical modifier Deep / Superficial. BScore and ASSD have no standard code: they use the private coding
 scheme ``99KNEENODE``, declared in the Coding Scheme Identification Sequence.
 """
 
@@ -74,9 +75,9 @@ _CART_REGIONS = ("med_tib_cart", "lat_tib_cart", "pat_cart", "fem_cart")
 
 
 def _measurement(
-    name: Code, value: float, unit: str, info: hd.sr.AlgorithmIdentification,
-    stat: str | None = None, layer: str | None = None,
+    name: Code, value: float, unit: str, stat: str | None = None, layer: str | None = None
 ) -> hd.sr.Measurement:
+    """One NUM (TID 300); the algorithm is identified once per group, not per measurement."""
     sites = None
     if layer is not None:
         sites = [hd.sr.FindingSite(anatomic_location=_CARTILAGE, topographical_modifier=_LAYERS[layer])]
@@ -85,44 +86,52 @@ def _measurement(
         value=value,
         unit=_UNITS[unit],
         derivation=_STATS[stat] if stat else None,
-        algorithm_id=info,
         finding_sites=sites,
     )
 
 
-def region_measurements(
-    prefix: str, results: Mapping[str, Any], algo: hd.sr.AlgorithmIdentification
-) -> list[hd.sr.Measurement]:
+def region_measurements(prefix: str, results: Mapping[str, Any]) -> list[hd.sr.Measurement]:
     """Volume, thickness and T2 measurements of one structure that results.json holds."""
     out = []
     volume = finite_float(results, f"{prefix}_ml")
     if volume is not None:
-        out.append(_measurement(VOLUME, volume, "ml", algo))
+        out.append(_measurement(VOLUME, volume, "ml"))
     for stat in _STATS:
         value = finite_float(results, f"{prefix}_mm_{stat}")
         if value is not None:
-            out.append(_measurement(THICKNESS, value, "mm", algo, stat))
+            out.append(_measurement(THICKNESS, value, "mm", stat))
     for layer in (None, *_LAYERS):
         for stat in _STATS:
-            key = f"{prefix}_t2_ms_{layer}_{stat}" if layer else f"{prefix}_t2_ms_{stat}"
-            value = finite_float(results, key)
+            value = _t2_value(results, prefix, layer, stat)
             if value is not None:
-                out.append(_measurement(T2, value, "ms", algo, stat, layer))
+                out.append(_measurement(T2, value, "ms", stat, layer))
     return out
 
 
-def shape_measurements(results: Mapping[str, Any], algo: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+def t2_key(prefix: str, layer: str | None, stat: str) -> str:
+    """results.json key of a T2 statistic: ``<region>[_deep|_superficial]_t2_ms_<stat>``."""
+    return f"{prefix}_{layer}_t2_ms_{stat}" if layer else f"{prefix}_t2_ms_{stat}"
+
+
+def _t2_value(results: Mapping[str, Any], prefix: str, layer: str | None, stat: str) -> float | None:
+    value = finite_float(results, t2_key(prefix, layer, stat))
+    if value is None and layer:  # also accepted: <region>_t2_ms_<layer>_<stat>
+        value = finite_float(results, f"{prefix}_t2_ms_{layer}_{stat}")
+    return value
+
+
+def shape_measurements(results: Mapping[str, Any]) -> list[hd.sr.Measurement]:
     """BScore and NSM fit quality, when the shape stage ran."""
     out = []
     for key in BSCORE_KEYS:
         value = finite_float(results, key)
         if value is not None:
-            out.append(_measurement(BSCORE, value, "1", algo))
+            out.append(_measurement(BSCORE, value, "1"))
             break
     for key, code in (("assd_bone_mm", ASSD_BONE), ("assd_cart_mm", ASSD_CART)):
         value = finite_float(results, key)
         if value is not None:
-            out.append(_measurement(code, value, "mm", algo))
+            out.append(_measurement(code, value, "mm"))
     return out
 
 
@@ -144,10 +153,10 @@ def _groups(
         raise encode_error("the SEG lacks the femur or femoral cartilage segment")
     sites = [hd.sr.FindingSite(anatomic_location=_KNEE, laterality=_SIDE[side])] if side else None
     plan: list[tuple[str, list[hd.sr.Measurement]]] = [
-        (key, region_measurements(key, results, algo))
+        (key, region_measurements(key, results))
         for key, _ in (*TISSUES.values(), *SUBREGIONS.values())
     ]
-    plan.append((SHAPE_GROUP, shape_measurements(results, algo)))
+    plan.append((SHAPE_GROUP, shape_measurements(results)))
     groups = []
     for key, measurements in plan:
         if not measurements:
@@ -234,7 +243,7 @@ def encode_sr(
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg, *datasets],
+        evidence=[seg],  # the only instance the content references (the source by series UID)
         content=report,
         series_instance_uid=new_uid(opts.uid_prefix),
         series_number=series_number(datasets[0], "sr", opts.series_number_base),
@@ -281,7 +290,7 @@ def _key(prefix: str, m: hd.sr.Measurement) -> str:
     if code == T2.value:
         layers = [_LAYER_BY_CODE[s.topographical_modifier.value] for s in m.finding_sites
                   if s.topographical_modifier is not None]
-        return f"{prefix}_t2_ms_{layers[0]}_{stat}" if layers else f"{prefix}_t2_ms_{stat}"
+        return t2_key(prefix, layers[0] if layers else None, str(stat))
     by_code = {BSCORE.value: "bscore", ASSD_BONE.value: "assd_bone_mm", ASSD_CART.value: "assd_cart_mm"}
     if code in by_code:
         return by_code[code]

@@ -85,8 +85,8 @@ def make_results() -> dict[str, object]:
         res[f"{r}_t2_ms_mean"] = 35.0 + i
         res[f"{r}_t2_ms_median"] = 34.0 + i
         res[f"{r}_t2_ms_std"] = 5.0 + i / 3
-        res[f"{r}_t2_ms_deep_mean"] = 30.0 + i
-        res[f"{r}_t2_ms_superficial_mean"] = 40.0 + i
+        res[f"{r}_deep_t2_ms_mean"] = 30.0 + i
+        res[f"{r}_superficial_t2_ms_median"] = 40.0 + i
     for name, v in [("femur", 80.1), ("tibia", 60.2), ("patella", 12.3), ("fem_cart", 8.4),
                     ("med_tib_cart", 2.5), ("lat_tib_cart", 2.6), ("pat_cart", 3.7),
                     ("med_men", 1.8), ("lat_men", 1.9)]:

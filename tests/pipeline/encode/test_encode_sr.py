@@ -82,3 +82,9 @@ def test_rejects_bad_input(series, seg, results, card):
         encode_sr(source=series, seg=seg, results={"femur_ml": "many"}, model=card)
     with pytest.raises(NodeError):
         encode_sr(source=series, seg=seg, results={"side": "up"}, model=card)
+
+
+def test_alternative_t2_layer_spelling(series, seg, card, tmp_path):
+    sr = _write_read(encode_sr(source=series, seg=seg, results={"pat_cart_t2_ms_deep_std": 4.5}, model=card),
+                     tmp_path)
+    assert read_sr_measurements(sr) == {"pat_cart_deep_t2_ms_std": 4.5}

@@ -1,0 +1,134 @@
+"""Encode benchmark: SEG + SR + overlay + PDF for a knee phantom series.
+
+    .venv/bin/python tests/bench/encode.py [--preset full] [--runs 5] [--cache DIR] [--baseline]
+
+Generates the phantom (``full``: 160 x 384 x 384; cached under ``--cache`` as DICOM + label maps
+because generating it takes a while), reads the series, then times each encoder and the
+whole ``encode_results`` call (median of ``--runs`` after one warm-up run: workers keep their
+imports and caches warm), plus serialising every object to bytes. ``--baseline`` also times
+highdicom's own ``Segmentation`` on the same label map. Targets: SEG <= 1 s, all <= 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import pydicom  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+from kneenode.settings import EncodeSettings  # noqa: E402
+from pipeline.encode import encode_overlay, encode_pdf, encode_results, encode_seg, encode_sr  # noqa: E402
+from pipeline.encode.common import load_source  # noqa: E402
+
+
+def phantom_inputs(preset: str, cache: Path) -> tuple[list[pydicom.Dataset], np.ndarray, dict[str, Any]]:
+    """(sorted source datasets, canonical label map with subregions, results dict)."""
+    import json
+
+    from pipeline.phantom import make_phantom, write_phantom
+
+    root = cache / f"phantom-{preset}-1"
+    if not (root / "truth" / "truth.json").exists():
+        t0 = time.perf_counter()
+        write_phantom(make_phantom(1, preset), root)
+        print(f"phantom {preset} generated in {time.perf_counter() - t0:.1f} s -> {root}")
+    datasets = load_source(sorted((root / "dicom").glob("*.dcm")), pixels=True)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "truth" / "subregions.nii.gz")))
+    truth = json.loads((root / "truth" / "truth.json").read_text())
+    results: dict[str, Any] = {"side": truth["side"], "bscore": 0.42, "assd_bone_mm": 0.6,
+                               "assd_cart_mm": 0.4}
+    for part in ("volumes_ml", "thickness_mm", "t2_ms"):
+        results.update(truth.get(part, {}))
+    return datasets, labels.astype(np.uint8), results
+
+
+def timed(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
+    fn()  # warm-up
+    times, out = [], None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def to_bytes(datasets: list[pydicom.Dataset]) -> int:
+    total = 0
+    for ds in datasets:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        total += buf.tell()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="full", choices=["small", "full"])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/kneenode-bench"))
+    parser.add_argument("--baseline", action="store_true")
+    args = parser.parse_args()
+    src, lab, res = phantom_inputs(args.preset, args.cache)
+    card = {"algorithm_name": "kneenode-phantom-demo", "algorithm_version": "0.1.0", "is_demo": True}
+    opts = EncodeSettings()
+    print(f"series: {len(src)} x {src[0].Rows} x {src[0].Columns}, labels {sorted(np.unique(lab).tolist())}")
+    rows = []
+    t_seg, seg = timed(lambda: encode_seg(source=src, labels=lab, model=card, side=res["side"], options=opts),
+                       args.runs)
+    rows.append(("SEG (9 segments, empty frames kept)", t_seg, f"{seg.NumberOfFrames} frames"))
+    sub = EncodeSettings(seg_subregions=True)
+    t, s2 = timed(lambda: encode_seg(source=src, labels=lab, model=card, options=sub), args.runs)
+    rows.append(("SEG (14 segments incl. subregions)", t, f"{s2.NumberOfFrames} frames"))
+    t, _ = timed(lambda: encode_sr(source=src, seg=seg, results=res, model=card, options=opts), args.runs)
+    rows.append(("SR (TID 1500)", t, ""))
+    t, ov = timed(lambda: encode_overlay(source=src, labels=lab, model=card, options=opts), args.runs)
+    rows.append(("overlay (RGB SC series)", t, f"{len(ov)} images"))
+    t, _ = timed(lambda: encode_pdf(source=src, labels=lab, results=res, model=card, options=opts), args.runs)
+    rows.append(("PDF", t, ""))
+    t_all, enc = timed(lambda: encode_results(source=src, labels=lab, results=res, model=card, options=opts),
+                       args.runs)
+    rows.append(("encode_results (SEG+SR+overlay+PDF)", t_all, ""))
+    t, size = timed(lambda: to_bytes([d for _, d in enc.instances()]), args.runs)
+    rows.append(("serialise all to bytes", t, f"{size / 1e6:.0f} MB"))
+    if args.baseline:
+        rows.append(("highdicom Segmentation (baseline)", _baseline(src, lab, card, args.runs), ""))
+    print(f"\n{'step':40s} {'median s':>9s}  note")
+    for name, seconds, note in rows:
+        print(f"{name:40s} {seconds:9.3f}  {note}")
+    print(f"\ntargets: SEG <= 1 s ({'ok' if t_seg <= 1 else 'MISSED'}), "
+          f"all <= 3 s ({'ok' if t_all <= 3 else 'MISSED'})")
+
+
+def _baseline(src: list[pydicom.Dataset], lab: np.ndarray, card: dict[str, Any], runs: int) -> float:
+    import highdicom as hd
+
+    from pipeline.encode.common import AlgorithmInfo
+    from pipeline.encode.seg import segment_descriptions
+
+    tissues = lab.copy()
+    tissues[tissues >= 11] = 4
+    descs = segment_descriptions(info=AlgorithmInfo.from_card(card), include_subregions=False, side=None)
+
+    def build() -> None:
+        seg = hd.seg.Segmentation(
+            source_images=src, pixel_array=tissues, segmentation_type="BINARY", segment_descriptions=descs,
+            series_instance_uid=hd.UID(), series_number=1, sop_instance_uid=hd.UID(), instance_number=1,
+            manufacturer="x", manufacturer_model_name="x", software_versions="x", device_serial_number="x",
+            omit_empty_frames=False)
+        seg.save_as(io.BytesIO())
+
+    return timed(build, max(1, runs // 2))[0]
+
+
+if __name__ == "__main__":
+    main()
