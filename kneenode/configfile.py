@@ -80,3 +80,48 @@ def example_config() -> str:
     ]
     _emit(Settings, Settings.model_construct(), "", out)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _rows(model: type[BaseModel], instance: BaseModel, prefix: str) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(_rows(ann, getattr(instance, name), key))
+            continue
+        value = getattr(instance, name)
+        shown = "unset" if value is None else _toml_value(value)
+        rows.append((key, shown, info.description or ""))
+    return rows
+
+
+def settings_table() -> str:
+    """Markdown table of every settings key, its default and its meaning (for the README)."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, text in _rows(Settings, Settings.model_construct(), ""):
+        default = default.replace("|", "\\|")
+        if len(default) > 60:
+            default = default[:57] + "..."
+        lines.append(f"| `{key}` | `{default}` | {text.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
+
+
+def with_settings_table(readme: str) -> str:
+    """``readme`` with the text between the settings markers replaced by :func:`settings_table`."""
+    head, _, rest = readme.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{settings_table()}{END}{tail}"
+
+
+if __name__ == "__main__":  # python -m kneenode.configfile README.md: refresh the table in place
+    import sys
+
+    if len(sys.argv) > 1:
+        target = Path(sys.argv[1])
+        target.write_text(with_settings_table(target.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        print(settings_table(), end="")

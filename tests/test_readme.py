@@ -1,0 +1,21 @@
+"""The README documents every settings key (the table is generated from the settings tree)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kneenode.configfile import with_settings_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_settings_table_is_current():
+    text = README.read_text(encoding="utf-8")
+    assert text == with_settings_table(text), (
+        "README settings table is stale: run `.venv/bin/python -m kneenode.configfile README.md`"
+    )
+
+
+def test_readme_shows_the_two_commands():
+    text = README.read_text(encoding="utf-8")
+    assert "make serve" in text and "make test" in text
