@@ -39,8 +39,9 @@ class Preset:
     """Grid and knee size of a preset.
 
     ``small`` shrinks the knee (scale 0.42) so that a 64x64x48 grid at 0.7x0.7x0.9 mm still shows
-    every structure with cartilage 2-4 voxels thick; ``full`` is a real-size knee on the clinical
-    384x384x160 grid at 0.365x0.365x0.7 mm.
+    every structure with cartilage 2-4 voxels thick; ``full`` is a real-size knee (scale 1.1: a
+    74 mm wide distal femur, 81 mm wide tibial plateau) on the clinical 384x384x160 grid at
+    0.365x0.365x0.7 mm.
     """
 
     shape: tuple[int, int, int]  # (columns i, rows j, slices k)
@@ -51,7 +52,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "small": Preset(shape=(64, 64, 48), spacing=(0.7, 0.7, 0.9), scale=0.42, jitter_mm=1.5),
-    "full": Preset(shape=(384, 384, 160), spacing=(0.365, 0.365, 0.7), scale=1.0, jitter_mm=4.0),
+    "full": Preset(shape=(384, 384, 160), spacing=(0.365, 0.365, 0.7), scale=1.1, jitter_mm=4.0),
 }
 
 

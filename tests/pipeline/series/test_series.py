@@ -4,6 +4,7 @@ multi-frame, compressed, NIfTI and NRRD inputs; exact reorientation round trips.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -11,7 +12,15 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    EnhancedMRImageStorage,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
 
 from kneenode.errors import ErrorCode, NodeError
 from pipeline.phantom import grid_image, make_phantom, write_phantom
@@ -195,6 +204,9 @@ def test_compressed_transfer_syntaxes(tmp_path: Path, syntax: str) -> None:
     ph = make_phantom(23, "small", orientation="axial")
     folder = write_phantom(ph, tmp_path, transfer_syntax=syntax).dicom_dir
     assert pydicom.dcmread(_files(folder)[0]).file_meta.TransferSyntaxUID == syntax
+    report = subprocess.run([shutil.which("dciodvfy") or "dciodvfy", str(_files(folder)[0])],
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert "Error" not in report.stdout + report.stderr and "MRImage" in report.stderr + report.stdout
     vol = read_series(folder)
     _assert_geometry(vol.image, ph)
     for img, echo in zip(vol.echoes, ph.echoes, strict=True):
@@ -222,6 +234,49 @@ def test_multiframe_enhanced_mr(tmp_path: Path, qdess: bool) -> None:
         assert all(ref.frame is not None for ref in vol.slices[0])
         if qdess:
             assert vol.acquisition["gl_area"] == 3132.0 and vol.acquisition["repetition_time_ms"] == 20.36
+
+
+def _as_enhanced_mr(mf: Dataset) -> Dataset:
+    """Move the legacy-converted attributes to where a true Enhanced MR object keeps them."""
+    mf.SOPClassUID = mf.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    shared = mf.SharedFunctionalGroupsSequence[0]
+    unassigned = shared.UnassignedSharedConvertedAttributesSequence[0]
+    timing = Dataset()
+    timing.RepetitionTime, timing.FlipAngle = unassigned.RepetitionTime, unassigned.FlipAngle
+    shared.MRTimingAndRelatedParametersSequence = Sequence([timing])
+    del unassigned.RepetitionTime, unassigned.FlipAngle
+    for item in mf.PerFrameFunctionalGroupsSequence:
+        per = item.UnassignedPerFrameConvertedAttributesSequence[0]
+        echo = Dataset()
+        echo.EffectiveEchoTime = per.EchoTime
+        item.MREchoSequence = Sequence([echo])
+        del per.EchoTime
+    return mf
+
+
+def test_true_enhanced_mr_functional_groups(tmp_path: Path) -> None:
+    ph = make_phantom(27, "small", orientation="coronal", qdess=True)
+    legacy = [pydicom.dcmread(f) for f in write_phantom(ph, tmp_path / "src").dicom_files]
+    mf = hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy_datasets=legacy, series_instance_uid=hd.UID(), series_number=3,
+        sop_instance_uid=hd.UID(), instance_number=1)
+    path = tmp_path / "enhanced.dcm"
+    _as_enhanced_mr(mf).save_as(path)
+    vol = read_series(path)
+    assert vol.sop_class_uid == EnhancedMRImageStorage and vol.echo_times_ms == (6.428, 34.292)
+    assert vol.acquisition["repetition_time_ms"] == 20.36 and vol.acquisition["flip_angle_deg"] == 20
+    _assert_geometry(vol.image, ph)
+
+
+def test_rescale_slope_and_intercept_are_applied(plain_series, tmp_path: Path) -> None:
+    ph, src = plain_series
+    folder = _copy(src, tmp_path)
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.RescaleSlope, ds.RescaleIntercept = "2", "-10"
+        ds.save_as(f)
+    got = sitk.GetArrayFromImage(read_series(folder).image)
+    assert np.array_equal(got, to_stored(ph.image).astype(np.float32) * 2 - 10)
 
 
 def test_nifti_and_nrrd_inputs(tmp_path: Path) -> None:
