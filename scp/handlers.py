@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom.filereader import read_partial
 from pydicom.errors import InvalidDicomError
 from pynetdicom import events
 
@@ -25,6 +25,13 @@ log = get_logger(__name__)
 
 DUL_LOOP_DELAY = 0.0001
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+_HEADER_TAG_NUMBERS = [0x00080016, 0x00080018, 0x0020000D, 0x0020000E]
+_LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
+
+
+def _past_identifiers(tag: Any, vr: Any, length: int) -> bool:
+    """Stop parsing once past Series Instance UID: the rest of the header is not needed here."""
+    return int(tag) > _LAST_HEADER_TAG
 
 
 def handle_requested(event: events.Event, settings: Settings) -> None:
@@ -123,7 +130,9 @@ def _store(event: events.Event, spool: Spool, settings: Settings, blog: Any) -> 
 def _read_header(path: Path) -> tuple[Any, str]:
     """Decode the header (no pixel data); return (dataset, "") or (None, reason)."""
     try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        with open(path, "rb") as fh:
+            ds = read_partial(fh, stop_when=_past_identifiers, defer_size=4096,
+                              specific_tags=_HEADER_TAG_NUMBERS)
         for tag in _HEADER_TAGS:  # force decoding of the elements we rely on
             getattr(ds, tag, None)
         return ds, ""
