@@ -93,7 +93,8 @@ def encode_results(
     if options.sr and out.seg is not None:
         out.sr = encode_sr(source=datasets, seg=out.seg, results=results, model=info, options=options)
     if options.overlay:
-        out.overlay = encode_overlay(source=datasets, labels=labels, model=info, side=side, options=options)
+        out.overlay = encode_overlay(source=datasets, labels=labels, model=info, side=side,
+                                     options=options)
     if options.pdf:
         out.pdf = encode_pdf(source=datasets, labels=labels, results=results, model=info,
                              thickness_map=thickness_map, options=options)
