@@ -15,6 +15,7 @@ from pipeline.phantom.contrast import (
     bias_field,
     combine_rss,
     render_echoes,
+    t2_map,
 )
 from pipeline.phantom.pose import (
     ORIENTATIONS,
@@ -28,6 +29,7 @@ from pipeline.phantom.truth import (
     integrate_volumes,
     labels_from_material,
     subregions_from_material,
+    t2_statistics,
     truth_record,
 )
 
@@ -77,6 +79,7 @@ class Phantom:
     image: np.ndarray
     labels: np.ndarray  # uint8, canonical 0-9
     subregions: np.ndarray  # uint8, 0-9 with femoral cartilage as 11-15
+    t2_map: np.ndarray  # float32 noiseless T2 (ms) at the voxel centres
     truth: dict[str, object]
     qdess_params: QdessParams = field(default_factory=QdessParams)
 
@@ -110,11 +113,14 @@ def _draw(seed: int, preset: Preset, side: str | None, thickness: Mapping[str, f
     }
 
 
-def _sample(grid: ImageGrid, pose: KneePose, anatomy: g.Anatomy, chunk_slices: int) -> tuple[np.ndarray, np.ndarray]:
-    """Material and cortex maps on the grid, evaluated slab by slab to bound memory."""
+def _sample(
+    grid: ImageGrid, pose: KneePose, anatomy: g.Anatomy, chunk_slices: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Material, cortex and cartilage-depth maps on the grid, evaluated slab by slab."""
     ni, nj, nk = grid.size
     material = np.empty((nk, nj, ni), dtype=np.uint8)
     cortex = np.empty((nk, nj, ni), dtype=bool)
+    depth = np.empty((nk, nj, ni), dtype=np.float32)
     a, b = pose.grid_to_local(grid)
     ii = np.arange(ni, dtype=np.float64)[None, None, :]
     jj = np.arange(nj, dtype=np.float64)[None, :, None]
@@ -127,7 +133,8 @@ def _sample(grid: ImageGrid, pose: KneePose, anatomy: g.Anatomy, chunk_slices: i
         c = g.classify(anatomy, local)
         material[k0:k1] = c.material.reshape(k1 - k0, nj, ni)
         cortex[k0:k1] = c.cortex.reshape(k1 - k0, nj, ni)
-    return material, cortex
+        depth[k0:k1] = c.depth.reshape(k1 - k0, nj, ni)
+    return material, cortex, depth
 
 
 def make_phantom(
@@ -145,6 +152,7 @@ def make_phantom(
     imaging: ImagingParams | None = None,
     rotation_deg: tuple[float, float, float] | None = None,
     volume_subsamples: int = 3,
+    t2_depth_gradient_ms: float = 10.0,
 ) -> Phantom:
     """Generate a knee phantom (deterministic for the arguments).
 
@@ -169,6 +177,10 @@ def make_phantom(
         image whose qDESS ratio recovers T2 exactly).
     rotation_deg
         Fixed pose angles (about LPS x, y, z) instead of random ones.
+    volume_subsamples
+        Sub-samples per axis of boundary voxels for the continuous truth volumes.
+    t2_depth_gradient_ms
+        Cartilage T2 rises by this much from the bone to the articular surface (0 = uniform).
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -191,14 +203,15 @@ def make_phantom(
     pose = KneePose(side=pose0.side, rotation_deg=pose0.rotation_deg,
                     centre=tuple(float(v) for v in centre))  # type: ignore[arg-type]
     chunk = max(1, 2_000_000 // (p.shape[0] * p.shape[1]))
-    material, cortex = _sample(grid, pose, anatomy, chunk)
+    material, cortex, depth = _sample(grid, pose, anatomy, chunk)
     labels = labels_from_material(material)
+    subregions = subregions_from_material(material)
     imaging = imaging or ImagingParams()
     qp = QdessParams()
     bias = _bias_on_grid(grid, np.asarray(d["bias"]) * imaging.bias_strength)
     rng = np.random.default_rng(d["noise_seed"])  # type: ignore[arg-type]
-    e1, e2 = render_echoes(material, cortex, t2_regions=d["t2"], qdess=qp,  # type: ignore[arg-type]
-                           imaging=imaging, bias=bias, rng=rng)
+    t2 = t2_map(material, depth, d["t2"], t2_depth_gradient_ms)  # type: ignore[arg-type]
+    e1, e2 = render_echoes(material, cortex, t2, qdess=qp, imaging=imaging, bias=bias, rng=rng)
     rss = combine_rss(e1, e2)
     echoes = (e1, e2) if qdess else (rss,)
     times = (qp.te_ms, qp.te2_ms) if qdess else (qp.te_ms,)
@@ -211,11 +224,14 @@ def make_phantom(
 
     vols = integrate_volumes(labels, grid, label_at, sub=volume_subsamples)
     truth = truth_record(side=pose.side, volumes_mm3=vols, labels=labels, grid=grid,
-                         thickness=g.analytic_thickness(anatomy), t2_ms=d["t2"])  # type: ignore[arg-type]
+                         thickness=g.analytic_thickness(anatomy),
+                         t2_stats=t2_statistics(t2, subregions, depth))
     truth.update(_describe(seed, preset, orientation, qdess, grid, pose, anatomy, qp))
+    truth["t2_mid_depth_ms"] = dict(d["t2"])  # type: ignore[call-overload]
+    truth["t2_depth_gradient_ms"] = float(t2_depth_gradient_ms)
     return Phantom(seed=seed, preset=preset, side=pose.side, orientation=orientation, qdess=qdess,
                    grid=grid, pose=pose, anatomy=anatomy, echoes=echoes, echo_times_ms=times,
-                   image=rss, labels=labels, subregions=subregions_from_material(material),
+                   image=rss, labels=labels, subregions=subregions, t2_map=t2,
                    truth=truth, qdess_params=qp)
 
 

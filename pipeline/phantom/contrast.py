@@ -60,8 +60,8 @@ class QdessParams:
         """S2 / S1 for the given T2 (ms)."""
         k, c1 = self.constants()
         tr, te = self.tr_ms * 1e-3, self.te_ms * 1e-3
-        t2 = np.maximum(np.asarray(t2_ms, dtype=np.float64), 1e-3) * 1e-3
-        return k * np.exp(-2.0 * (tr - te) / t2 - c1)
+        t2 = np.maximum(np.asarray(t2_ms), 1e-3)
+        return k * np.exp(-2000.0 * (tr - te) / t2 - c1)
 
     def t2_from_ratio(self, ratio: np.ndarray) -> np.ndarray:
         """The analytic formula (for tests and docs): T2 in ms from S2/S1."""
@@ -132,11 +132,26 @@ class ImagingParams:
     max_value: float = 2000.0  # stored value of signal 1.0
 
 
+def t2_map(
+    material: np.ndarray, depth: np.ndarray, t2_regions: Mapping[str, float], gradient_ms: float
+) -> np.ndarray:
+    """T2 (ms) at every voxel centre: per material, and in cartilage rising linearly with depth.
+
+    Cartilage T2 = region T2 + ``gradient_ms`` x (relative depth - 0.5): deep (bone side) lower,
+    superficial higher, as in real cartilage; the region T2 is the value at mid-depth.
+    """
+    _, t2_lut = material_luts(t2_regions)
+    out = t2_lut.astype(np.float32)[material]
+    cart = np.isin(material, list(g.REGION_CODES.values()))
+    out[cart] += np.float32(gradient_ms) * (depth[cart] - np.float32(0.5))
+    return out
+
+
 def render_echoes(
     material: np.ndarray,
     cortex: np.ndarray,
+    t2: np.ndarray,
     *,
-    t2_regions: Mapping[str, float],
     qdess: QdessParams,
     imaging: ImagingParams,
     bias: np.ndarray,
@@ -144,24 +159,26 @@ def render_echoes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noisy, blurred, bias-modulated echo 1 and echo 2 (float32, stored-value units).
 
-    ``bias`` is the multiplicative field on the same grid. Noise is Rician (magnitude of complex
-    Gaussian), added after the bias, the same way for both echoes; the bias cancels in S2/S1.
+    ``t2`` is the T2 map (ms) from :func:`t2_map`; ``bias`` the multiplicative field on the same
+    grid. Noise is Rician (magnitude of complex Gaussian), added after the bias, the same way for
+    both echoes; the bias cancels in S2/S1.
     """
-    s1_lut, t2_lut = material_luts(t2_regions)
-    s1 = s1_lut[material].astype(np.float32)
+    s1_lut = np.zeros(g.N_MATERIALS, dtype=np.float32)
+    for code, v in S1_BY_MATERIAL.items():
+        s1_lut[code] = v
+    s1 = s1_lut[material]
     s1[cortex] = CORTEX_S1
-    ratio_lut = qdess.echo_ratio(t2_lut).astype(np.float32)
-    s2 = s1 * ratio_lut[material]
+    s2 = s1 * qdess.echo_ratio(t2).astype(np.float32)
     out = []
     for sig in (s1, s2):
         if imaging.psf_sigma_vox > 0:
             sig = ndimage.gaussian_filter(sig, imaging.psf_sigma_vox, mode="nearest")
         sig = sig * bias
         if imaging.noise_sigma > 0:
-            n1 = rng.standard_normal(sig.shape, dtype=np.float32) * imaging.noise_sigma
-            n2 = rng.standard_normal(sig.shape, dtype=np.float32) * imaging.noise_sigma
+            n1 = rng.standard_normal(sig.shape, dtype=np.float32) * np.float32(imaging.noise_sigma)
+            n2 = rng.standard_normal(sig.shape, dtype=np.float32) * np.float32(imaging.noise_sigma)
             sig = np.sqrt((sig + n1) ** 2 + n2**2)
-        out.append((sig * imaging.max_value).astype(np.float32))
+        out.append(sig * np.float32(imaging.max_value))
     return out[0], out[1]
 
 

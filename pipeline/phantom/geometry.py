@@ -168,6 +168,7 @@ class Classified:
 
     material: np.ndarray  # uint8 material code (labels 1-9, femoral subregions 11-15, 10, 16-18)
     cortex: np.ndarray  # bool: inside a bone within CORTEX_MM of its surface
+    depth: np.ndarray  # float32 relative cartilage depth (0 at the bone, 1 at the surface), else 0
 
 
 def _femur_parts(a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray) -> dict[str, np.ndarray]:
@@ -198,8 +199,9 @@ _FEMUR_PARTS = ("cond_med", "cond_lat", "troch", "shaft", "meta")
 def _femoral_cartilage(
     a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray, parts: dict[str, np.ndarray],
     d_fem: np.ndarray,
-) -> np.ndarray:
-    """Material code (11-15) of femoral cartilage for points with ``0 < d_fem``, 0 where none."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Material code (11-15) of femoral cartilage for points with ``0 < d_fem`` (0 where none) and
+    the thickness of the region of each point."""
     t = a.thickness
     region = np.zeros(m.shape[0], dtype=np.uint8)
     nearest = np.argmin(np.stack([parts[n] for n in _FEMUR_PARTS]), axis=0)
@@ -220,7 +222,7 @@ def _femoral_cartilage(
     for name in ("ant_fem_cart", "med_wb_fem_cart", "lat_wb_fem_cart", "med_post_fem_cart",
                  "lat_post_fem_cart"):
         thick[region == REGION_CODES[name]] = t[name]
-    return np.where(d_fem <= thick, region, 0).astype(np.uint8)
+    return np.where(d_fem <= thick, region, 0).astype(np.uint8), thick
 
 
 def _meniscus(a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray, sign: float) -> np.ndarray:
@@ -336,19 +338,24 @@ def classify(a: Anatomy, q: np.ndarray) -> Classified:
 
     # cartilage plates
     shell = np.flatnonzero((d_fem > 0.0) & (d_fem <= max(a.thickness.values()) + 1e-3))
-    fem_region = _femoral_cartilage(
+    depth = np.zeros(n, dtype=np.float32)
+    fem_region, fem_thick = _femoral_cartilage(
         a, m[shell], ap[shell], si[shell], {k: v[np.searchsorted(fidx, shell)] for k, v in parts.items()},
         d_fem[shell],
     )
-    mat[shell[fem_region > 0]] = fem_region[fem_region > 0]
+    on_f = fem_region > 0
+    mat[shell[on_f]] = fem_region[on_f]
+    depth[shell[on_f]] = d_fem[shell[on_f]] / fem_thick[on_f]
     for sign, code, key in ((1.0, MED_TIB_CART, "med_tib_cart"), (-1.0, LAT_TIB_CART, "lat_tib_cart")):
         e = np.hypot((sm - sign * a.condyle_m) / am, (sap - a.plateau_ap) / aap)
         on = (e <= 1.0) & (ssi <= a.plateau_top + a.thickness[key])
         mat[sidx[on]] = code
+        depth[sidx[on]] = (ssi[on] - a.plateau_top) / a.thickness[key]
     pface = pap - ph[1]
     pe = np.hypot(m / (ph[0] - a.patella_round), (si - psi) / (ph[2] - a.patella_round))
     on_p = (pe <= 1.0) & (ap < pface) & (ap >= pface - a.thickness["pat_cart"])
     mat[on_p] = PAT_CART
+    depth[on_p] = (pface - ap[on_p]) / a.thickness["pat_cart"]
 
     # bones last (highest priority)
     cortex = np.zeros(n, dtype=bool)
@@ -356,7 +363,7 @@ def classify(a: Anatomy, q: np.ndarray) -> Classified:
         inb = d <= 0.0
         mat[inb] = code
         cortex |= inb & (d > -CORTEX_MM)
-    return Classified(material=mat, cortex=cortex)
+    return Classified(material=mat, cortex=cortex, depth=depth)
 
 
 def analytic_thickness(a: Anatomy) -> dict[str, float]:

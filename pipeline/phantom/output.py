@@ -1,4 +1,4 @@
-"""Write a phantom to disk: ``OUT/dicom/``, ``OUT/truth/labels.nii.gz``, ``subregions.nii.gz``, truth.json."""
+"""Write a phantom to disk: ``OUT/dicom/`` and ``OUT/truth/`` (labels, subregions, T2 map, truth.json)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class PhantomPaths:
     labels: Path
     subregions: Path
     truth_json: Path
+    t2_map: Path | None = None  # truth/t2_ms.nii.gz, qDESS phantoms only
 
 
 def grid_image(array: np.ndarray, grid: ImageGrid) -> sitk.Image:
@@ -63,14 +64,19 @@ def write_phantom(
     subregions = truth_dir / "subregions.nii.gz"
     sitk.WriteImage(grid_image(phantom.labels, phantom.grid), str(labels), useCompression=True)
     sitk.WriteImage(grid_image(phantom.subregions, phantom.grid), str(subregions), useCompression=True)
+    t2_path = None
+    if phantom.qdess:
+        t2_path = truth_dir / "t2_ms.nii.gz"
+        sitk.WriteImage(grid_image(phantom.t2_map, phantom.grid), str(t2_path), useCompression=True)
     truth = dict(phantom.truth)
     truth["files"] = {
         "dicom_dir": "dicom",
         "labels": "truth/labels.nii.gz",
         "subregions": "truth/subregions.nii.gz",
+        "t2_map": "truth/t2_ms.nii.gz" if t2_path else None,
         "instances": len(files),
     }
     truth_json = truth_dir / "truth.json"
     _atomic_write_text(truth_json, json.dumps(truth, indent=2, sort_keys=False) + "\n")
     return PhantomPaths(root=root, dicom_dir=dicom_dir, dicom_files=tuple(files), labels=labels,
-                        subregions=subregions, truth_json=truth_json)
+                        subregions=subregions, truth_json=truth_json, t2_map=t2_path)

@@ -5,7 +5,9 @@ view, integrated exactly for voxels whose 6-neighbourhood holds one label and wi
 sub-samples for voxels on a label boundary; ``label_volumes_ml`` are the voxel counts of
 ``labels.nii.gz`` times the voxel volume. Thickness truth is the configured thickness of each
 region (exact along bone-surface normals, see :mod:`pipeline.phantom.geometry`). T2 truth is the
-configured T2 per region (uniform through the depth, so deep = superficial = mean).
+T2 of each region at mid-depth, rising linearly with depth (see
+:func:`pipeline.phantom.contrast.t2_map`); the T2 truth statistics are those of the noiseless T2
+map over the region's voxels in the truth map (and over its deep and superficial halves).
 """
 
 from __future__ import annotations
@@ -94,6 +96,26 @@ def integrate_volumes(
     return {lab: float(counts[lab] * voxel) for lab in range(1, 10)}
 
 
+def t2_statistics(
+    t2: np.ndarray, subregions: np.ndarray, depth: np.ndarray
+) -> dict[str, float]:
+    """T2 truth per cartilage region: statistics of the noiseless T2 map over the region's voxels.
+
+    Keys ``<region>_t2_ms_mean|median|std`` and the same for the ``deep`` (relative depth < 0.5,
+    bone side) and ``superficial`` halves, e.g. ``med_tib_cart_deep_t2_ms_mean``.
+    """
+    out: dict[str, float] = {}
+    for region, code in g.REGION_CODES.items():
+        inside = subregions == code
+        halves = {"": inside, "_deep": inside & (depth < 0.5), "_superficial": inside & (depth >= 0.5)}
+        for part, mask in halves.items():
+            vals = t2[mask].astype(np.float64)
+            for stat, fn in (("mean", np.mean), ("median", np.median), ("std", np.std)):
+                value = float(fn(vals)) if vals.size else None
+                out[f"{region}{part}_t2_ms_{stat}"] = None if value is None else round(value, 4)  # type: ignore[assignment]
+    return out
+
+
 def truth_record(
     *,
     side: str,
@@ -101,7 +123,7 @@ def truth_record(
     labels: np.ndarray,
     grid: ImageGrid,
     thickness: Mapping[str, float],
-    t2_ms: Mapping[str, float],
+    t2_stats: Mapping[str, float],
 ) -> dict[str, object]:
     """The measurement part of truth.json (key names of the research pipeline / results.json)."""
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
@@ -117,12 +139,5 @@ def truth_record(
         thick[f"{region}_mm_median"] = float(t)
         thick[f"{region}_mm_std"] = 0.0
     rec["thickness_mm"] = thick
-    t2: dict[str, float] = {}
-    for region, v in t2_ms.items():
-        for stat in ("mean", "median"):
-            t2[f"{region}_t2_ms_{stat}"] = float(v)
-            t2[f"{region}_deep_t2_ms_{stat}"] = float(v)
-            t2[f"{region}_superficial_t2_ms_{stat}"] = float(v)
-        t2[f"{region}_t2_ms_std"] = 0.0
-    rec["t2_ms"] = t2
+    rec["t2_ms"] = dict(t2_stats)
     return rec
