@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,11 +42,22 @@ class PeerSettings(Section):
     quiet_seconds: float | None = Field(
         default=None, description="Series completion quiet period for this peer (overrides completion)."
     )
+    return_to: str | None = Field(
+        default=None,
+        description="AET@HOST:PORT where this peer receives results (with delivery.to_sender).",
+    )
 
     @field_validator("ae_title")
     @classmethod
     def _ae_title(cls, v: str) -> str:
         return _check_ae(v)
+
+    @field_validator("return_to")
+    @classmethod
+    def _return_to(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[^@\s]{1,16}@[^\s]+:[0-9]{1,5}$", v):
+            raise ValueError("expected AET@HOST:PORT")
+        return v
 
     @field_validator("hosts")
     @classmethod
@@ -263,7 +275,8 @@ class JobsSettings(Section):
         description="Per million broker calls: how often dead-worker maintenance runs.",
     )
     poll_ms: int = Field(
-        default=50, ge=1, description="Longest idle poll interval of a consumer (ms): hop latency."
+        default=500, ge=1, description="Longest wait of an idle consumer (ms); enqueues wake it "
+        "at once, so this only bounds recovery from a lost wake-up and delayed-retry precision.",
     )
     cpu_processes: int = Field(default=1, ge=0, description="`serve`: worker processes, cpu queue.")
     cpu_threads: int = Field(default=2, ge=1, description="Threads per cpu worker process.")
@@ -326,6 +339,54 @@ class EncodeSettings(Section):
         default=True, description="Draw label outlines opaque on top of the translucent fill."
     )
     pdf_key_slices: int = Field(default=3, ge=1, le=6, description="Key slices shown in the PDF report.")
+    sr_source_images: bool = Field(
+        default=False,
+        description="In each SR measurement group, list the source slices of its segment (IMAGE "
+        "items) instead of referencing the source series: viewers that need an image reference in "
+        "a group (stock OHIF 3.13, issue 9) then find one; the SR grows.",
+    )
+
+
+class DestinationSettings(Section):
+    """A DICOM peer results are sent to (C-STORE)."""
+
+    ae_title: str = Field(description="Called AE title of the destination.")
+    host: str = Field(description="Host name or address of the destination.")
+    port: int = Field(ge=1, le=65535, description="Port of the destination.")
+    tls: bool = Field(default=False, description="Use DICOM TLS for this destination.")
+    ca: Path | None = Field(default=None, description="PEM CA bundle to verify it (TLS).")
+    cert: Path | None = Field(default=None, description="Our client certificate (TLS).")
+    key: Path | None = Field(default=None, description="Our client private key (TLS).")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        return _check_ae(v)
+
+
+class DeliverySettings(Section):
+    """Where results go, and how hard the node tries."""
+
+    destinations: list[DestinationSettings] = Field(
+        default_factory=list, description="Peers every job's results are sent to."
+    )
+    to_sender: bool = Field(
+        default=False,
+        description="Also send results back to the sending peer, at the `return_to` address of "
+        "its [[scp.peers]] entry.",
+    )
+    calling_ae: str = Field(default="KNEENODE", description="Our AE title when sending results.")
+    timeout: float = Field(default=60, gt=0, description="Network/DIMSE timeout per send (s).")
+    max_attempts: int = Field(
+        default=12, ge=1, description="Delivery attempts per job before SEND_FAILED (~1 hour)."
+    )
+    backoff_min_s: float = Field(default=10, gt=0, description="Delay before the second attempt.")
+    backoff_max_s: float = Field(default=600, gt=0, description="Longest delay between attempts.")
+
+    @field_validator("calling_ae")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        return _check_ae(v)
 
 
 class LoggingSettings(Section):
@@ -351,6 +412,9 @@ class Settings(BaseSettings):
         default_factory=CompletionSettings, description="Series completion."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    delivery: DeliverySettings = Field(
+        default_factory=DeliverySettings, description="Result delivery (C-STORE to PACS)."
+    )
     encode: EncodeSettings = Field(
         default_factory=EncodeSettings, description="Result DICOM objects (SEG, SR, overlay, PDF)."
     )
