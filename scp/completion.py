@@ -19,7 +19,8 @@ from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from scp import metrics
 from scp.announce import CompletedSeries, OnComplete
-from scp.spool import SeriesKey, Spool, read_events, write_json_atomic
+from kneenode.fsio import write_json_atomic
+from scp.spool import SeriesKey, Spool, read_events
 from scp.summary import summarize_series
 
 log = get_logger(__name__)

@@ -29,6 +29,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from kneenode.fsio import fsync_dir, write_json_atomic
+
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _VERSION_RE = re.compile(r"^v([0-9]+)$")
 
@@ -54,15 +56,6 @@ class SeriesKey:
     series_uid: str
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or create in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_file(path: Path) -> None:
     """Flush a file's data to disk (a second descriptor on Linux syncs the same inode)."""
     fd = os.open(path, os.O_RDONLY)
@@ -70,17 +63,6 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through temp + fsync + rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def append_event(folder: Path, event: str, **fields: Any) -> dict[str, Any]:
