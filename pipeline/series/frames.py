@@ -7,7 +7,7 @@ the same :class:`Frame` lets one stacking and validation path serve every input.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,12 @@ def invalid(message: str) -> NodeError:
 
 
 def read_header(path: Path) -> Dataset:
-    """Header of one file (no pixel data); a non-DICOM file is a DICOM_ERROR naming the file."""
+    """One file with its large values (pixel data) deferred: header speed, pixels read on access.
+
+    A non-DICOM file is a DICOM_ERROR naming the file.
+    """
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path, defer_size=4096)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise NodeError(ErrorCode.DICOM_ERROR, f"{path.name} is not a readable DICOM file ({exc})") from exc
 
@@ -136,10 +139,10 @@ def frames_of(path: Path, ds: Dataset) -> list[Frame]:
     return out
 
 
-def load_pixels(frames: Sequence[Frame]) -> np.ndarray:
+def load_pixels(frames: Sequence[Frame], datasets: Mapping[Path, Dataset]) -> np.ndarray:
     """Pixel data of the frames, in the given order, as float32 ``[n, rows, columns]``.
 
-    Files are decoded once each (any transfer syntax pydicom and the pylibjpeg plugins decode);
+    Each instance is decoded once (any transfer syntax pydicom and the pylibjpeg plugins decode);
     the modality rescale of each frame is applied.
     """
     by_path: dict[Path, list[int]] = {}
@@ -148,8 +151,7 @@ def load_pixels(frames: Sequence[Frame]) -> np.ndarray:
     out = np.empty((len(frames), frames[0].rows, frames[0].columns), dtype=np.float32)
     for path, idxs in by_path.items():
         try:
-            ds = pydicom.dcmread(path)
-            arr = ds.pixel_array
+            arr = datasets[path].pixel_array
         except Exception as exc:  # decoder errors come in many types
             raise NodeError(ErrorCode.DICOM_ERROR, f"{path.name}: pixel data cannot be decoded "
                             f"({type(exc).__name__}: {exc})") from exc
@@ -160,6 +162,9 @@ def load_pixels(frames: Sequence[Frame]) -> np.ndarray:
                           f"of {out.shape[1]}x{out.shape[2]}")
         for i in idxs:
             fr = frames[i]
-            plane = arr[(fr.ref.frame or 1) - 1].astype(np.float32)
-            out[i] = plane * np.float32(fr.slope) + np.float32(fr.intercept)
+            plane = out[i]
+            plane[...] = arr[(fr.ref.frame or 1) - 1]
+            if fr.slope != 1.0 or fr.intercept != 0.0:
+                plane *= np.float32(fr.slope)
+                plane += np.float32(fr.intercept)
     return out

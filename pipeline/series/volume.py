@@ -127,11 +127,15 @@ def _read_dicom(root: Path, files: list[Path], limits: ReaderLimits) -> SeriesVo
     check_common(frames, limits)
     stacks = [build_stack(g, limits) for g in group_by_echo(frames, limits)]
     check_echoes_match(stacks)
-    echoes = tuple(_stack_image(s) for s in stacks)
-    first = headers[0][1]
+    datasets = dict(headers)
+    arrays = [load_pixels(s.frames, datasets) for s in stacks]
+    echoes = tuple(_stack_image(s, a) for s, a in zip(stacks, arrays, strict=True))
+    image = echoes[0] if len(echoes) == 1 else _image_like(_rss_array(arrays), echoes[0])
+    del arrays
+    first = _without_pixels(headers[0][1])
     multiframe = any(fr.ref.frame is not None for fr in frames)
     return SeriesVolume(
-        image=rss(echoes),
+        image=image,
         echoes=echoes,
         echo_times_ms=tuple(s.echo_time for s in stacks),
         source=root,
@@ -173,8 +177,14 @@ def _acquisition(ds: Dataset, stacks: list[Stack]) -> dict[str, Any]:
     }
 
 
-def _stack_image(stack: Stack) -> sitk.Image:
-    arr = load_pixels(stack.frames)
+def _without_pixels(ds: Dataset) -> Dataset:
+    """A copy of the header without pixel data (what encoders copy Patient/Study from)."""
+    out = Dataset({tag: elem for tag, elem in ds.items() if tag < 0x7FE00000})
+    out.file_meta = ds.file_meta
+    return out
+
+
+def _stack_image(stack: Stack, arr: np.ndarray) -> sitk.Image:
     img = sitk.GetImageFromArray(arr)
     img.SetOrigin(stack.origin)
     img.SetSpacing(stack.spacing)
@@ -182,14 +192,25 @@ def _stack_image(stack: Stack) -> sitk.Image:
     return img
 
 
+def _rss_array(arrays: list[np.ndarray]) -> np.ndarray:
+    out = np.square(arrays[0])
+    for a in arrays[1:]:
+        out += np.square(a)
+    return np.sqrt(out, out=out)
+
+
+def _image_like(arr: np.ndarray, ref: sitk.Image) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(ref)
+    return img
+
+
 def rss(echoes: tuple[sitk.Image, ...]) -> sitk.Image:
     """Root-sum-of-squares of the echoes (the single echo itself when there is one)."""
     if len(echoes) == 1:
         return echoes[0]
-    arrays = [sitk.GetArrayViewFromImage(e).astype(np.float32) for e in echoes]
-    out = sitk.GetImageFromArray(np.sqrt(sum(a * a for a in arrays)).astype(np.float32))
-    out.CopyInformation(echoes[0])
-    return out
+    return _image_like(_rss_array([sitk.GetArrayViewFromImage(e).astype(np.float32) for e in echoes]),
+                       echoes[0])
 
 
 def read_image_file(path: Path, limits: ReaderLimits | None = None) -> SeriesVolume:
