@@ -16,6 +16,17 @@ from pydantic.fields import FieldInfo
 from kneenode.settings import Settings
 
 
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _display_path(path: Path) -> Path:
+    """Paths inside the checkout are shown relative to it (the same on every machine)."""
+    try:
+        return path.resolve().relative_to(_REPO) if path.is_absolute() else path
+    except ValueError:
+        return path
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -91,6 +102,8 @@ def _rows(model: type[BaseModel], instance: BaseModel, prefix: str) -> list[tupl
             rows.extend(_rows(ann, getattr(instance, name), key))
             continue
         value = getattr(instance, name)
+        if isinstance(value, Path):
+            value = _display_path(value)
         shown = "unset" if value is None else _toml_value(value)
         rows.append((key, shown, info.description or ""))
     return rows
