@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import threading
+import time
+from typing import Any
+
 import redis
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
 from dramatiq.middleware import Middleware, TimeLimit
 
 from kneenode.errors import ErrorCode, NodeError
@@ -59,18 +66,104 @@ def mq_namespace(jobs: JobsSettings) -> str:
     return f"{jobs.namespace}:mq"
 
 
+class WakeUp(Middleware):
+    """After a message is enqueued for now (not delayed), wake one idle consumer of its queue."""
+
+    def after_enqueue(self, broker: Any, message: Message[Any], delay: int | None) -> None:
+        if delay is None and isinstance(broker, NodeBroker):
+            broker.notify(message.queue_name)
+
+
+class NodeBroker(RedisBroker):
+    """RedisBroker whose idle consumers block on a wake-up list instead of sleeping.
+
+    Stock dramatiq consumers poll redis with a growing sleep (up to ``worker_timeout``), which
+    puts tens of milliseconds on every hop between stages. Here every enqueue pushes a token on
+    ``<namespace>:wake:<queue>`` and a consumer with free capacity waits in BLPOP on it, so a
+    hop costs a few redis round trips. ``jobs.poll_ms`` stays the upper bound of the wait (a
+    lost token, e.g. across a redis restart, costs at most that).
+    """
+
+    def notify(self, queue_name: str) -> None:
+        """Push one wake-up token for ``queue_name`` (bounded list)."""
+        key = f"{self.namespace}:wake:{queue_name}"
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(key, 1)
+        pipe.ltrim(key, 0, 255)
+        pipe.execute()
+
+    def wait_for_work(self, queue_name: str, timeout_ms: int) -> None:
+        """Block until a token for ``queue_name`` arrives or ``timeout_ms`` passes."""
+        self.client.blpop([f"{self.namespace}:wake:{queue_name}"], timeout=timeout_ms / 1000)
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakeableConsumer
+
+
+class _WakeableConsumer(_RedisConsumer):
+    """dramatiq's redis consumer that never sleeps blindly.
+
+    Idle with free capacity: BLPOP on the wake-up list. Busy (prefetch used up): wait for this
+    consumer's next ack/nack, so a freed worker thread gets the next message at once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._freed = threading.Event()
+
+    def ack(self, message: Any) -> None:
+        try:
+            super().ack(message)
+        finally:
+            self._freed.set()
+
+    def nack(self, message: Any) -> None:
+        try:
+            super().nack(message)
+        finally:
+            self._freed.set()
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                self._freed.clear()
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        continue
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                free = self.prefetch - self.outstanding_message_count
+                if free > 0:
+                    self.message_cache = self.broker.do_fetch(self.queue_name, free)
+                    if self.message_cache:
+                        continue
+                    if not self.queue_name.endswith(".DQ"):
+                        self.broker.wait_for_work(self.queue_name, self.timeout)
+                        return None
+                if free > 0:  # a delay queue: look again after poll_ms (retry delays are seconds)
+                    time.sleep(self.timeout / 1000)
+                else:
+                    self._freed.wait(self.timeout / 1000)
+                return None
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+
+
 def make_broker(
     url: str, jobs: JobsSettings, *, extra_middleware: list[Middleware] | None = None
-) -> RedisBroker:
+) -> NodeBroker:
     """A RedisBroker with only the middleware the node uses.
 
     dramatiq's default Retries/Callbacks/Pipelines/AgeLimit are left out on purpose: retries,
     backoff and chaining are job-state decisions made by :class:`workers.middleware.JobMiddleware`.
     ``TimeLimit`` stays: it interrupts pure-Python stages in their thread (per-message limit).
     """
-    middleware: list[Middleware] = [TimeLimit(time_limit=jobs.stage_time_limit_s * 1000)]
+    middleware: list[Middleware] = [TimeLimit(time_limit=jobs.stage_time_limit_s * 1000), WakeUp()]
     middleware += extra_middleware or []
-    return RedisBroker(
+    return NodeBroker(
         url=url,
         middleware=middleware,
         namespace=mq_namespace(jobs),

@@ -28,7 +28,7 @@ from workers.supervisor import ChildSpec, Supervisor
 FAST_JOBS: dict[str, Any] = {
     "chain": "tests.workers.chains:fault_chain",
     "optional_stages": [],
-    "poll_ms": 20,
+    "poll_ms": 200,
     "retry_min_backoff_s": 0.2,
     "retry_max_backoff_s": 1.0,
     "max_retries": 3,
