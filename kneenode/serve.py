@@ -16,13 +16,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from kneenode.fsio import write_json_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from workers.broker import make_broker, make_client, redis_folder
 from workers.http import StatusServer
 from workers.intake import make_on_complete
 from workers.jobstate import JobStore
-from workers.redisproc import RedisChild, start_redis, write_json_atomic
+from workers.redisproc import RedisChild, start_redis
 from workers.stages import load_chain
 from workers.supervisor import Supervisor, specs_for_serve
 

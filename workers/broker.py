@@ -8,10 +8,9 @@ the same redis and shares the queues; otherwise the embedded redis of ``kneenode
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import redis

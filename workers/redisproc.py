@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 
 from kneenode.errors import ErrorCode, NodeError
+from kneenode.fsio import write_json_atomic
 from kneenode.logs import get_logger
 
 log = get_logger(__name__)
@@ -44,16 +45,6 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the forked child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON through a temp file, fsync and rename (never a half-written state file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -16,8 +16,6 @@ stage leaves ``<job_dir>/stages/<name>.done`` and is not run again; an unfinishe
 from __future__ import annotations
 
 import importlib
-import json
-import os
 import shutil
 import threading
 from collections.abc import Callable, Sequence
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kneenode.errors import ErrorCode, NodeError
+from kneenode.fsio import write_atomic, write_json_atomic
 from kneenode.settings import Settings
 
 Queue = Literal["cpu", "gpu", "io"]
@@ -137,15 +136,10 @@ def is_done(job_dir: Path, stage: str) -> bool:
 
 
 def mark_done(job_dir: Path, stage: str, info: dict[str, Any]) -> None:
-    """Commit a stage: write its marker atomically (temp + fsync + rename)."""
+    """Commit a stage: write its marker atomically (temp + fsync + rename + dir fsync)."""
     path = marker_path(job_dir, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(info, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(path, info)
 
 
 def clear_from(job_dir: Path, chain_names: Sequence[str], stage: str) -> None:
@@ -165,28 +159,34 @@ def fresh_work_dir(job_dir: Path, stage: str) -> Path:
 
 # -- the node's chain -------------------------------------------------------------------------
 def prepare(ctx: StageContext) -> None:
-    """Read and validate the series headers; write ``prepare/series.json``.
+    """Read and check the series as a volume (``pipeline.series``) before GPU time is spent.
 
-    Placeholder until ``pipeline.series`` lands: header-only, so it catches missing or unreadable
-    files (FILE_NOT_FOUND, DICOM_ERROR) before GPU time is spent.
+    Writes ``prepare/image.nii.gz`` (the volume to segment: RSS of the echoes for qDESS) and
+    ``prepare/series.json``. Errors are the reader's NodeErrors (FILE_NOT_FOUND, DICOM_ERROR,
+    INVALID_FORMAT with the reason). The reader sees a view of the version's ``*.dcm`` files only
+    (symlinks in ``prepare/dicom``), not the edge's ``summary.json`` beside them.
     """
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
+    import SimpleITK as sitk
+
+    from pipeline.series import read_series
 
     files = sorted(ctx.series_path.glob("*.dcm"))
     if not files:
         raise NodeError(ErrorCode.FILE_NOT_FOUND, f"no *.dcm files in {ctx.series_path}")
-    uids = set()
-    for path in files:
-        try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            raise NodeError(ErrorCode.DICOM_ERROR, f"{path.name}: {exc}") from exc
-        uids.add(str(ds.get("SeriesInstanceUID", "")))
-    if len(uids) != 1:
-        raise NodeError(ErrorCode.INVALID_FORMAT, f"{len(uids)} series UIDs in one series folder")
-    out = {"files": [p.name for p in files], "series_uid": uids.pop()}
-    (ctx.work_dir / "series.json").write_text(json.dumps(out), encoding="utf-8")
+    view = ctx.work_dir / "dicom"
+    view.mkdir()
+    for f in files:
+        (view / f.name).symlink_to(f.resolve())
+    vol = read_series(view)
+    write_atomic(ctx.work_dir / "image.nii.gz",
+                 lambda tmp: sitk.WriteImage(vol.image, tmp, True), suffix=".nii.gz")
+    write_json_atomic(ctx.work_dir / "series.json", {
+        "files": len(files), "size": list(vol.image.GetSize()),
+        "spacing": list(vol.image.GetSpacing()), "source_format": vol.source_format,
+        "echo_times_ms": list(vol.echo_times_ms), "multi_echo": vol.is_multi_echo,
+        "modality": vol.modality, "series_uid": vol.series_instance_uid,
+        "acquisition": vol.acquisition,
+    })
 
 
 def default_chain(settings: Settings) -> list[Stage]:

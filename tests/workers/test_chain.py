@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.support.mr import mr_series
 from tests.workers.chains import trace_lines
 from tests.workers.conftest import Cluster
 from workers.stages import is_done
@@ -110,3 +111,19 @@ def test_redis_restart_with_jobs_queued(cluster: Cluster) -> None:
     cluster.redis = start_redis(folder, port=port)
     later = cluster.submit()
     assert cluster.wait(later, {"done", "failed"}, timeout=40)["state"] == "done"
+
+
+def test_default_chain_runs_prepare_in_a_worker(cluster_factory) -> None:
+    c: Cluster = cluster_factory(chain="workers.stages:default_chain")
+    c.start_workers()
+    series = c.series()
+    mr_series(series.path, slices=24)
+    job_id = c.creator.create(series)
+    job = c.wait(job_id, {"done", "failed"})
+    assert job["state"] == "done", job
+    assert (Path(job["job_dir"]) / "prepare" / "image.nii.gz").exists()
+    broken = c.series()
+    (broken.path / "0001.dcm").write_bytes(b"not dicom")
+    job = c.wait(c.creator.create(broken), {"done", "failed"})
+    assert job["state"] == "failed" and job["error"]["code"] == "DICOM_ERROR"
+    assert job["stages"]["prepare"]["attempts"] == 1  # permanent: no retry
