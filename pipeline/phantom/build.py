@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -82,6 +82,7 @@ class Phantom:
     t2_map: np.ndarray  # float32 noiseless T2 (ms) at the voxel centres
     truth: dict[str, object]
     qdess_params: QdessParams = field(default_factory=QdessParams)
+    imaging: ImagingParams = field(default_factory=ImagingParams)
 
 
 def _draw(seed: int, preset: Preset, side: str | None, thickness: Mapping[str, float] | None,
@@ -229,10 +230,11 @@ def make_phantom(
     truth.update(_describe(seed, preset, orientation, qdess, grid, pose, anatomy, qp))
     truth["t2_mid_depth_ms"] = dict(d["t2"])  # type: ignore[call-overload]
     truth["t2_depth_gradient_ms"] = float(t2_depth_gradient_ms)
+    truth["imaging"] = asdict(imaging)
     return Phantom(seed=seed, preset=preset, side=pose.side, orientation=orientation, qdess=qdess,
                    grid=grid, pose=pose, anatomy=anatomy, echoes=echoes, echo_times_ms=times,
                    image=rss, labels=labels, subregions=subregions, t2_map=t2,
-                   truth=truth, qdess_params=qp)
+                   truth=truth, qdess_params=qp, imaging=imaging)
 
 
 def _bias_on_grid(grid: ImageGrid, coeffs: np.ndarray) -> np.ndarray:
@@ -246,8 +248,6 @@ def _bias_on_grid(grid: ImageGrid, coeffs: np.ndarray) -> np.ndarray:
 def _describe(seed: int, preset: str, orientation: str, qdess: bool, grid: ImageGrid,
               pose: KneePose, anatomy: g.Anatomy, qp: QdessParams) -> dict[str, object]:
     """Provenance and geometry part of truth.json."""
-    from dataclasses import asdict
-
     return {
         "generator": "kneenode synthetic knee phantom",
         "generator_version": GENERATOR_VERSION,

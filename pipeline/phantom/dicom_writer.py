@@ -11,6 +11,8 @@ formula reads.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,6 @@ from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     MRImageStorage,
-    generate_uid,
 )
 
 if TYPE_CHECKING:
@@ -34,10 +35,15 @@ STUDY_TIME = "120000"
 
 
 def _uid(phantom: Phantom, what: str) -> UID:
-    """Deterministic UID (2.25 root) derived from the phantom's identity."""
-    key = f"kneenode-phantom/{phantom.seed}/{phantom.preset}/{phantom.side}/{phantom.orientation}"
-    key += f"/{int(phantom.qdess)}/{what}"
-    return generate_uid(prefix=None, entropy_srcs=[key])
+    """Deterministic UID under the 2.25 (UUID-derived) root, from the phantom's identity.
+
+    Same phantom, same UIDs: re-writing a phantom gives byte-identical files; phantoms that differ
+    in anything recorded in truth.json (seed, grid, pose, thickness, T2, imaging) get other UIDs.
+    """
+    identity = json.dumps(phantom.truth, sort_keys=True, default=str)  # seed, grid, pose, truth
+    key = f"kneenode-phantom/{identity}/{what}"
+    value = int.from_bytes(hashlib.sha256(key.encode()).digest()[:16], "big")
+    return UID(f"2.25.{value}")
 
 
 def to_stored(image: np.ndarray) -> np.ndarray:

@@ -99,6 +99,16 @@ def test_thickness_truth_along_bone_normals() -> None:
     start = np.array([0.0, a.patella_c[0] - a.patella_half[1] + 0.5, a.patella_c[1]])
     got = _ray_inside(a, start, np.array([0.0, -1.0, 0.0]), {g.PAT_CART})
     assert abs(got - thickness["pat_cart"]) < 0.01
+    # flat plates (tibial, patellar): volume = ellipse area x thickness, for the continuous
+    # anatomy (exact) and for the label map (voxelised)
+    am, aap = a.tib_cart_axes
+    ph_half, pr = a.patella_half, a.patella_round
+    plates = {"med_tib_cart": math.pi * am * aap, "lat_tib_cart": math.pi * am * aap,
+              "pat_cart": math.pi * (ph_half[0] - pr) * (ph_half[2] - pr)}
+    for region, area in plates.items():
+        want_ml = area * thickness[region] / 1000
+        assert abs(ph.truth["volumes_ml"][f"{region}_ml"] - want_ml) < 0.005 * want_ml, region
+        assert abs(ph.truth["label_volumes_ml"][f"{region}_ml"] - want_ml) < 0.05 * want_ml, region
     # every region is present in the subregion truth map
     for code in (*fem, g.MED_TIB_CART, g.LAT_TIB_CART, g.PAT_CART):
         assert (ph.subregions == code).sum() > 10, code
@@ -151,6 +161,8 @@ def test_written_series_is_valid_dicom(tmp_path: Path, qdess: bool) -> None:
     assert ds.PatientIdentityRemoved == "YES" and ds.Laterality == "L" and ds.Modality == "MR"
     assert np.allclose([float(v) for v in ds.ImageOrientationPatient],
                        np.r_[ph.grid.matrix[:, 0], ph.grid.matrix[:, 1]], atol=1e-7)
+    again = write_phantom(ph, tmp_path / "again")  # same phantom, same bytes (UIDs included)
+    assert paths.dicom_files[-1].read_bytes() == again.dicom_files[-1].read_bytes()
     truth = json.loads(paths.truth_json.read_text())
     assert truth["side"] == "left" and truth["seed"] == 3
     assert set(truth["thickness_mm"]) >= {f"{r}_mm_mean" for r in g.REGION_CODES}
