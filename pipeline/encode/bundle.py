@@ -91,7 +91,8 @@ def encode_results(
         out.seg = encode_seg(source=datasets, labels=labels, model=info, side=side, options=options,
                              software_version=software_version)
     if options.sr and out.seg is not None:
-        out.sr = encode_sr(source=datasets, seg=out.seg, results=results, model=info, options=options)
+        out.sr = encode_sr(source=datasets, seg=out.seg, results=results, model=info, labels=labels,
+                           options=options)
     if options.overlay:
         out.overlay = encode_overlay(source=datasets, labels=labels, model=info, side=side,
                                      options=options)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import highdicom as hd
+import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -37,6 +38,7 @@ from pipeline.encode.common import (
     SUBREGIONS,
     TISSUES,
     AlgorithmInfo,
+    check_label_map,
     encode_error,
     finite_float,
     knee_side,
@@ -145,7 +147,7 @@ def _segments_by_key(seg: Dataset) -> dict[str, int]:
 
 def _groups(
     *, seg: Dataset, series_uid: str, results: Mapping[str, Any], info: AlgorithmInfo,
-    side: str | None,
+    side: str | None, images: Mapping[int, list[hd.sr.SourceImageForSegmentation]] | None = None,
 ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
     algo = hd.sr.AlgorithmIdentification(name=info.name, version=info.version)
     numbers = _segments_by_key(seg)
@@ -169,7 +171,8 @@ def _groups(
                     sop_class_uid=SegmentationStorage,
                     sop_instance_uid=seg.SOPInstanceUID,
                     segment_number=number,
-                    source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+                    source_images=images[number] if images else None,
+                    source_series=None if images else hd.sr.SourceSeriesForSegmentation(series_uid),
                 ),
                 algorithm_id=algo,
                 finding_sites=sites,
@@ -177,6 +180,25 @@ def _groups(
             )
         )
     return groups
+
+
+def segment_source_images(
+    seg: Dataset, datasets: Sequence[Dataset], labels: np.ndarray
+) -> dict[int, list[hd.sr.SourceImageForSegmentation]]:
+    """Segment number -> the source slices that contain it (at least the middle slice)."""
+    values: dict[str, tuple[int, ...]] = {key: (label,) for label, (key, _) in TISSUES.items()}
+    values.update({key: (label,) for label, (key, _) in SUBREGIONS.items()})
+    values["fem_cart"] = (4, *SUBREGIONS)
+    counts = np.stack([np.bincount(s.ravel(), minlength=256) for s in check_label_map(labels, datasets)])
+    out = {}
+    for key, number in _segments_by_key(seg).items():
+        slices = np.flatnonzero(counts[:, list(values[key])].sum(axis=1)) if key in values else []
+        chosen = list(slices) or [len(datasets) // 2]
+        out[number] = [
+            hd.sr.SourceImageForSegmentation(datasets[i].SOPClassUID, datasets[i].SOPInstanceUID)
+            for i in chosen
+        ]
+    return out
 
 
 def _fallback(key: str, numbers: Mapping[str, int]) -> int:
@@ -192,6 +214,7 @@ def encode_sr(
     seg: Dataset,
     results: Mapping[str, Any],
     model: Mapping[str, Any] | AlgorithmInfo,
+    labels: np.ndarray | None = None,
     options: EncodeSettings | None = None,
 ) -> Dataset:
     """Encode results.json as a TID 1500 Comprehensive 3D SR referencing the SEG's segments.
@@ -207,6 +230,9 @@ def encode_sr(
         ``bscore``, ``assd_bone_mm``, ``assd_cart_mm``).
     model
         Model card (``ModelCard.as_dict()``) or :class:`AlgorithmInfo`.
+    labels
+        The label map the SEG encodes; needed only with ``options.sr_source_images`` (to list
+        the slices of each segment).
     options
         The ``encode`` settings.
 
@@ -225,8 +251,14 @@ def encode_sr(
     if seg.StudyInstanceUID != datasets[0].StudyInstanceUID:
         raise encode_error("the SEG belongs to another study than the source series")
     side = knee_side(results)
+    images = None
+    if opts.sr_source_images:
+        if labels is None:
+            raise encode_error("encode.sr_source_images needs the label map")
+        images = segment_source_images(seg, datasets, labels)
     groups = _groups(
-        seg=seg, series_uid=datasets[0].SeriesInstanceUID, results=results, info=info, side=side
+        seg=seg, series_uid=datasets[0].SeriesInstanceUID, results=results, info=info, side=side,
+        images=images,
     )
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -243,7 +275,7 @@ def encode_sr(
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg],  # the only instance the content references (the source by series UID)
+        evidence=[seg, *datasets] if images else [seg],  # instances the content references
         content=report,
         series_instance_uid=new_uid(opts.uid_prefix),
         series_number=series_number(datasets[0], "sr", opts.series_number_base),

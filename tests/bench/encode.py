@@ -112,9 +112,10 @@ def main() -> None:
     print(f"\n{'step':40s} {'wall s':>7s} {'cpu s':>7s}  note   (medians; load {os.getloadavg()[0]:.1f})")
     for (name, seconds, note), cpu in zip(rows, CPU.values(), strict=True):
         print(f"{name:40s} {seconds:7.3f} {cpu:7.3f}  {note}")
-    print(f"\ntargets: SEG <= 1 s ({'ok' if t_seg <= 1 else 'MISSED'}), "
-          f"all <= 3 s ({'ok' if t_all <= 3 else 'MISSED'})")
-
+    cpu = list(CPU.values())
+    print(f"\ntargets (wall; cpu in brackets, what a quiet machine would show): "
+          f"SEG <= 1 s: {'ok' if t_seg <= 1 else 'MISSED'} ({'ok' if cpu[0] <= 1 else 'MISSED'}), "
+          f"all <= 3 s: {'ok' if t_all <= 3 else 'MISSED'} ({'ok' if cpu[5] <= 3 else 'MISSED'})")
 
 def _baseline(src: list[pydicom.Dataset], lab: np.ndarray, card: dict[str, Any], runs: int) -> float:
     import highdicom as hd

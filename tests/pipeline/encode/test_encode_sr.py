@@ -88,3 +88,21 @@ def test_alternative_t2_layer_spelling(series, seg, card, tmp_path):
     sr = _write_read(encode_sr(source=series, seg=seg, results={"pat_cart_t2_ms_deep_std": 4.5}, model=card),
                      tmp_path)
     assert read_sr_measurements(sr) == {"pat_cart_deep_t2_ms_std": 4.5}
+
+
+def test_source_images_option(series, labels, seg, results, card, tmp_path):
+    """With sr_source_images each group lists the slices of its segment as IMAGE items."""
+    opts = EncodeSettings(sr_source_images=True)
+    ds = encode_sr(source=series, seg=seg, results=results, model=card, labels=labels, options=opts)
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    by_id = {g.tracking_identifier: g.referenced_segment for g in sr.content.get_volumetric_roi_measurement_groups()}
+    uids = [d.SOPInstanceUID for d in series]
+    femur = [uids.index(i.referenced_sop_instance_uid) for i in by_id["femur"].source_images_for_segmentation]
+    assert femur == [i for i in range(len(series)) if (labels[i] == 1).any()]
+    patella_cart = [uids.index(i.referenced_sop_instance_uid) for i in by_id["pat_cart"].source_images_for_segmentation]
+    assert patella_cart == [i for i in range(len(series)) if (labels[i] == 7).any()]
+    assert read_sr_measurements(_write_read(ds, tmp_path)) == results
+    errors, _ = dciodvfy(ds, tmp_path, "sr-images.dcm")
+    assert errors == []
+    with pytest.raises(NodeError):
+        encode_sr(source=series, seg=seg, results=results, model=card, options=opts)
