@@ -389,11 +389,81 @@ class DeliverySettings(Section):
         return _check_ae(v)
 
 
+class RetentionSettings(Section):
+    """How long finished work stays on disk. Nothing undelivered is ever deleted automatically."""
+
+    days: float = Field(
+        default=7, gt=0, description="Remove spool and job folders this long after a job is done "
+        "(delivered), ignored or cancelled. Failed jobs stay until retried or `kneenode purge`.",
+    )
+    interval_s: float = Field(default=3600, gt=0, description="How often `serve` applies it.")
+    emergency_free_bytes: int = Field(
+        default=10 * 1024**3, ge=0,
+        description="Below this free space, finished jobs are removed oldest first before their "
+        "time (done, then ignored, then cancelled); failed and active jobs are never touched.",
+    )
+    emergency_free_percent: float = Field(
+        default=10.0, ge=0, le=100, description="The same threshold as a percentage of the disk."
+    )
+
+
 class LoggingSettings(Section):
     """Logs: structured, with UIDs and job IDs, never patient names or IDs."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     format: Literal["console", "json"] = Field(default="console", description="Human or JSON lines.")
+
+
+class NsmSettings(Section):
+    """Neural shape model (NSM) fit of the femur and BScore (stage ``shape``)."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description="Run the shape stage; unset = on when a model folder for `type` is configured.",
+    )
+    type: Literal["bone_only", "bone_and_cart", "both"] = Field(
+        default="bone_and_cart",
+        description="Which fit(s): femur only, femur + femoral cartilage, or both (two fits).",
+    )
+    bone_cart_model: Path | None = Field(
+        default=None,
+        description="NSM model folder (model_params_config.json + model/<epoch>.pth), bone + cartilage.",
+    )
+    bone_only_model: Path | None = Field(default=None, description="NSM model folder, bone only.")
+    bone_cart_bscore: Path | None = Field(
+        default=None, description="BScore folder (model.json) matching bone_cart_model."
+    )
+    bone_only_bscore: Path | None = Field(
+        default=None, description="BScore folder (model.json) matching bone_only_model."
+    )
+    epoch: int | None = Field(default=None, ge=0, description="Checkpoint epoch; unset = the highest.")
+    device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda or cuda:N.")
+    iterations: int = Field(default=2000, ge=1, description="Most latent-optimisation iterations.")
+    points: int = Field(
+        default=20000, ge=100, description="SDF samples per iteration, split between the surfaces."
+    )
+    patience: int = Field(default=50, ge=1, description="Stop after this many iterations without improvement.")
+    seed: int = Field(default=0, description="Seed of the latent init and sampling (set after moving to the device).")
+    icp_iterations: int = Field(default=100, ge=1, description="Similarity-ICP iterations onto the mean shape.")
+    icp_landmarks: int = Field(default=1000, ge=10, description="Points of the femur used by the ICP.")
+    mean_shape_resolution: int = Field(
+        default=128, ge=16, description="Marching-cubes grid (per axis) of the mean shape."
+    )
+    recon_resolution: int = Field(
+        default=256, ge=16, description="Fine marching-cubes grid of the reconstructed meshes (64 coarse)."
+    )
+    implementation: Literal["vectorised", "plain"] = Field(
+        default="vectorised", description="Fitting loop: on-device vectorised, or the plain reference loop."
+    )
+    save_meshes: bool = Field(default=False, description="Write the reconstructed meshes (PLY) to the job folder.")
+
+    def active(self) -> bool:
+        """Whether the stage runs: ``enabled`` if set, else whether the needed models are configured."""
+        if self.enabled is not None:
+            return self.enabled
+        need = {"bone_only": [self.bone_only_model], "bone_and_cart": [self.bone_cart_model],
+                "both": [self.bone_only_model, self.bone_cart_model]}[self.type]
+        return all(p is not None for p in need)
 
 
 class Settings(BaseSettings):
@@ -412,6 +482,9 @@ class Settings(BaseSettings):
         default_factory=CompletionSettings, description="Series completion."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings, description="Disk retention of finished jobs."
+    )
     delivery: DeliverySettings = Field(
         default_factory=DeliverySettings, description="Result delivery (C-STORE to PACS)."
     )
@@ -421,6 +494,9 @@ class Settings(BaseSettings):
     jobs: JobsSettings = Field(default_factory=JobsSettings, description="Job system.")
     segment: SegmentSettings = Field(
         default_factory=SegmentSettings, description="nnU-Net v2 segmentation model."
+    )
+    nsm: NsmSettings = Field(
+        default_factory=NsmSettings, description="Neural shape model fit and BScore (stage shape)."
     )
 
     @property
