@@ -59,7 +59,7 @@ def test_volume_integration_converges() -> None:
         local = (ijk @ to_local[0].T + to_local[1]).astype(np.float32)
         return labels_from_material(g.classify(ph.anatomy, local).material)
 
-    fine = integrate_volumes(ph.labels, ph.grid, label_at, sub=6)
+    fine = integrate_volumes(ph.labels, ph.grid, label_at, sub=5)
     for lab, key in enumerate(ph.truth["volumes_ml"], start=1):
         assert abs(fine[lab] / 1000 - ph.truth["volumes_ml"][key]) <= 0.01 * fine[lab] / 1000, key
 

@@ -297,12 +297,10 @@ def test_nifti_and_nrrd_inputs(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("orientation", ["sagittal", "coronal", "axial", "oblique"])
-def test_reorientation_round_trip_is_exact(tmp_path: Path, orientation: str) -> None:
+def test_reorientation_round_trip_is_exact(orientation: str) -> None:
     ph = make_phantom(26, "small", orientation=orientation)
-    vol = read_series(write_phantom(ph, tmp_path).dicom_dir)
-    src = vol.image
+    src = grid_image(ph.image, ph.grid)  # the reader's geometry is tested above
     labels = grid_image(ph.labels, ph.grid)
-    labels.CopyInformation(src)
     reference = sitk.Image(8, 8, 8, sitk.sitkUInt8)
     reference.SetDirection(tuple(np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], float).reshape(-1)))
     for target in ("LPS", "RAS", "PIL", "ASR", reference):
