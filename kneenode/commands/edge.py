@@ -13,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kneenode.cli_app import app, fail, settings_for
 from kneenode.logs import get_logger
-from scp.announce import CompletedSeries
+from kneenode.settings import Settings
+from scp.announce import CompletedSeries, OnComplete
 from scp.sender import Destination, FileResult, collect_files, echo, send_files
 from scp.server import start_scp
 
@@ -36,15 +37,37 @@ def wait_for_signal() -> None:
         pass
 
 
-@app.command("scp")
-def scp_command(ctx: typer.Context) -> None:
-    """Run only the DICOM edge: Storage SCP, spool and series completion."""
-    settings = settings_for(ctx)
+def _job_creator(settings: Settings) -> OnComplete:
+    """Jobs for completed series go to the shared redis (jobs.redis_url or a running serve)."""
+    from kneenode.errors import NodeError
+    from workers.broker import make_broker, make_client, resolve_redis_url
+    from workers.intake import make_on_complete
+    from workers.jobstate import JobStore
+    from workers.stages import load_chain
+
     try:
-        from workers.intake import job_creator  # the jobs layer, when installed
-        on_complete = job_creator(settings)
-    except ImportError:
-        on_complete = _log_only
+        url = resolve_redis_url(settings)
+        chain = load_chain(settings)
+    except NodeError as exc:
+        raise fail(f"{exc.message}. {exc.hint} (or run the edge alone with --no-jobs)", 2) from None
+    store = JobStore(make_client(url), settings.jobs.namespace)
+    return make_on_complete(settings, store, make_broker(url, settings.jobs), chain)
+
+
+@app.command("scp")
+def scp_command(
+    ctx: typer.Context,
+    no_jobs: Annotated[bool, typer.Option(
+        "--no-jobs", help="Edge only: complete series are kept and logged, no jobs are created.",
+    )] = False,
+) -> None:
+    """Run only the DICOM edge: Storage SCP, spool and series completion.
+
+    Jobs for complete series are created in the shared redis (``jobs.redis_url``, or the embedded
+    redis of a running ``kneenode serve`` on the same data_dir); workers run elsewhere.
+    """
+    settings = settings_for(ctx)
+    on_complete = _log_only if no_jobs else _job_creator(settings)
     try:
         handle = start_scp(settings, on_complete)
     except OSError as exc:

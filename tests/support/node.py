@@ -85,11 +85,13 @@ class Node:
         cfg["spool"].setdefault("min_free_percent", 0)
         write_toml(self.config_path, cfg)
         env = {**os.environ, "KNEENODE_CONFIG": str(self.config_path)}
-        self.proc = start([KNEENODE, self.command], log=self.log_path, env=env)
+        # "scp" = the edge alone (--no-jobs); "scp-jobs" = the edge creating jobs in redis
+        args = {"scp": ["scp", "--no-jobs"], "scp-jobs": ["scp"]}.get(self.command, [self.command])
+        self.proc = start([KNEENODE, *args], log=self.log_path, env=env)
         # Wait for the node's own "listening" line rather than probing the port: a probe
         # connection would hold an association slot until the ACSE timeout.
-        wait_for(lambda: "listening on port" in self.log() or self.proc.poll() is not None,
-                 timeout, what="the node to listen")
+        wait_for(lambda: "listening on port" in self.log() or "node ready" in self.log()
+                 or self.proc.poll() is not None, timeout, what="the node to listen")
         if self.proc.poll() is not None:
             raise RuntimeError(f"node exited early:\n{self.log_path.read_text()}")
         return self

@@ -1,0 +1,162 @@
+"""The node's analysis stages: thin glue from a job folder to the plain pipeline functions.
+
+Each function takes a :class:`~workers.stages.StageContext`, reads what earlier stages left in the
+job folder, calls one ``pipeline`` (or ``scp``) function and writes its outputs under
+``ctx.work_dir``. Files, per stage folder:
+
+``prepare/``  ``image.nii`` (the volume to segment), ``echo_<i>.nii`` (multi-echo only),
+              ``volume.json`` (source slices in volume order, echo times, acquisition tags)
+``segment/``  ``labels.nii.gz``, ``segmentation.json`` (model card, voxel counts, timings)
+``encode/``   ``<kind>/<SOPInstanceUID>.dcm`` for SEG, SR, overlay images and the PDF
+``deliver/``  nothing: the per-destination outbox is ``<job>/outbox.json`` (survives retries)
+
+The merged ``results.json`` of the job lives at ``<job>/results.json``; every stage that adds
+measurements rewrites it atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from kneenode.errors import ErrorCode, NodeError
+from kneenode.fsio import write_atomic, write_json_atomic
+from workers.stages import StageContext
+
+IMAGE = "image.nii"
+VOLUME = "volume.json"
+RESULTS = "results.json"
+
+
+def _write_image(image: sitk.Image, path: Path) -> None:
+    write_atomic(path, lambda tmp: sitk.WriteImage(image, tmp, useCompression=False),
+                 suffix=".nii")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of the job folder; FILE_NOT_FOUND names it when missing."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise NodeError(ErrorCode.FILE_NOT_FOUND, f"{path.name} of an earlier stage is missing "
+                        f"({path.parent.name})") from exc
+
+
+def merge_results(job_dir: Path, update: dict[str, Any]) -> dict[str, Any]:
+    """Add ``update`` to the job's results.json (atomic) and return the merged results."""
+    path = job_dir / RESULTS
+    results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    results.update(update)
+    write_json_atomic(path, results)
+    return results
+
+
+def series_files(series_path: Path) -> list[Path]:
+    """The instances of a complete spool version (``*.dcm``; superseded copies excluded)."""
+    return sorted(series_path.glob("*.dcm"))
+
+
+def prepare(ctx: StageContext) -> None:
+    """Read the series (strict geometry checks) and store the volume for the later stages."""
+    from pipeline.series import read_series
+
+    files = series_files(ctx.series_path)
+    if not files:
+        raise NodeError(ErrorCode.FILE_NOT_FOUND, f"no *.dcm files in {ctx.series_path}")
+    view = ctx.work_dir / "input"  # only the instances: the spool folder also holds JSON files
+    view.mkdir()
+    for f in files:
+        (view / f.name).symlink_to(f.resolve())
+    volume = read_series(view)
+    _write_image(volume.image, ctx.work_dir / IMAGE)
+    if volume.is_multi_echo:
+        for i, echo in enumerate(volume.echoes):
+            _write_image(echo, ctx.work_dir / f"echo_{i}.nii")
+    info = {
+        "source_format": volume.source_format,
+        "echo_times_ms": list(volume.echo_times_ms),
+        "acquisition": volume.acquisition,
+        "slices": [str(Path(ref.path).resolve()) for ref in volume.slices[0]] if volume.slices else [],
+        "frames": [ref.frame for ref in volume.slices[0]] if volume.slices else [],
+        "size": list(volume.image.GetSize()),
+        "spacing": list(volume.image.GetSpacing()),
+    }
+    write_json_atomic(ctx.work_dir / VOLUME, info)
+    merge_results(ctx.job_dir, {"study_uid": volume.study_instance_uid,
+                                "series_uid": volume.series_instance_uid})
+
+
+def load_image(ctx: StageContext, name: str = IMAGE) -> sitk.Image:
+    """An image written by ``prepare``."""
+    path = ctx.stage_dir("prepare") / name
+    if not path.exists():
+        raise NodeError(ErrorCode.FILE_NOT_FOUND, f"prepare/{name} is missing")
+    return sitk.ReadImage(str(path))
+
+
+def segment(ctx: StageContext) -> None:
+    """nnU-Net segmentation with the configured model (kept warm per worker process)."""
+    from pipeline.segment.stage import segment_to_folder
+
+    record = segment_to_folder(load_image(ctx), ctx.work_dir, ctx.settings.segment,
+                               device=ctx.device)
+    merge_results(ctx.job_dir, {"model": record["model"]})
+
+
+def load_labels(ctx: StageContext) -> sitk.Image:
+    """The canonical label map written by ``segment``."""
+    path = ctx.stage_dir("segment") / "labels.nii.gz"
+    if not path.exists():
+        raise NodeError(ErrorCode.FILE_NOT_FOUND, "segment/labels.nii.gz is missing")
+    return sitk.ReadImage(str(path))
+
+
+def encode(ctx: StageContext) -> None:
+    """SEG, SR, overlay series and PDF (as configured) into ``encode/<kind>/``."""
+    from pipeline.encode import encode_results, write_results
+
+    volume = read_json(ctx.stage_dir("prepare") / VOLUME)
+    if not volume["slices"] or any(f is not None for f in volume["frames"]):
+        raise NodeError(ErrorCode.INVALID_FORMAT, "result objects need a single-frame DICOM "
+                        "source series (multi-frame and NIfTI input are analysed, not encoded)")
+    labels = sitk.GetArrayFromImage(load_labels(ctx)).astype(np.uint8)
+    results = read_json(ctx.job_dir / RESULTS)
+    record = read_json(ctx.stage_dir("segment") / "segmentation.json")
+    thickness_map = _thickness_map(ctx)
+    encoded = encode_results(source=volume["slices"], labels=labels, results=results,
+                             model=record["model"], options=ctx.settings.encode,
+                             thickness_map=thickness_map)
+    write_results(encoded, ctx.work_dir)
+
+
+def _thickness_map(ctx: StageContext) -> np.ndarray | None:
+    path = ctx.stage_dir("quantify") / "thickness_map.npy"
+    return np.load(path) if path.exists() else None
+
+
+def result_files(ctx: StageContext) -> list[Path]:
+    """The encoded instances, in sending order (SEG before the SR that references it)."""
+    order = {"seg": 0, "sr": 1, "overlay": 2, "pdf": 3}
+    folder = ctx.stage_dir("encode")
+    files = [p for p in folder.glob("*/*.dcm")]
+    return sorted(files, key=lambda p: (order.get(p.parent.name, 9), p.name))
+
+
+def deliver(ctx: StageContext) -> None:
+    """C-STORE the results to every destination; SEND_FAILED (retried) while any is pending."""
+    from scp.delivery import deliver as send_pending
+    from scp.delivery import resolve_targets
+
+    targets = resolve_targets(ctx.settings, str(ctx.summary.get("calling_ae", "")))
+    files = result_files(ctx)
+    if not targets or not files:
+        return
+    report = send_pending(ctx.job_dir / "outbox.json", files, targets, ctx.settings.delivery)
+    if not report.done:
+        detail = "; ".join(f"{dest}: {n} pending ({report.errors.get(dest, '')})"
+                           for dest, n in report.pending.items() if n)
+        raise NodeError(ErrorCode.SEND_FAILED, detail, retryable=True)
