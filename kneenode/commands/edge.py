@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import faulthandler
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kneenode.cli_app import app, fail, settings_for
 from kneenode.logs import get_logger
+from kneenode.signals import wait_for_stop_signal
 from kneenode.settings import Settings
 from scp.announce import CompletedSeries, OnComplete
 from scp.sender import Destination, FileResult, collect_files, echo, send_files
@@ -25,16 +23,6 @@ def _log_only(series: CompletedSeries) -> None:
     log.info("series ready", study_uid=series.study_uid, series_uid=series.series_uid,
              version=series.version, instances=series.summary.get("instance_count"),
              path=str(series.path))
-
-
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    stop = threading.Event()
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: thread stacks
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
 
 
 def _job_creator(settings: Settings) -> OnComplete:
@@ -73,7 +61,7 @@ def scp_command(
     except OSError as exc:
         raise fail(f"cannot listen on {settings.scp.host}:{settings.scp.port}: {exc}") from None
     typer.echo(f"kneenode SCP {settings.scp.ae_title} listening on port {handle.port}", err=True)
-    wait_for_signal()
+    wait_for_stop_signal()
     handle.stop()
 
 

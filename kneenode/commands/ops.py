@@ -1,15 +1,18 @@
-"""Operations commands: ``kneenode purge`` (remove finished jobs' folders on purpose)."""
+"""Operations commands: ``kneenode purge`` (remove ended jobs' folders), ``kneenode demo``."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from kneenode.cli_app import app, fail, settings_for
 from kneenode.commands.jobs import _store
+from kneenode.demo import DemoResult
 from workers.retention import all_jobs, apply, plan_manual, run_retention
 
 console = Console()
@@ -50,3 +53,39 @@ def purge_cmd(
     missing = set(job_ids or []) - {i.job_id for i in items}
     if missing:
         raise fail(f"not removed (unknown, active or already purged): {', '.join(sorted(missing))}")
+
+
+@app.command("demo")
+def demo_cmd(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Option(help="Where the demo keeps everything.")] = Path("data/demo"),
+    seed: Annotated[int, typer.Option(help="Phantom seed.")] = 1,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the job.")] = 900,
+    keep: Annotated[bool, typer.Option(help="Keep the node and Orthanc running afterwards, "
+                                       "until Ctrl-C.")] = False,
+) -> None:
+    """Start the node and an Orthanc, send a synthetic knee, wait, show what reached Orthanc."""
+    from kneenode.demo import run_demo
+
+    settings = settings_for(ctx)
+    try:
+        result = run_demo(settings, folder.resolve(), seed=seed, timeout=timeout, keep=keep,
+                          say=lambda text: console.print(f"[dim]demo:[/] {text}", highlight=False),
+                          show=_show_demo)
+    except (TimeoutError, RuntimeError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    job = result.job
+    if job["state"] != "done":
+        error = job.get("error") or {}
+        raise fail(f"the job ended {job['state']}: {error.get('code', '')} {error.get('message', '')}")
+
+
+def _show_demo(result: DemoResult) -> None:
+    table = Table(title=f"study {result.study_uid} in Orthanc ({result.orthanc_url})")
+    for column in ("modality", "series", "instances"):
+        table.add_column(column)
+    for s in sorted(result.orthanc_series, key=lambda s: int(s.get("SeriesNumber") or 0)):
+        table.add_row(s.get("Modality", ""), s.get("SeriesDescription", ""), str(s["instances"]))
+    console.print(table)
+    job = result.job
+    console.print(f"job {job['id']}: {job['state']}; job folder {job.get('job_dir', '')}")
