@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import dramatiq
 from dramatiq import Message
+from dramatiq.broker import Broker
 from dramatiq.brokers.redis import RedisBroker
 
 from kneenode.settings import JobsSettings
@@ -30,7 +31,7 @@ def time_limit_s(jobs: JobsSettings, stage: str) -> float:
 
 
 def enqueue_stage(
-    broker: RedisBroker,
+    broker: Broker,
     jobs: JobsSettings,
     *,
     job_id: str,
@@ -79,4 +80,4 @@ def declare_actors(broker: RedisBroker, runtime: WorkerRuntime) -> None:
         runtime.chain[stage].fn(ctx)
 
     for queue, actor_name in STAGE_ACTORS.items():
-        dramatiq.actor(run_stage, actor_name=actor_name, queue_name=queue, broker=broker)
+        dramatiq.actor(actor_name=actor_name, queue_name=queue, broker=broker)(run_stage)

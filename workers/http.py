@@ -63,7 +63,7 @@ def make_app(store: JobStore, settings: Settings) -> Starlette:
             limit = int(request.query_params.get("limit", "50"))
         except ValueError:
             return JSONResponse({"error": "limit must be an integer"}, status_code=400)
-        jobs = await run_in_threadpool(store.list, state, limit)
+        jobs = await run_in_threadpool(store.list_jobs, state, limit)
         return JSONResponse({"jobs": jobs, "count": len(jobs)})
 
     async def get_job(request: Request) -> JSONResponse:

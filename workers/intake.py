@@ -8,6 +8,7 @@ fail selection become ``ignored`` jobs carrying the reason, so operators can see
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
 
@@ -37,7 +38,7 @@ class JobCreator:
     def create(self, series: CompletedSeries) -> str:
         """Create the job of ``series``; return its id (the existing one when announced again)."""
         s = series.summary
-        fields = {
+        fields: dict[str, Any] = {
             "study_uid": series.study_uid,
             "series_path": str(series.path),
             "calling_ae": series.calling_ae,

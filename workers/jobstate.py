@@ -72,7 +72,7 @@ class JobStore:
     """
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
-        self.client = client
+        self.client: Any = client  # decode_responses=True: str values (redis-py types say bytes)
         self.ns = namespace
         self._release = client.register_script(_RELEASE)
         self._transition = client.register_script(_TRANSITION)
@@ -119,7 +119,7 @@ class JobStore:
         raw = self.client.hgetall(self.key("job", job_id))
         return _decode(raw) if raw else None
 
-    def list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list_jobs(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Newest jobs first; ``state`` filters (``running`` matches every ``running:<stage>``)."""
         ids = self.client.zrevrange(self.key("jobs"), 0, -1)
         out: list[dict[str, Any]] = []

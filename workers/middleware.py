@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dramatiq.broker import Broker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
@@ -159,7 +160,7 @@ class JobMiddleware(Middleware):
         self.jobs = runtime.settings.jobs
 
     # -- before --------------------------------------------------------------------------------
-    def before_process_message(self, broker: RedisBroker, message: Any) -> None:
+    def before_process_message(self, broker: Broker, message: Any) -> None:
         if message.actor_name not in STAGE_ACTORS.values():
             return
         job_id, stage, run = message.args
@@ -197,7 +198,7 @@ class JobMiddleware(Middleware):
 
     # -- after ---------------------------------------------------------------------------------
     def after_process_message(
-        self, broker: RedisBroker, message: Any, *, result: Any = None,
+        self, broker: Broker, message: Any, *, result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
         if message.actor_name not in STAGE_ACTORS.values():
@@ -218,7 +219,7 @@ class JobMiddleware(Middleware):
         finally:
             self.rt.store.release_lease(task.job_id, task.stage, message.message_id)
 
-    def _commit(self, broker: RedisBroker, task: Task) -> None:
+    def _commit(self, broker: Broker, task: Task) -> None:
         store = self.rt.store
         duration = time.monotonic() - task.started
         if not task.already_done:
@@ -240,7 +241,7 @@ class JobMiddleware(Middleware):
         enqueue_stage(broker, self.jobs, job_id=task.job_id, stage=nxt.name, queue=nxt.queue,
                       run=task.run)
 
-    def _error(self, broker: RedisBroker, task: Task, exc: BaseException) -> None:
+    def _error(self, broker: Broker, task: Task, exc: BaseException) -> None:
         store = self.rt.store
         if isinstance(exc, StageCancelled):
             store.stage_update(task.job_id, task.stage, state="cancelled", end=now())

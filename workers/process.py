@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from dramatiq import Worker
 
@@ -48,7 +49,7 @@ def resolve_device(device: str, queues: tuple[str, ...]) -> str:
 def _beat(rt: WorkerRuntime, threads: int, stop: threading.Event) -> None:
     """Refresh this worker's record; flag tasks whose job was cancelled meanwhile."""
     store = rt.store
-    static = {
+    static: dict[str, Any] = {
         "pid": os.getpid(), "host": socket.gethostname(), "queues": ",".join(rt.queues),
         "device": rt.device, "threads": threads, "started": now(),
     }

@@ -97,7 +97,7 @@ def jobs_cmd(
 ) -> None:
     """List jobs, newest first."""
     store, _ = _store(settings_for(ctx))
-    jobs = store.list(state, limit)
+    jobs = store.list_jobs(state, limit)
     if as_json:
         typer.echo(json.dumps(jobs, indent=2, default=str))
         return
