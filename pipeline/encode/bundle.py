@@ -82,25 +82,52 @@ def encode_results(
         Software Versions written into the SEG.
     """
     if options.sr and not options.seg:
-        raise NodeError(ErrorCode.CONFIG_ERROR, "encode.sr needs encode.seg: the SR references SEG segments")
+        raise NodeError(
+            ErrorCode.CONFIG_ERROR, "encode.sr needs encode.seg: the SR references SEG segments"
+        )
     info = AlgorithmInfo.from_card(model)
     side = knee_side(results)
     datasets = load_source(source, pixels=options.overlay or options.pdf)
     out = EncodedResults()
     if options.seg:
-        out.seg = encode_seg(source=datasets, labels=labels, model=info, side=side, options=options,
-                             software_version=software_version)
+        out.seg = encode_seg(
+            source=datasets,
+            labels=labels,
+            model=info,
+            side=side,
+            options=options,
+            software_version=software_version,
+        )
     if options.sr and out.seg is not None:
-        out.sr = encode_sr(source=datasets, seg=out.seg, results=results, model=info, labels=labels,
-                           options=options)
+        out.sr = encode_sr(
+            source=datasets,
+            seg=out.seg,
+            results=results,
+            model=info,
+            labels=labels,
+            options=options,
+        )
     if options.overlay:
-        out.overlay = encode_overlay(source=datasets, labels=labels, model=info, side=side,
-                                     options=options)
+        out.overlay = encode_overlay(
+            source=datasets, labels=labels, model=info, side=side, options=options
+        )
     if options.pdf:
-        out.pdf = encode_pdf(source=datasets, labels=labels, results=results, model=info,
-                             thickness_map=thickness_map, options=options)
-    log.info("encoded results", series_uid=datasets[0].SeriesInstanceUID, seg=out.seg is not None,
-             sr=out.sr is not None, overlay_images=len(out.overlay), pdf=out.pdf is not None)
+        out.pdf = encode_pdf(
+            source=datasets,
+            labels=labels,
+            results=results,
+            model=info,
+            thickness_map=thickness_map,
+            options=options,
+        )
+    log.info(
+        "encoded results",
+        series_uid=datasets[0].SeriesInstanceUID,
+        seg=out.seg is not None,
+        sr=out.sr is not None,
+        overlay_images=len(out.overlay),
+        pdf=out.pdf is not None,
+    )
     return out
 
 

@@ -82,8 +82,17 @@ _PATIENT_STUDY_KEYWORDS = (
     "ReferringPhysicianName",
     "StudyDescription",
 )
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-          "StudyID", "AccessionNumber", "ReferringPhysicianName")
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 
 
 def encode_error(message: str) -> NodeError:
@@ -117,7 +126,9 @@ class AlgorithmInfo:
         demo = card.get("is_demo", card.get("phantom_demo", card.get("demo", False)))
         if not name or not version:
             raise encode_error("model card lacks algorithm name or version")
-        return cls(name=str(name)[:64], version=str(version)[:64], family=str(family), is_demo=bool(demo))
+        return cls(
+            name=str(name)[:64], version=str(version)[:64], family=str(family), is_demo=bool(demo)
+        )
 
     @property
     def label(self) -> str:
@@ -138,7 +149,9 @@ def load_source(source: Sequence[Dataset | str | Path], *, pixels: bool) -> list
     from_paths = not isinstance(source[0], Dataset)
     if from_paths:
         try:
-            datasets = [pydicom.dcmread(p, stop_before_pixels=not pixels) for p in source]
+            datasets: list[Dataset] = [
+                pydicom.dcmread(p, stop_before_pixels=not pixels) for p in source
+            ]
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
             raise encode_error(f"cannot read a source instance: {exc}") from exc
     else:
@@ -151,14 +164,25 @@ def load_source(source: Sequence[Dataset | str | Path], *, pixels: bool) -> list
         pos = pos[order]
     steps = np.diff(pos)
     if len(datasets) > 1 and not (np.all(steps > 0) or np.all(steps < 0)):
-        raise encode_error("source slices are not sorted (strictly monotonic) along the slice normal")
+        raise encode_error(
+            "source slices are not sorted (strictly monotonic) along the slice normal"
+        )
     return datasets
 
 
 def _check_single_series(datasets: Sequence[Dataset]) -> None:
     first = datasets[0]
-    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
-               "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"):
+    for kw in (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "ImageOrientationPatient",
+        "ImagePositionPatient",
+        "PixelSpacing",
+        "Rows",
+        "Columns",
+    ):
         if kw not in first:
             raise encode_error(f"source instance lacks {kw}")
     for ds in datasets[1:]:
@@ -171,7 +195,9 @@ def slice_positions(datasets: Sequence[Dataset]) -> np.ndarray:
     """Position of each slice along the normal of the first slice's orientation (mm)."""
     iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
-    return np.array([float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))) for d in datasets])
+    return np.array(
+        [float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))) for d in datasets]
+    )
 
 
 def check_label_map(labels: np.ndarray, datasets: Sequence[Dataset]) -> np.ndarray:

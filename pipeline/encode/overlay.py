@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from kneenode.settings import EncodeSettings
 from pipeline.encode.common import (
@@ -38,14 +38,23 @@ from pipeline.encode.common import (
     series_number,
 )
 
-
 _NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
 #: Short legend names (the legend panel should not be wider than it must).
 LEGEND: dict[int, str] = {
-    1: "Femur", 2: "Tibia", 3: "Patella", 4: "Femoral cart.", 5: "Med. tibial cart.",
-    6: "Lat. tibial cart.", 7: "Patellar cart.", 8: "Med. meniscus", 9: "Lat. meniscus",
-    11: "Ant. femoral cart.", 12: "Med. WB femoral cart.", 13: "Lat. WB femoral cart.",
-    14: "Med. post. femoral cart.", 15: "Lat. post. femoral cart.",
+    1: "Femur",
+    2: "Tibia",
+    3: "Patella",
+    4: "Femoral cart.",
+    5: "Med. tibial cart.",
+    6: "Lat. tibial cart.",
+    7: "Patellar cart.",
+    8: "Med. meniscus",
+    9: "Lat. meniscus",
+    11: "Ant. femoral cart.",
+    12: "Med. WB femoral cart.",
+    13: "Lat. WB femoral cart.",
+    14: "Med. post. femoral cart.",
+    15: "Lat. post. femoral cart.",
 }
 
 
@@ -58,7 +67,9 @@ def _slice_pixels(ds: Dataset) -> np.ndarray:
         signed = int(ds.get("PixelRepresentation", 0)) == 1
         dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
         count = int(ds.Rows) * int(ds.Columns)
-        return np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(int(ds.Rows), int(ds.Columns))
+        return np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(
+            int(ds.Rows), int(ds.Columns)
+        )
     return ds.pixel_array
 
 
@@ -95,11 +106,15 @@ def _blend_table(alpha: float) -> tuple[np.ndarray, np.ndarray]:
     for label, rgb in COLORS.items():
         colour[label], weight[label] = rgb, alpha
     grey = np.arange(256, dtype=np.float32)
-    table = grey[None, :, None] * (1 - weight)[:, None, None] + (colour * weight[:, None])[:, None, :]
+    table = (
+        grey[None, :, None] * (1 - weight)[:, None, None] + (colour * weight[:, None])[:, None, :]
+    )
     return np.round(table).astype(np.uint8).reshape(256 * 256, 3), colour.astype(np.uint8)
 
 
-def colorize_slice(grey: np.ndarray, labels: np.ndarray, *, alpha: float, outline: bool) -> np.ndarray:
+def colorize_slice(
+    grey: np.ndarray, labels: np.ndarray, *, alpha: float, outline: bool
+) -> np.ndarray:
     """RGB slice: grey with label colours blended at ``alpha``, outlines opaque.
 
     One gather from a (label, grey) -> RGB table (about 1 ms for 384 x 384) instead of masks.
@@ -122,8 +137,12 @@ def colorize_slice(grey: np.ndarray, labels: np.ndarray, *, alpha: float, outlin
 
 def colorize(grey: np.ndarray, labels: np.ndarray, *, alpha: float, outline: bool) -> np.ndarray:
     """:func:`colorize_slice` for every slice of a volume: (slices, rows, columns, 3) uint8."""
-    return np.stack([colorize_slice(g, lab, alpha=alpha, outline=outline)
-                     for g, lab in zip(grey, labels, strict=True)])
+    return np.stack(
+        [
+            colorize_slice(g, lab, alpha=alpha, outline=outline)
+            for g, lab in zip(grey, labels, strict=True)
+        ]
+    )
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -133,13 +152,15 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def banner_and_legend(
     *, rows: int, cols: int, present: Sequence[int], info: AlgorithmInfo
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Canvas with banner strip (top) and legend panel (right), and the image's (row, col) offset."""
+    """Canvas: banner strip (top) and legend panel (right), and the image's (row, col) offset."""
     size = max(10, min(rows, cols) // 28)
     font = _font(size)
     lines = [NOT_FOR_DIAGNOSIS] + ([DEMO_BANNER] if info.is_demo else [])
     banner_h = (size + 6) * (len(lines) + 1) + 6
     entries = [LEGEND[label] for label in present]
-    legend_w = max([size * 2 + 8 + int(font.getlength(t)) for t in [*entries, "Legend"]] + [size * 6])
+    legend_w = max(
+        [size * 2 + 8 + int(font.getlength(t)) for t in [*entries, "Legend"]] + [size * 6]
+    )
     legend_h = (len(entries) + 1) * (size + 6) + 12
     height, width = banner_h + max(rows, legend_h), cols + legend_w + 8
     canvas = Image.new("RGB", (width, height), (0, 0, 0))
@@ -158,7 +179,11 @@ def banner_and_legend(
 
 
 def _template(
-    first: Dataset, info: AlgorithmInfo, opts: EncodeSettings, shape: tuple[int, int], side: str | None
+    first: Dataset,
+    info: AlgorithmInfo,
+    opts: EncodeSettings,
+    shape: tuple[int, int],
+    side: str | None,
 ) -> Dataset:
     """Attributes common to every overlay image."""
     ds = Dataset()
@@ -242,7 +267,9 @@ def encode_overlay(
     return out
 
 
-def _instance(template: Dataset, src: Dataset, number: int, pixels: bytes, opts: EncodeSettings) -> Dataset:
+def _instance(
+    template: Dataset, src: Dataset, number: int, pixels: bytes, opts: EncodeSettings
+) -> Dataset:
     ds = Dataset(dict(template.items()))  # own element dict; shared elements are never modified
     uid = new_uid(opts.uid_prefix)
     ds.add_new("SOPInstanceUID", "UI", uid)
@@ -254,7 +281,7 @@ def _instance(template: Dataset, src: Dataset, number: int, pixels: bytes, opts:
     ds.add_new("PixelData", "OB", pixels)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = uid
+    meta.MediaStorageSOPInstanceUID = UID(uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     return ds

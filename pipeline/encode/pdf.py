@@ -11,8 +11,8 @@ so the text stays searchable and extractable.
 from __future__ import annotations
 
 import io
-import textwrap
 import logging
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from matplotlib import rc_context
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
+from pydicom.uid import UID, EncapsulatedPDFStorage, ExplicitVRLittleEndian
 
 from kneenode.settings import EncodeSettings
 from pipeline.encode.common import (
@@ -70,14 +70,21 @@ def key_slices(labels: np.ndarray, count: int) -> list[int]:
 
 def measurement_rows(results: Mapping[str, Any]) -> list[list[str]]:
     """Table rows: structure, volume, thickness mean / median / std, T2 mean."""
+
     def fmt(key: str, digits: int) -> str:
         value = finite_float(results, key)
         return "" if value is None else f"{value:.{digits}f}"
 
     rows = []
     for key, text in (*TISSUES.values(), *SUBREGIONS.values()):
-        row = [text, fmt(f"{key}_ml", 2), fmt(f"{key}_mm_mean", 2), fmt(f"{key}_mm_median", 2),
-               fmt(f"{key}_mm_std", 2), fmt(f"{key}_t2_ms_mean", 1)]
+        row = [
+            text,
+            fmt(f"{key}_ml", 2),
+            fmt(f"{key}_mm_mean", 2),
+            fmt(f"{key}_mm_median", 2),
+            fmt(f"{key}_mm_std", 2),
+            fmt(f"{key}_t2_ms_mean", 1),
+        ]
         if any(row[1:]):
             rows.append(row)
     return rows
@@ -85,14 +92,23 @@ def measurement_rows(results: Mapping[str, Any]) -> list[list[str]]:
 
 def _header_lines(first: Dataset, results: Mapping[str, Any], info: AlgorithmInfo) -> list[str]:
     side = knee_side(results)
-    bscore = next((finite_float(results, k) for k in BSCORE_KEYS if finite_float(results, k) is not None), None)
+    bscore = next(
+        (finite_float(results, k) for k in BSCORE_KEYS if finite_float(results, k) is not None),
+        None,
+    )
     return [
-        f"Patient: {first.get('PatientName', '')}    ID: {first.get('PatientID', '')}    "
-        f"Born: {first.get('PatientBirthDate', '')}    Sex: {first.get('PatientSex', '')}",
-        f"Study date: {first.get('StudyDate', '')}    Accession: {first.get('AccessionNumber', '')}    "
-        f"Study: {first.get('StudyDescription', '')}",
-        f"Series: {first.get('SeriesNumber', '')} {first.get('SeriesDescription', '')}    "
-        f"Knee side: {side or 'unknown'}",
+        (
+            f"Patient: {first.get('PatientName', '')}    ID: {first.get('PatientID', '')}    "
+            f"Born: {first.get('PatientBirthDate', '')}    Sex: {first.get('PatientSex', '')}"
+        ),
+        (
+            f"Study date: {first.get('StudyDate', '')}    Accession: {first.get('AccessionNumber', '')}    "
+            f"Study: {first.get('StudyDescription', '')}"
+        ),
+        (
+            f"Series: {first.get('SeriesNumber', '')} {first.get('SeriesDescription', '')}    "
+            f"Knee side: {side or 'unknown'}"
+        ),
         f"Model: {info.name}  version {info.version}  ({info.family})"
         + ("  PHANTOM DEMO MODEL" if info.is_demo else ""),
         f"BScore (femur shape): {bscore:.2f}" if bscore is not None else "BScore: not computed",
@@ -103,17 +119,36 @@ def _page_one(first: Dataset, results: Mapping[str, Any], info: AlgorithmInfo) -
     fig = Figure(figsize=_A4)
     fig.text(0.06, 0.95, "Knee MRI quantitative report", fontsize=16, weight="bold")
     banner = NOT_FOR_DIAGNOSIS + (f" - {DEMO_BANNER}" if info.is_demo else "")
-    fig.text(0.06, 0.925, banner, fontsize=12, color="white", weight="bold",
-             bbox={"facecolor": "#a00000", "edgecolor": "none", "pad": 4})
+    fig.text(
+        0.06,
+        0.925,
+        banner,
+        fontsize=12,
+        color="white",
+        weight="bold",
+        bbox={"facecolor": "#a00000", "edgecolor": "none", "pad": 4},
+    )
     for i, line in enumerate(_header_lines(first, results, info)):
         fig.text(0.06, 0.885 - i * 0.022, line, fontsize=9)
     rows = measurement_rows(results)
     ax = fig.add_axes((0.06, 0.18, 0.88, 0.56))
     ax.axis("off")
     if rows:
-        cols = ["Structure", "Volume (ml)", "Thickness mean (mm)", "median (mm)", "std (mm)", "T2 mean (ms)"]
-        table = ax.table(cellText=rows, colLabels=cols, loc="upper center", cellLoc="center",
-                         colWidths=[0.34, 0.12, 0.16, 0.12, 0.12, 0.14])
+        cols = [
+            "Structure",
+            "Volume (ml)",
+            "Thickness mean (mm)",
+            "median (mm)",
+            "std (mm)",
+            "T2 mean (ms)",
+        ]
+        table = ax.table(
+            cellText=rows,
+            colLabels=cols,
+            loc="upper center",
+            cellLoc="center",
+            colWidths=[0.34, 0.12, 0.16, 0.12, 0.12, 0.14],
+        )
         table.auto_set_font_size(False)
         table.set_fontsize(8)
         table.scale(1, 1.3)
@@ -123,22 +158,33 @@ def _page_one(first: Dataset, results: Mapping[str, Any], info: AlgorithmInfo) -
     return fig
 
 
-def _page_two(rgb_slices: list[tuple[int, np.ndarray]], thickness_map: np.ndarray | None,
-              info: AlgorithmInfo) -> Figure:
+def _page_two(
+    rgb_slices: list[tuple[int, np.ndarray]], thickness_map: np.ndarray | None, info: AlgorithmInfo
+) -> Figure:
     fig = Figure(figsize=_A4)
     fig.text(0.06, 0.96, "Key slices with segmentation overlay", fontsize=13, weight="bold")
-    fig.text(0.06, 0.94, NOT_FOR_DIAGNOSIS + (f" - {DEMO_BANNER}" if info.is_demo else ""),
-             fontsize=9, color="#a00000", weight="bold")
+    fig.text(
+        0.06,
+        0.94,
+        NOT_FOR_DIAGNOSIS + (f" - {DEMO_BANNER}" if info.is_demo else ""),
+        fontsize=9,
+        color="#a00000",
+        weight="bold",
+    )
     n = len(rgb_slices)
     top = 0.48 if thickness_map is not None else 0.08
     for i, (index, rgb) in enumerate(rgb_slices):
-        ax = fig.add_axes((0.04 + i * 0.92 / n, top, 0.9 / n, 0.42 if thickness_map is not None else 0.8))
+        ax = fig.add_axes(
+            (0.04 + i * 0.92 / n, top, 0.9 / n, 0.42 if thickness_map is not None else 0.8)
+        )
         ax.imshow(rgb, interpolation="nearest")
         ax.set_title(f"slice {index + 1}", fontsize=8)
         ax.axis("off")
     if thickness_map is not None:
         ax = fig.add_axes((0.1, 0.06, 0.7, 0.36))
-        image = ax.imshow(np.ma.masked_invalid(thickness_map), cmap="viridis", interpolation="nearest")
+        image = ax.imshow(
+            np.ma.masked_invalid(thickness_map), cmap="viridis", interpolation="nearest"
+        )
         ax.set_title("Femoral cartilage thickness (mm)", fontsize=9)
         ax.axis("off")
         fig.colorbar(image, ax=ax, fraction=0.04, label="mm")
@@ -147,8 +193,12 @@ def _page_two(rgb_slices: list[tuple[int, np.ndarray]], thickness_map: np.ndarra
 
 
 def render_report(
-    *, first: Dataset, results: Mapping[str, Any], info: AlgorithmInfo,
-    rgb_slices: list[tuple[int, np.ndarray]], thickness_map: np.ndarray | None,
+    *,
+    first: Dataset,
+    results: Mapping[str, Any],
+    info: AlgorithmInfo,
+    rgb_slices: list[tuple[int, np.ndarray]],
+    thickness_map: np.ndarray | None,
 ) -> bytes:
     """The report as PDF bytes (two A4 pages)."""
     buf = io.BytesIO()
@@ -156,10 +206,10 @@ def render_report(
     level = font_log.level
     font_log.setLevel(logging.ERROR)  # "weight normal not found for Helvetica, using medium"
     try:
-        with rc_context({"pdf.use14corefonts": True}):
-            with PdfPages(buf, metadata={"Title": "Knee MRI quantitative report", "Creator": "kneenode"}) as pdf:
-                pdf.savefig(_page_one(first, results, info))
-                pdf.savefig(_page_two(rgb_slices, thickness_map, info))
+        meta = {"Title": "Knee MRI quantitative report", "Creator": "kneenode"}
+        with rc_context({"pdf.use14corefonts": True}), PdfPages(buf, metadata=meta) as pdf:
+            pdf.savefig(_page_one(first, results, info))
+            pdf.savefig(_page_two(rgb_slices, thickness_map, info))
     finally:
         font_log.setLevel(level)
     return buf.getvalue()
@@ -200,19 +250,28 @@ def encode_pdf(
     info = AlgorithmInfo.from_card(model)
     if not isinstance(results, Mapping):
         raise encode_error(f"results must be a mapping, got {type(results).__name__}")
-    if thickness_map is not None and (not isinstance(thickness_map, np.ndarray) or thickness_map.ndim != 2):
+    if thickness_map is not None and (
+        not isinstance(thickness_map, np.ndarray) or thickness_map.ndim != 2
+    ):
         raise encode_error("thickness_map must be a 2-D numpy array")
     datasets = load_source(source, pixels=True)
     lab = check_label_map(labels, datasets)
     chosen = key_slices(lab, opts.pdf_key_slices)
     grey = window_to_uint8(source_volume([datasets[i] for i in chosen]))
     rgb = colorize(grey, lab[chosen], alpha=opts.overlay_alpha, outline=opts.overlay_outline)
-    document = render_report(first=datasets[0], results=results, info=info,
-                             rgb_slices=list(zip(chosen, rgb, strict=True)), thickness_map=thickness_map)
+    document = render_report(
+        first=datasets[0],
+        results=results,
+        info=info,
+        rgb_slices=list(zip(chosen, rgb, strict=True)),
+        thickness_map=thickness_map,
+    )
     return _pdf_dataset(datasets, document, info, opts)
 
 
-def _pdf_dataset(datasets: list[Dataset], document: bytes, info: AlgorithmInfo, opts: EncodeSettings) -> Dataset:
+def _pdf_dataset(
+    datasets: list[Dataset], document: bytes, info: AlgorithmInfo, opts: EncodeSettings
+) -> Dataset:
     first = datasets[0]
     ds = Dataset()
     copy_patient_study(first, ds)
@@ -239,7 +298,7 @@ def _pdf_dataset(datasets: list[Dataset], document: bytes, info: AlgorithmInfo, 
     ds.EncapsulatedDocumentLength = len(document)
     ds.EncapsulatedDocument = document + (b"\x00" if len(document) % 2 else b"")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = EncapsulatedPDFStorage, uid
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = EncapsulatedPDFStorage, UID(uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     return ds

@@ -25,10 +25,10 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-from pydicom.dataelem import RawDataElement
+from highdicom.spatial import VOLUME_INDEX_CONVENTION, get_normal_vector
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.dataelem import DataElement
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
@@ -36,7 +36,6 @@ from pydicom.sr.coding import Code
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
-from highdicom.spatial import VOLUME_INDEX_CONVENTION, get_normal_vector
 
 from kneenode.settings import EncodeSettings
 from pipeline.encode.common import (
@@ -148,7 +147,9 @@ def _masks(labels: np.ndarray, include_subregions: bool) -> list[tuple[int, np.n
     return [(n, fem if label == 4 else label) for label, n in numbers.items()]  # type: ignore[misc]
 
 
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_LONG_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
 _NUMERIC = {"US": "H", "UL": "I", "SS": "h", "SL": "i", "FL": "f", "FD": "d"}
 
 
@@ -240,7 +241,9 @@ def _frame_plan(
     return frames, data + b"\x00" if len(data) % 2 else data
 
 
-def _skeleton(first: Dataset, descriptions: list[hd.seg.SegmentDescription], **kwargs: Any) -> hd.seg.Segmentation:
+def _skeleton(
+    first: Dataset, descriptions: list[hd.seg.SegmentDescription], **kwargs: Any
+) -> hd.seg.Segmentation:
     """highdicom SEG of the first source slice only (segment 1 at one pixel): the template."""
     stub = np.zeros((1, int(first.Rows), int(first.Columns)), dtype=np.uint8)
     stub[0, 0, 0] = 1
@@ -259,7 +262,9 @@ def position_indices(datasets: Sequence[Dataset]) -> np.ndarray:
     normal = get_normal_vector(
         datasets[0].ImageOrientationPatient, index_convention=VOLUME_INDEX_CONVENTION
     )
-    distances = np.array([np.dot(normal, np.asarray(d.ImagePositionPatient, float)) for d in datasets])
+    distances = np.array(
+        [np.dot(normal, np.asarray(d.ImagePositionPatient, float)) for d in datasets]
+    )
     ranks = np.empty(len(datasets), dtype=int)
     ranks[np.argsort(distances, kind="stable")] = np.arange(1, len(datasets) + 1)
     return ranks
@@ -348,14 +353,16 @@ def _assemble(
     ds.NumberOfFrames = len(frames)
     ds.SegmentsOverlap = "YES" if opts.seg_subregions else "NO"
     ds.SeriesDescription = series_description(datasets[0], "seg", opts.description_prefix)
-    ds[_PFFG] = RawDataElement(_PFFG, "SQ", len(items), items, 0, False, True)  # type: ignore[assignment]
+    raw = RawDataElement(_PFFG, "SQ", len(items), items, 0, False, True)
+    ds[_PFFG] = raw  # type: ignore[assignment]
     ds.add_new("PixelData", "OB", pixels)
-    ds.set_original_encoding(False, True, ds._character_set)  # noqa: SLF001 (as dcmread does)
+    ds.set_original_encoding(False, True, ds._character_set)
     return ds
 
 
 def _reference_all(ds: Dataset, datasets: list[Dataset]) -> None:
     """Reference every source instance (the template referenced the first) and fix the spacing."""
+
     def ref(d: Dataset) -> Dataset:
         item = Dataset()
         item.ReferencedSOPClassUID = d.SOPClassUID

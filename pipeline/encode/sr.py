@@ -15,8 +15,9 @@ knee side as laterality of the finding site. The tracking identifier of each gro
 of its results.json keys, so :func:`read_sr_measurements` maps the SR back to results.json.
 T2 of the deep and superficial halves (``<region>_deep_t2_ms_<stat>``, as the phantom truth and
 the old pipeline spell them; ``<region>_t2_ms_deep_<stat>`` is accepted too) is a T2 measurement
-whose finding site has the topographical modifier Deep / Superficial. BScore and ASSD have no standard code: they use the private coding
-scheme ``99KNEENODE``, declared in the Coding Scheme Identification Sequence.
+whose finding site has the topographical modifier Deep / Superficial. BScore and ASSD have no
+standard code: they use the private coding scheme ``99KNEENODE``, declared in the Coding Scheme
+Identification Sequence.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -58,7 +58,10 @@ T2 = Code("113065", "DCM", "T2")
 _KNEE = Code("49076000", "SCT", "Knee joint")
 _CARTILAGE = Code("309312004", "SCT", "Cartilage")
 _SIDE = {"left": Code("7771000", "SCT", "Left"), "right": Code("24028007", "SCT", "Right")}
-_LAYERS = {"deep": Code("795002", "SCT", "Deep"), "superficial": Code("26283006", "SCT", "Superficial")}
+_LAYERS = {
+    "deep": Code("795002", "SCT", "Deep"),
+    "superficial": Code("26283006", "SCT", "Superficial"),
+}
 _STATS = {
     "mean": Code("373098007", "SCT", "Mean"),
     "median": Code("373099004", "SCT", "Median"),
@@ -82,7 +85,9 @@ def _measurement(
     """One NUM (TID 300); the algorithm is identified once per group, not per measurement."""
     sites = None
     if layer is not None:
-        sites = [hd.sr.FindingSite(anatomic_location=_CARTILAGE, topographical_modifier=_LAYERS[layer])]
+        sites = [
+            hd.sr.FindingSite(anatomic_location=_CARTILAGE, topographical_modifier=_LAYERS[layer])
+        ]
     return hd.sr.Measurement(
         name=name,
         value=value,
@@ -115,7 +120,9 @@ def t2_key(prefix: str, layer: str | None, stat: str) -> str:
     return f"{prefix}_{layer}_t2_ms_{stat}" if layer else f"{prefix}_t2_ms_{stat}"
 
 
-def _t2_value(results: Mapping[str, Any], prefix: str, layer: str | None, stat: str) -> float | None:
+def _t2_value(
+    results: Mapping[str, Any], prefix: str, layer: str | None, stat: str
+) -> float | None:
     value = finite_float(results, t2_key(prefix, layer, stat))
     if value is None and layer:  # also accepted: <region>_t2_ms_<layer>_<stat>
         value = finite_float(results, f"{prefix}_t2_ms_{layer}_{stat}")
@@ -146,8 +153,13 @@ def _segments_by_key(seg: Dataset) -> dict[str, int]:
 
 
 def _groups(
-    *, seg: Dataset, series_uid: str, results: Mapping[str, Any], info: AlgorithmInfo,
-    side: str | None, images: Mapping[int, list[hd.sr.SourceImageForSegmentation]] | None = None,
+    *,
+    seg: Dataset,
+    series_uid: str,
+    results: Mapping[str, Any],
+    info: AlgorithmInfo,
+    side: str | None,
+    images: Mapping[int, list[hd.sr.SourceImageForSegmentation]] | None = None,
 ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
     algo = hd.sr.AlgorithmIdentification(name=info.name, version=info.version)
     numbers = _segments_by_key(seg)
@@ -189,11 +201,17 @@ def segment_source_images(
     values: dict[str, tuple[int, ...]] = {key: (label,) for label, (key, _) in TISSUES.items()}
     values.update({key: (label,) for label, (key, _) in SUBREGIONS.items()})
     values["fem_cart"] = (4, *SUBREGIONS)
-    counts = np.stack([np.bincount(s.ravel(), minlength=256) for s in check_label_map(labels, datasets)])
+    counts = np.stack(
+        [np.bincount(s.ravel(), minlength=256) for s in check_label_map(labels, datasets)]
+    )
     out = {}
     for key, number in _segments_by_key(seg).items():
-        slices = np.flatnonzero(counts[:, list(values[key])].sum(axis=1)) if key in values else []
-        chosen = list(slices) or [len(datasets) // 2]
+        slices: list[int] = (
+            np.flatnonzero(counts[:, list(values[key])].sum(axis=1)).tolist()
+            if key in values
+            else []
+        )
+        chosen = slices or [len(datasets) // 2]
         out[number] = [
             hd.sr.SourceImageForSegmentation(datasets[i].SOPClassUID, datasets[i].SOPInstanceUID)
             for i in chosen
@@ -257,7 +275,11 @@ def encode_sr(
             raise encode_error("encode.sr_source_images needs the label map")
         images = segment_source_images(seg, datasets, labels)
     groups = _groups(
-        seg=seg, series_uid=datasets[0].SeriesInstanceUID, results=results, info=info, side=side,
+        seg=seg,
+        series_uid=datasets[0].SeriesInstanceUID,
+        results=results,
+        info=info,
+        side=side,
         images=images,
     )
     observer = hd.sr.ObserverContext(
@@ -302,7 +324,7 @@ def read_sr_measurements(sr: Dataset) -> dict[str, Any]:
     """Read an SR written by :func:`encode_sr` back into results.json keys (and ``side``)."""
     doc = hd.sr.Comprehensive3DSR.from_dataset(sr)
     out: dict[str, Any] = {}
-    for group in doc.content.get_volumetric_roi_measurement_groups():
+    for group in doc.content.get_volumetric_roi_measurement_groups():  # type: ignore[attr-defined]
         prefix = str(group.tracking_identifier)
         for site in group.finding_sites:
             if site.laterality is not None:
@@ -320,10 +342,17 @@ def _key(prefix: str, m: hd.sr.Measurement) -> str:
     if code == THICKNESS.value:
         return f"{prefix}_mm_{stat}"
     if code == T2.value:
-        layers = [_LAYER_BY_CODE[s.topographical_modifier.value] for s in m.finding_sites
-                  if s.topographical_modifier is not None]
+        layers = [
+            _LAYER_BY_CODE[s.topographical_modifier.value]
+            for s in m.finding_sites
+            if s.topographical_modifier is not None
+        ]
         return t2_key(prefix, layers[0] if layers else None, str(stat))
-    by_code = {BSCORE.value: "bscore", ASSD_BONE.value: "assd_bone_mm", ASSD_CART.value: "assd_cart_mm"}
+    by_code = {
+        BSCORE.value: "bscore",
+        ASSD_BONE.value: "assd_bone_mm",
+        ASSD_CART.value: "assd_cart_mm",
+    }
     if code in by_code:
         return by_code[code]
     raise encode_error(f"unknown measurement {m.name.meaning!r} in group {prefix}")

@@ -17,22 +17,25 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pydicom  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
+import pydicom
+import SimpleITK as sitk
 
-from kneenode.settings import EncodeSettings  # noqa: E402
-from pipeline.encode import encode_overlay, encode_pdf, encode_results, encode_seg, encode_sr  # noqa: E402
-from pipeline.encode.common import load_source  # noqa: E402
+from kneenode.settings import EncodeSettings
+from pipeline.encode import encode_overlay, encode_pdf, encode_results, encode_seg, encode_sr
+from pipeline.encode.common import load_source
 
 
-def phantom_inputs(preset: str, cache: Path) -> tuple[list[pydicom.Dataset], np.ndarray, dict[str, Any]]:
+def phantom_inputs(
+    preset: str, cache: Path
+) -> tuple[list[pydicom.Dataset], np.ndarray, dict[str, Any]]:
     """(sorted source datasets, canonical label map with subregions, results dict)."""
     import json
 
@@ -46,8 +49,12 @@ def phantom_inputs(preset: str, cache: Path) -> tuple[list[pydicom.Dataset], np.
     datasets = load_source(sorted((root / "dicom").glob("*.dcm")), pixels=True)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "truth" / "subregions.nii.gz")))
     truth = json.loads((root / "truth" / "truth.json").read_text())
-    results: dict[str, Any] = {"side": truth["side"], "bscore": 0.42, "assd_bone_mm": 0.6,
-                               "assd_cart_mm": 0.4}
+    results: dict[str, Any] = {
+        "side": truth["side"],
+        "bscore": 0.42,
+        "assd_bone_mm": 0.6,
+        "assd_cart_mm": 0.4,
+    }
     for part in ("volumes_ml", "thickness_mm", "t2_ms"):
         results.update(truth.get(part, {}))
     return datasets, labels.astype(np.uint8), results
@@ -86,38 +93,61 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true")
     args = parser.parse_args()
     src, lab, res = phantom_inputs(args.preset, args.cache)
-    card = {"algorithm_name": "kneenode-phantom-demo", "algorithm_version": "0.1.0", "is_demo": True}
+    card = {
+        "algorithm_name": "kneenode-phantom-demo",
+        "algorithm_version": "0.1.0",
+        "is_demo": True,
+    }
     opts = EncodeSettings()
-    print(f"series: {len(src)} x {src[0].Rows} x {src[0].Columns}, labels {sorted(np.unique(lab).tolist())}")
+    print(
+        f"series: {len(src)} x {src[0].Rows} x {src[0].Columns}, labels {sorted(np.unique(lab).tolist())}"
+    )
     rows = []
-    t_seg, seg = timed(lambda: encode_seg(source=src, labels=lab, model=card, side=res["side"], options=opts),
-                       args.runs)
+    t_seg, seg = timed(
+        lambda: encode_seg(source=src, labels=lab, model=card, side=res["side"], options=opts),
+        args.runs,
+    )
     rows.append(("SEG (9 segments, empty frames kept)", t_seg, f"{seg.NumberOfFrames} frames"))
     sub = EncodeSettings(seg_subregions=True)
     t, s2 = timed(lambda: encode_seg(source=src, labels=lab, model=card, options=sub), args.runs)
     rows.append(("SEG (14 segments incl. subregions)", t, f"{s2.NumberOfFrames} frames"))
-    t, _ = timed(lambda: encode_sr(source=src, seg=seg, results=res, model=card, options=opts), args.runs)
+    t, _ = timed(
+        lambda: encode_sr(source=src, seg=seg, results=res, model=card, options=opts), args.runs
+    )
     rows.append(("SR (TID 1500)", t, ""))
-    t, ov = timed(lambda: encode_overlay(source=src, labels=lab, model=card, options=opts), args.runs)
+    t, ov = timed(
+        lambda: encode_overlay(source=src, labels=lab, model=card, options=opts), args.runs
+    )
     rows.append(("overlay (RGB SC series)", t, f"{len(ov)} images"))
-    t, _ = timed(lambda: encode_pdf(source=src, labels=lab, results=res, model=card, options=opts), args.runs)
+    t, _ = timed(
+        lambda: encode_pdf(source=src, labels=lab, results=res, model=card, options=opts), args.runs
+    )
     rows.append(("PDF", t, ""))
-    t_all, enc = timed(lambda: encode_results(source=src, labels=lab, results=res, model=card, options=opts),
-                       args.runs)
+    t_all, enc = timed(
+        lambda: encode_results(source=src, labels=lab, results=res, model=card, options=opts),
+        args.runs,
+    )
     rows.append(("encode_results (SEG+SR+overlay+PDF)", t_all, ""))
     t, size = timed(lambda: to_bytes([d for _, d in enc.instances()]), args.runs)
     rows.append(("serialise all to bytes", t, f"{size / 1e6:.0f} MB"))
     if args.baseline:
         rows.append(("highdicom Segmentation (baseline)", _baseline(src, lab, card, args.runs), ""))
-    print(f"\n{'step':40s} {'wall s':>7s} {'cpu s':>7s}  note   (medians; load {os.getloadavg()[0]:.1f})")
+    print(
+        f"\n{'step':40s} {'wall s':>7s} {'cpu s':>7s}  note   (medians; load {os.getloadavg()[0]:.1f})"
+    )
     for (name, seconds, note), cpu in zip(rows, CPU.values(), strict=True):
         print(f"{name:40s} {seconds:7.3f} {cpu:7.3f}  {note}")
     cpu = list(CPU.values())
-    print(f"\ntargets (wall; cpu in brackets, what a quiet machine would show): "
-          f"SEG <= 1 s: {'ok' if t_seg <= 1 else 'MISSED'} ({'ok' if cpu[0] <= 1 else 'MISSED'}), "
-          f"all <= 3 s: {'ok' if t_all <= 3 else 'MISSED'} ({'ok' if cpu[5] <= 3 else 'MISSED'})")
+    print(
+        f"\ntargets (wall; cpu in brackets, what a quiet machine would show): "
+        f"SEG <= 1 s: {'ok' if t_seg <= 1 else 'MISSED'} ({'ok' if cpu[0] <= 1 else 'MISSED'}), "
+        f"all <= 3 s: {'ok' if t_all <= 3 else 'MISSED'} ({'ok' if cpu[5] <= 3 else 'MISSED'})"
+    )
 
-def _baseline(src: list[pydicom.Dataset], lab: np.ndarray, card: dict[str, Any], runs: int) -> float:
+
+def _baseline(
+    src: list[pydicom.Dataset], lab: np.ndarray, card: dict[str, Any], runs: int
+) -> float:
     import highdicom as hd
 
     from pipeline.encode.common import AlgorithmInfo
@@ -125,14 +155,26 @@ def _baseline(src: list[pydicom.Dataset], lab: np.ndarray, card: dict[str, Any],
 
     tissues = lab.copy()
     tissues[tissues >= 11] = 4
-    descs = segment_descriptions(info=AlgorithmInfo.from_card(card), include_subregions=False, side=None)
+    descs = segment_descriptions(
+        info=AlgorithmInfo.from_card(card), include_subregions=False, side=None
+    )
 
     def build() -> None:
         seg = hd.seg.Segmentation(
-            source_images=src, pixel_array=tissues, segmentation_type="BINARY", segment_descriptions=descs,
-            series_instance_uid=hd.UID(), series_number=1, sop_instance_uid=hd.UID(), instance_number=1,
-            manufacturer="x", manufacturer_model_name="x", software_versions="x", device_serial_number="x",
-            omit_empty_frames=False)
+            source_images=src,
+            pixel_array=tissues,
+            segmentation_type="BINARY",
+            segment_descriptions=descs,
+            series_instance_uid=hd.UID(),
+            series_number=1,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="x",
+            manufacturer_model_name="x",
+            software_versions="x",
+            device_serial_number="x",
+            omit_empty_frames=False,
+        )
         seg.save_as(io.BytesIO())
 
     return timed(build, max(1, runs // 2))[0]

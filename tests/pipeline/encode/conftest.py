@@ -39,6 +39,8 @@ def dciodvfy(ds: Dataset, tmp_path: Path, name: str = "object.dcm") -> tuple[lis
     assert exe, "dciodvfy (Debian package dicom3tools) is required"
     path = tmp_path / name
     ds.save_as(path, enforce_file_format=True)
-    out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120, check=False)
     lines = (out.stdout + out.stderr).splitlines()
-    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
+    return [x for x in lines if x.startswith("Error")], [
+        x for x in lines if x.startswith("Warning")
+    ]

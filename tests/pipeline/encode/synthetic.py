@@ -55,8 +55,16 @@ def make_labels(n: int = 12, rows: int = 64, cols: int = 48, subregions: bool = 
     """Blobs of every canonical label; femoral cartilage split into 11-15 when ``subregions``."""
     lab = np.zeros((n, rows, cols), dtype=np.uint8)
     z, y, x = np.ogrid[:n, :rows, :cols]
-    blobs = {1: (20, 24, 10), 2: (48, 24, 9), 3: (20, 42, 5), 5: (38, 18, 2), 6: (38, 30, 2),
-             7: (20, 36, 2), 8: (41, 12, 2), 9: (41, 36, 2)}
+    blobs = {
+        1: (20, 24, 10),
+        2: (48, 24, 9),
+        3: (20, 42, 5),
+        5: (38, 18, 2),
+        6: (38, 30, 2),
+        7: (20, 36, 2),
+        8: (41, 12, 2),
+        9: (41, 36, 2),
+    }
     for label, (cy, cx, r) in blobs.items():
         inside = (y - cy) ** 2 + (x - cx) ** 2 < r**2
         lab[(np.broadcast_to(inside, lab.shape)) & (lab == 0) & (z >= 1) & (z < n - 1)] = label
@@ -64,8 +72,10 @@ def make_labels(n: int = 12, rows: int = 64, cols: int = 48, subregions: bool = 
     ring3 = np.broadcast_to(ring, lab.shape) & (z >= 2) & (z < n - 2) & (lab == 0)
     lab[ring3] = 4
     if subregions:
-        sub = np.select([x < 16, (x < 24) & (y >= 20), (x >= 24) & (y >= 20), x < 32, x >= 32],
-                        [11, 12, 13, 14, 15])
+        sub = np.select(
+            [x < 16, (x < 24) & (y >= 20), (x >= 24) & (y >= 20), x < 32, x >= 32],
+            [11, 12, 13, 14, 15],
+        )
         sub = np.broadcast_to(sub, lab.shape)
         lab[ring3] = sub[ring3]
     lab[n // 2, 0, 0] = 0
@@ -74,10 +84,22 @@ def make_labels(n: int = 12, rows: int = 64, cols: int = 48, subregions: bool = 
 
 def make_results() -> dict[str, object]:
     """A results.json as the quantify and shape stages write it."""
-    res: dict[str, object] = {"side": "right", "bscore": 1.234567, "assd_bone_mm": 0.61,
-                              "assd_cart_mm": 0.42}
-    regions = ["ant_fem_cart", "med_wb_fem_cart", "lat_wb_fem_cart", "med_post_fem_cart",
-               "lat_post_fem_cart", "med_tib_cart", "lat_tib_cart", "pat_cart"]
+    res: dict[str, object] = {
+        "side": "right",
+        "bscore": 1.234567,
+        "assd_bone_mm": 0.61,
+        "assd_cart_mm": 0.42,
+    }
+    regions = [
+        "ant_fem_cart",
+        "med_wb_fem_cart",
+        "lat_wb_fem_cart",
+        "med_post_fem_cart",
+        "lat_post_fem_cart",
+        "med_tib_cart",
+        "lat_tib_cart",
+        "pat_cart",
+    ]
     for i, r in enumerate(regions):
         res[f"{r}_mm_mean"] = 1.5 + 0.1 * i + 1e-9
         res[f"{r}_mm_median"] = 1.4 + 0.1 * i
@@ -87,13 +109,25 @@ def make_results() -> dict[str, object]:
         res[f"{r}_t2_ms_std"] = 5.0 + i / 3
         res[f"{r}_deep_t2_ms_mean"] = 30.0 + i
         res[f"{r}_superficial_t2_ms_median"] = 40.0 + i
-    for name, v in [("femur", 80.1), ("tibia", 60.2), ("patella", 12.3), ("fem_cart", 8.4),
-                    ("med_tib_cart", 2.5), ("lat_tib_cart", 2.6), ("pat_cart", 3.7),
-                    ("med_men", 1.8), ("lat_men", 1.9)]:
+    for name, v in [
+        ("femur", 80.1),
+        ("tibia", 60.2),
+        ("patella", 12.3),
+        ("fem_cart", 8.4),
+        ("med_tib_cart", 2.5),
+        ("lat_tib_cart", 2.6),
+        ("pat_cart", 3.7),
+        ("med_men", 1.8),
+        ("lat_men", 1.9),
+    ]:
         res[f"{name}_ml"] = v
     return res
 
 
 def make_card(demo: bool = True) -> dict[str, object]:
     """A model card as ``ModelCard.as_dict()`` returns it."""
-    return {"algorithm_name": "kneenode-phantom-demo", "algorithm_version": "0.1.0", "is_demo": demo}
+    return {
+        "algorithm_name": "kneenode-phantom-demo",
+        "algorithm_version": "0.1.0",
+        "is_demo": demo,
+    }

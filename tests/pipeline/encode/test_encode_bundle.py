@@ -12,7 +12,9 @@ from pipeline.encode import encode_results, write_results
 
 def test_all_objects_written_in_one_study(series, labels, results, card, tmp_path):
     opts = EncodeSettings(series_number_base=7000, description_prefix="KN")
-    encoded = encode_results(source=series, labels=labels, results=results, model=card, options=opts)
+    encoded = encode_results(
+        source=series, labels=labels, results=results, model=card, options=opts
+    )
     paths = write_results(encoded, tmp_path / "out")
     assert len(paths) == 3 + len(series)
     read = [pydicom.dcmread(p) for p in paths]
@@ -26,11 +28,18 @@ def test_all_objects_written_in_one_study(series, labels, results, card, tmp_pat
 
 def test_configurable_objects(series, labels, results, card):
     opts = EncodeSettings(sr=False, overlay=False, pdf=False)
-    encoded = encode_results(source=series, labels=labels, results=results, model=card, options=opts)
+    encoded = encode_results(
+        source=series, labels=labels, results=results, model=card, options=opts
+    )
     assert [k for k, _ in encoded.instances()] == ["seg"]
     with pytest.raises(NodeError) as err:
-        encode_results(source=series, labels=labels, results=results, model=card,
-                       options=EncodeSettings(seg=False))
+        encode_results(
+            source=series,
+            labels=labels,
+            results=results,
+            model=card,
+            options=EncodeSettings(seg=False),
+        )
     assert err.value.code == ErrorCode.CONFIG_ERROR
 
 

@@ -27,13 +27,19 @@ def test_one_image_per_slice_rereadable(series, labels, card, tmp_path):
     rgb = back.pixel_array
     assert rgb.shape == (int(back.Rows), int(back.Columns), 3)
     assert back.Laterality == "R" and back.SeriesNumber == 303
-    assert "NOT FOR DIAGNOSTIC USE" in back.ImageComments and "PHANTOM DEMO MODEL" in back.ImageComments
+    assert (
+        "NOT FOR DIAGNOSTIC USE" in back.ImageComments
+        and "PHANTOM DEMO MODEL" in back.ImageComments
+    )
 
 
 def test_labels_drawn_in_colour_and_banner(series, labels, card):
     images = encode_overlay(source=series, labels=labels, model=card)
     demo = images[6].pixel_array
-    plain = encode_overlay(source=series, labels=labels, model={**card, "is_demo": False})[6].pixel_array
+    plain = encode_overlay(source=series, labels=labels, model={**card, "is_demo": False})[
+        6
+    ].pixel_array
+
     def banner_rows(rgb: np.ndarray) -> int:
         return int(np.all(rgb[:, 0] == (160, 0, 0), axis=1).sum())
 
@@ -45,7 +51,13 @@ def test_labels_drawn_in_colour_and_banner(series, labels, card):
     lab = labels[6]
     assert np.all(grey[lab == 0] & (tile[..., 1] == tile[..., 2])[lab == 0])  # background untouched
     femur = lab == 1
-    inner = femur & np.roll(femur, 1, 0) & np.roll(femur, -1, 0) & np.roll(femur, 1, 1) & np.roll(femur, -1, 1)
+    inner = (
+        femur
+        & np.roll(femur, 1, 0)
+        & np.roll(femur, -1, 0)
+        & np.roll(femur, 1, 1)
+        & np.roll(femur, -1, 1)
+    )
     r, g, b = COLORS[1]
     assert np.all(tile[inner][:, 0] >= tile[inner][:, 2])  # femur colour (warm) blended in
     edge = femur & ~inner

@@ -19,8 +19,22 @@ def _pdf_text(pdf: bytes, tmp_path: Path) -> str:
     assert gs, "Ghostscript (Debian package ghostscript) is required"
     path = tmp_path / "report.pdf"
     path.write_bytes(pdf)
-    out = subprocess.run([gs, "-q", "-dNOPAUSE", "-dBATCH", "-dSAFER", "-sDEVICE=txtwrite",
-                          "-sOutputFile=-", str(path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            gs,
+            "-q",
+            "-dNOPAUSE",
+            "-dBATCH",
+            "-dSAFER",
+            "-sDEVICE=txtwrite",
+            "-sOutputFile=-",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     return " ".join(out.stdout.split())
 
@@ -28,7 +42,9 @@ def _pdf_text(pdf: bytes, tmp_path: Path) -> str:
 def test_pdf_valid_and_readable(series, labels, results, card, tmp_path):
     thickness = np.full((30, 40), np.nan)
     thickness[5:25, 5:35] = 2.0
-    ds = encode_pdf(source=series, labels=labels, results=results, model=card, thickness_map=thickness)
+    ds = encode_pdf(
+        source=series, labels=labels, results=results, model=card, thickness_map=thickness
+    )
     errors, warnings = dciodvfy(ds, tmp_path)
     assert errors == [] and warnings == []
     path = tmp_path / "pdf.dcm"
@@ -39,10 +55,19 @@ def test_pdf_valid_and_readable(series, labels, results, card, tmp_path):
     assert back.StudyInstanceUID == series[0].StudyInstanceUID and back.SeriesNumber == 304
     assert back.Modality == "DOC" and back.MIMETypeOfEncapsulatedDocument == "application/pdf"
     text = _pdf_text(pdf, tmp_path)
-    for expected in ("NOT FOR DIAGNOSTIC USE", "PHANTOM DEMO MODEL", "kneenode-phantom-demo",
-                     "version 0.1.0", "Knee side: right", "Medial tibial cartilage", "2.50",
-                     "BScore (femur shape): 1.23", "Femoral cartilage thickness", "PH-0001",
-                     "Key slices"):
+    for expected in (
+        "NOT FOR DIAGNOSTIC USE",
+        "PHANTOM DEMO MODEL",
+        "kneenode-phantom-demo",
+        "version 0.1.0",
+        "Knee side: right",
+        "Medial tibial cartilage",
+        "2.50",
+        "BScore (femur shape): 1.23",
+        "Femoral cartilage thickness",
+        "PH-0001",
+        "Key slices",
+    ):
         assert expected in text, expected
 
 

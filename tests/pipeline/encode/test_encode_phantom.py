@@ -34,10 +34,17 @@ def phantom_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     results: dict[str, Any] = {"side": truth["side"], "bscore": -0.5}
     for part in ("volumes_ml", "thickness_mm", "t2_ms"):
         results.update(truth.get(part, {}))
-    encoded = encode_results(source=files, labels=ph.subregions, results=results,
-                             model={"algorithm_name": "kneenode-phantom-demo", "algorithm_version": "0.1.0",
-                                    "is_demo": True},
-                             options=EncodeSettings(seg_subregions=True))
+    encoded = encode_results(
+        source=files,
+        labels=ph.subregions,
+        results=results,
+        model={
+            "algorithm_name": "kneenode-phantom-demo",
+            "algorithm_version": "0.1.0",
+            "is_demo": True,
+        },
+        options=EncodeSettings(seg_subregions=True),
+    )
     out = write_results(encoded, root / "out")
     return {"phantom": ph, "results": results, "paths": out, "files": paths.dicom_files}
 
@@ -49,14 +56,20 @@ def _by_kind(job: dict[str, Any], kind: str) -> list[Path]:
 def test_seg_equals_phantom_labels(phantom_job):
     ph = phantom_job["phantom"]
     seg = hd.seg.segread(_by_kind(phantom_job, "seg")[0])
-    uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in phantom_job["files"]]
+    uids = [
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in phantom_job["files"]
+    ]
     numbers = segment_numbers(include_subregions=True)
     tissues = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=uids, segment_numbers=list(range(1, 10)), combine_segments=True,
-        skip_overlap_checks=True)
+        source_sop_instance_uids=uids,
+        segment_numbers=list(range(1, 10)),
+        combine_segments=True,
+        skip_overlap_checks=True,
+    )
     np.testing.assert_array_equal(tissues, ph.labels)
     sub = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=uids, segment_numbers=[numbers[k] for k in range(11, 16)])
+        source_sop_instance_uids=uids, segment_numbers=[numbers[k] for k in range(11, 16)]
+    )
     for i, label in enumerate(range(11, 16)):
         np.testing.assert_array_equal(sub[..., i].astype(bool), ph.subregions == label)
 
@@ -84,4 +97,8 @@ def test_one_study_consistent_series(phantom_job):
     assert {k: len(v) for k, v in seen.items()} == {"seg": 1, "sr": 1, "overlay": 1, "pdf": 1}
     base = int(study.SeriesNumber) * 100
     assert {k: next(iter(v))[1] for k, v in seen.items()} == {
-        "seg": base + 1, "sr": base + 2, "overlay": base + 3, "pdf": base + 4}
+        "seg": base + 1,
+        "sr": base + 2,
+        "overlay": base + 3,
+        "pdf": base + 4,
+    }

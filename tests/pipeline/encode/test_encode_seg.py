@@ -7,15 +7,14 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.settings import EncodeSettings
-from pipeline.encode.seg import encode_seg, segment_descriptions, seg_bytes, segment_numbers
 from pipeline.encode.common import AlgorithmInfo
+from pipeline.encode.seg import encode_seg, seg_bytes, segment_descriptions, segment_numbers
 from tests.pipeline.encode.conftest import dciodvfy
 
 
@@ -58,7 +57,11 @@ def test_subregion_segments(series, labels, card, tmp_path):
         )
         np.testing.assert_array_equal(back[..., 0].astype(bool), labels == label)
     assert [s.TrackingID for s in ds.SegmentSequence][9:] == [
-        "ant_fem_cart", "med_wb_fem_cart", "lat_wb_fem_cart", "med_post_fem_cart", "lat_post_fem_cart"
+        "ant_fem_cart",
+        "med_wb_fem_cart",
+        "lat_wb_fem_cart",
+        "med_post_fem_cart",
+        "lat_post_fem_cart",
     ]
 
 
@@ -67,34 +70,56 @@ def test_fast_path_matches_highdicom(series, labels, card):
     info = AlgorithmInfo.from_card(card)
     ours = encode_seg(source=series, labels=labels, model=card)
     ref = hd.seg.Segmentation(
-        source_images=series, pixel_array=_tissues(labels),
+        source_images=series,
+        pixel_array=_tissues(labels),
         segmentation_type="BINARY",
         segment_descriptions=segment_descriptions(info=info, include_subregions=False, side=None),
-        series_instance_uid=hd.UID(), series_number=1, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="x", manufacturer_model_name="x", software_versions="x", device_serial_number="x",
+        series_instance_uid=hd.UID(),
+        series_number=1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="x",
+        manufacturer_model_name="x",
+        software_versions="x",
+        device_serial_number="x",
         omit_empty_frames=False,
     )
     assert int(ours.NumberOfFrames) == int(ref.NumberOfFrames)
     assert ours.PixelData == ref.PixelData
-    for a, b in zip(ours.PerFrameFunctionalGroupsSequence, ref.PerFrameFunctionalGroupsSequence, strict=True):
+    for a, b in zip(
+        ours.PerFrameFunctionalGroupsSequence, ref.PerFrameFunctionalGroupsSequence, strict=True
+    ):
         assert list(a.FrameContentSequence[0].DimensionIndexValues) == list(
-            b.FrameContentSequence[0].DimensionIndexValues)
-        assert a.SegmentIdentificationSequence[0].ReferencedSegmentNumber == \
-            b.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+            b.FrameContentSequence[0].DimensionIndexValues
+        )
+        assert (
+            a.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+            == b.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        )
         src_a = a.DerivationImageSequence[0].SourceImageSequence[0]
         src_b = b.DerivationImageSequence[0].SourceImageSequence[0]
         assert src_a.ReferencedSOPInstanceUID == src_b.ReferencedSOPInstanceUID
-        np.testing.assert_allclose([float(v) for v in a.PlanePositionSequence[0].ImagePositionPatient],
-                                   [float(v) for v in b.PlanePositionSequence[0].ImagePositionPatient])
+        np.testing.assert_allclose(
+            [float(v) for v in a.PlanePositionSequence[0].ImagePositionPatient],
+            [float(v) for v in b.PlanePositionSequence[0].ImagePositionPatient],
+        )
     assert ours.SharedFunctionalGroupsSequence == ref.SharedFunctionalGroupsSequence
-    assert [i.ReferencedSOPInstanceUID for i in ours.ReferencedSeriesSequence[0].ReferencedInstanceSequence] \
-        == [i.ReferencedSOPInstanceUID for i in ref.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    assert [
+        i.ReferencedSOPInstanceUID
+        for i in ours.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    ] == [
+        i.ReferencedSOPInstanceUID
+        for i in ref.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    ]
 
 
-@pytest.mark.parametrize("opts", [EncodeSettings(), EncodeSettings(seg_subregions=True, seg_keep_empty_frames=False)])
+@pytest.mark.parametrize(
+    "opts", [EncodeSettings(), EncodeSettings(seg_subregions=True, seg_keep_empty_frames=False)]
+)
 def test_dciodvfy_no_errors(series, labels, card, tmp_path, opts):
-    errors, warnings = dciodvfy(encode_seg(source=series, labels=labels, model=card, side="left", options=opts),
-                                tmp_path)
+    errors, warnings = dciodvfy(
+        encode_seg(source=series, labels=labels, model=card, side="left", options=opts), tmp_path
+    )
     assert errors == []
     assert warnings == []
 
@@ -102,7 +127,13 @@ def test_dciodvfy_no_errors(series, labels, card, tmp_path, opts):
 def test_identity_codes_and_algorithm(series, labels, card):
     ds = encode_seg(source=series, labels=labels, model=card, side="right")
     src = series[0]
-    for kw in ("StudyInstanceUID", "PatientID", "PatientName", "AccessionNumber", "FrameOfReferenceUID"):
+    for kw in (
+        "StudyInstanceUID",
+        "PatientID",
+        "PatientName",
+        "AccessionNumber",
+        "FrameOfReferenceUID",
+    ):
         assert ds[kw].value == src[kw].value
     assert ds.SeriesInstanceUID != src.SeriesInstanceUID
     assert ds.SeriesNumber == 301
@@ -116,6 +147,7 @@ def test_identity_codes_and_algorithm(series, labels, card):
             elif elem.VR == "SQ":
                 for item in elem.value:
                     walk(item)
+
     walk(ds)
     assert "SRT" not in designators and "SCT" in designators
     femur = ds.SegmentSequence[0]
@@ -126,8 +158,12 @@ def test_identity_codes_and_algorithm(series, labels, card):
     assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("kneenode-phantom-demo", "0.1.0")
     assert algo.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
     medial = ds.SegmentSequence[4]
-    assert medial.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue \
+    assert (
+        medial.SegmentedPropertyTypeCodeSequence[0]
+        .SegmentedPropertyTypeModifierCodeSequence[0]
+        .CodeValue
         == "255561001"
+    )
 
 
 def test_paths_in_any_order(series, labels, card, tmp_path):
@@ -141,7 +177,9 @@ def test_paths_in_any_order(series, labels, card, tmp_path):
     seg = _reread(encode_seg(source=paths, labels=labels[::-1].copy(), model=card), tmp_path)
     back = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[d.SOPInstanceUID for d in series],
-        segment_numbers=list(range(1, 10)), combine_segments=True)
+        segment_numbers=list(range(1, 10)),
+        combine_segments=True,
+    )
     np.testing.assert_array_equal(back, _tissues(labels))
 
 

@@ -30,7 +30,9 @@ def test_measurements_round_trip_exactly(series, seg, results, card, tmp_path):
 
 
 def test_groups_reference_their_segments(series, seg, results, card):
-    sr = hd.sr.Comprehensive3DSR.from_dataset(encode_sr(source=series, seg=seg, results=results, model=card))
+    sr = hd.sr.Comprehensive3DSR.from_dataset(
+        encode_sr(source=series, seg=seg, results=results, model=card)
+    )
     by_id = {s.TrackingID: int(s.SegmentNumber) for s in seg.SegmentSequence}
     groups = sr.content.get_volumetric_roi_measurement_groups()
     seen = {}
@@ -38,8 +40,11 @@ def test_groups_reference_their_segments(series, seg, results, card):
         ref = group.referenced_segment
         assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID
         seen[group.tracking_identifier] = ref.referenced_segment_numbers[0]
-        names = [i.TextValue for i in group[0].ContentSequence
-                 if i.ConceptNameCodeSequence[0].CodeValue == "111001"]
+        names = [
+            i.TextValue
+            for i in group[0].ContentSequence
+            if i.ConceptNameCodeSequence[0].CodeValue == "111001"
+        ]
         assert names == ["kneenode-phantom-demo"]  # Algorithm Name (TID 4019)
         assert group.finding_sites[0].laterality.meaning == "Right"
     for key, number in by_id.items():
@@ -52,10 +57,16 @@ def test_groups_reference_their_segments(series, seg, results, card):
 
 
 def test_subregion_segments_referenced(series, labels, results, card):
-    seg = encode_seg(source=series, labels=labels, model=card, options=EncodeSettings(seg_subregions=True))
-    sr = hd.sr.Comprehensive3DSR.from_dataset(encode_sr(source=series, seg=seg, results=results, model=card))
-    seen = {g.tracking_identifier: g.referenced_segment.referenced_segment_numbers[0]
-            for g in sr.content.get_volumetric_roi_measurement_groups()}
+    seg = encode_seg(
+        source=series, labels=labels, model=card, options=EncodeSettings(seg_subregions=True)
+    )
+    sr = hd.sr.Comprehensive3DSR.from_dataset(
+        encode_sr(source=series, seg=seg, results=results, model=card)
+    )
+    seen = {
+        g.tracking_identifier: g.referenced_segment.referenced_segment_numbers[0]
+        for g in sr.content.get_volumetric_roi_measurement_groups()
+    }
     assert seen["ant_fem_cart"] == 10 and seen["lat_post_fem_cart"] == 14
 
 
@@ -85,8 +96,10 @@ def test_rejects_bad_input(series, seg, results, card):
 
 
 def test_alternative_t2_layer_spelling(series, seg, card, tmp_path):
-    sr = _write_read(encode_sr(source=series, seg=seg, results={"pat_cart_t2_ms_deep_std": 4.5}, model=card),
-                     tmp_path)
+    sr = _write_read(
+        encode_sr(source=series, seg=seg, results={"pat_cart_t2_ms_deep_std": 4.5}, model=card),
+        tmp_path,
+    )
     assert read_sr_measurements(sr) == {"pat_cart_deep_t2_ms_std": 4.5}
 
 
@@ -95,11 +108,20 @@ def test_source_images_option(series, labels, seg, results, card, tmp_path):
     opts = EncodeSettings(sr_source_images=True)
     ds = encode_sr(source=series, seg=seg, results=results, model=card, labels=labels, options=opts)
     sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
-    by_id = {g.tracking_identifier: g.referenced_segment for g in sr.content.get_volumetric_roi_measurement_groups()}
+    by_id = {
+        g.tracking_identifier: g.referenced_segment
+        for g in sr.content.get_volumetric_roi_measurement_groups()
+    }
     uids = [d.SOPInstanceUID for d in series]
-    femur = [uids.index(i.referenced_sop_instance_uid) for i in by_id["femur"].source_images_for_segmentation]
+    femur = [
+        uids.index(i.referenced_sop_instance_uid)
+        for i in by_id["femur"].source_images_for_segmentation
+    ]
     assert femur == [i for i in range(len(series)) if (labels[i] == 1).any()]
-    patella_cart = [uids.index(i.referenced_sop_instance_uid) for i in by_id["pat_cart"].source_images_for_segmentation]
+    patella_cart = [
+        uids.index(i.referenced_sop_instance_uid)
+        for i in by_id["pat_cart"].source_images_for_segmentation
+    ]
     assert patella_cart == [i for i in range(len(series)) if (labels[i] == 7).any()]
     assert read_sr_measurements(_write_read(ds, tmp_path)) == results
     errors, _ = dciodvfy(ds, tmp_path, "sr-images.dcm")
