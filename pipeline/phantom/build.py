@@ -33,7 +33,7 @@ from pipeline.phantom.truth import (
     truth_record,
 )
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: research-rule WB boundaries, notch roof, T2 depth gradient
 
 
 @dataclass(frozen=True)

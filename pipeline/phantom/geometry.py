@@ -54,13 +54,12 @@ DEFAULT_THICKNESS_MM: dict[str, float] = {
     "pat_cart": 2.66,
 }
 
-# Polar-angle limits (degrees) of the femoral regions around a condyle axis, measured from inferior
-# (-si) towards anterior (+ap): posterior [-110, -25), weight-bearing [-25, 35), anterior [35, 110].
-WB_POSTERIOR_DEG = -25.0
-WB_ANTERIOR_DEG = 35.0
+# Femoral cartilage covers the condyles for polar angles (around the condyle axis, from inferior
+# (-si) towards anterior (+ap)) in [-110, 110] degrees and the trochlea for [20, 140] degrees around
+# its own axis (all anterior). Region boundaries: see wb_bounds.
 CONDYLE_COVER_DEG = 110.0
-# Trochlear cartilage: polar angle around the trochlea axis in [20, 140] degrees (all anterior).
 TROCHLEA_COVER_DEG = (20.0, 140.0)
+WB_FRACTION = 0.6  # the research pipeline's weight-bearing distance fraction
 CORTEX_MM = 0.9
 
 
@@ -185,7 +184,7 @@ def _femur_parts(a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray) -> d
     )
     shaft_half = 150.0
     parts["shaft"] = sdf_rounded_cylinder(
-        si - (-4.0 * s + shaft_half), np.hypot(m, ap - a.femur_shaft_ap), a.femur_shaft_r,
+        si - (4.0 * s + shaft_half), np.hypot(m, ap - a.femur_shaft_ap), a.femur_shaft_r,
         shaft_half, 6.0 * s,
     )
     meta = np.stack([m, ap - 1.0 * s, si - 14.0 * s], axis=1)
@@ -207,11 +206,12 @@ def _femoral_cartilage(
     nearest = np.argmin(np.stack([parts[n] for n in _FEMUR_PARTS]), axis=0)
     # condyles: region by polar angle around the condyle axis
     alpha = np.degrees(np.arctan2(ap, -si))
-    reach = a.condyle_half - 0.5 * a.condyle_round
+    reach = a.condyle_half  # the whole rim, so no cartilage-free strip borders the notch
+    post_deg, ant_deg = wb_bounds(a)["posterior_deg"], wb_bounds(a)["anterior_deg"]
     for idx, sign, wb, post in ((0, 1.0, MED_WB_FEM, MED_POST_FEM), (1, -1.0, LAT_WB_FEM, LAT_POST_FEM)):
         on = (nearest == idx) & (np.abs(m - sign * a.condyle_m) <= reach)
         on &= np.abs(alpha) <= CONDYLE_COVER_DEG
-        code = np.where(alpha < WB_POSTERIOR_DEG, post, np.where(alpha < WB_ANTERIOR_DEG, wb, ANT_FEM))
+        code = np.where(alpha < post_deg, post, np.where(alpha < ant_deg, wb, ANT_FEM))
         region = np.where(on, code, region).astype(np.uint8)
     tap, tsi = a.trochlea_c
     beta = np.degrees(np.arctan2(ap - tap, -(si - tsi)))
@@ -371,10 +371,25 @@ def analytic_thickness(a: Anatomy) -> dict[str, float]:
     return {k: float(a.thickness[k]) for k in REGION_CODES}
 
 
-def condyle_region_bounds(a: Anatomy) -> dict[str, float]:
-    """AP coordinates (knee-local, mm) of the region boundaries on the condyle surface."""
+def wb_bounds(a: Anatomy) -> dict[str, float]:
+    """Boundaries of the femoral weight-bearing region on the condyle surface.
+
+    They follow the research pipeline's rule in the knee-local frame: the anterior boundary is the
+    AP plane through the posterior end of the trochlear cartilage (the roof of the intercondylar
+    notch, ``a_ant``); the posterior boundary is the plane ``a_ant + 0.6 (a_min - a_ant)``, ``a_min``
+    being the posterior-most femoral cartilage (``-(R + thickest posterior plate)``). On the
+    cylindrical condyle surface these planes are the polar angles returned here; a cartilage point
+    belongs to the region of its nearest bone-surface point.
+    """
+    tap, _ = a.trochlea_c
+    a_ant = tap + a.trochlea_r * math.sin(math.radians(TROCHLEA_COVER_DEG[0]))
+    t_post = max(a.thickness["med_post_fem_cart"], a.thickness["lat_post_fem_cart"])
+    a_min = -(a.condyle_r + t_post)
+    a_post = a_ant + WB_FRACTION * (a_min - a_ant)
     r = a.condyle_r
     return {
-        "anterior_wb_ap_mm": r * math.sin(math.radians(WB_ANTERIOR_DEG)),
-        "posterior_wb_ap_mm": r * math.sin(math.radians(WB_POSTERIOR_DEG)),
+        "anterior_ap_mm": a_ant,
+        "posterior_ap_mm": a_post,
+        "anterior_deg": math.degrees(math.asin(max(-1.0, min(1.0, a_ant / r)))),
+        "posterior_deg": math.degrees(math.asin(max(-1.0, min(1.0, a_post / r)))),
     }
