@@ -172,6 +172,10 @@ def load_source(source: Sequence[Dataset | str | Path], *, pixels: bool) -> list
 
 def _check_single_series(datasets: Sequence[Dataset]) -> None:
     first = datasets[0]
+    if "PerFrameFunctionalGroupsSequence" in first:
+        raise encode_error(
+            "multi-frame (Enhanced MR) source instances are not supported by the result encoders"
+        )
     for kw in (
         "StudyInstanceUID",
         "SeriesInstanceUID",

@@ -195,3 +195,10 @@ def test_rejects_bad_input(series, labels, card):
         encode_seg(source=series, labels=labels, model={"algorithm_name": "x"})
     with pytest.raises(NodeError):
         encode_seg(source=series, labels=labels, model=card, side="up")
+
+
+def test_rejects_multiframe_source(series, labels, card):
+    enhanced = Dataset(dict(series[0].items()))
+    enhanced.PerFrameFunctionalGroupsSequence = [Dataset()]
+    with pytest.raises(NodeError, match="multi-frame"):
+        encode_seg(source=[enhanced], labels=labels[:1], model=card)
