@@ -114,6 +114,32 @@ def test_thickness_truth_along_bone_normals() -> None:
         assert (ph.subregions == code).sum() > 10, code
 
 
+def test_subregions_follow_the_research_plane_rule() -> None:
+    """The research pipeline's rule (notch roof plane, 0.6 distance fraction, notch-centre ML
+    split) applied to the cartilage voxels reproduces the truth subregions up to thin slivers."""
+    a = g.build_anatomy(0.5, g.DEFAULT_THICKNESS_MM)
+    h = 0.2
+    axes = [np.arange(-20, 20, h), np.arange(-14, 14, h), np.arange(-14, 16, h)]
+    mm, aa, ss = np.meshgrid(*axes, indexing="ij")
+    q = np.stack([mm.ravel(), aa.ravel(), ss.ravel()], axis=1).astype(np.float32)
+    mat = g.classify(a, q).material.reshape(mm.shape)
+    fem = (mat >= g.ANT_FEM) & (mat <= g.LAT_POST_FEM)
+    strips = fem.any(axis=2)  # (m, ap)
+    amin = np.array([axes[1][np.flatnonzero(col)].min() if col.any() else -np.inf for col in strips])
+    central = np.abs(axes[0]) < a.condyle_m  # search the notch between the condyle centres
+    a_ant = amin[central].max()
+    a_min = aa[fem].min()
+    a_post = a_ant + 0.6 * (a_min - a_ant)
+    bounds = g.wb_bounds(a)
+    assert abs(a_ant - bounds["anterior_ap_mm"]) <= h and abs(a_post - bounds["posterior_ap_mm"]) <= h
+    rule = np.where(aa > a_ant, g.ANT_FEM, np.where(aa > a_post, np.where(mm > 0, g.MED_WB_FEM, g.LAT_WB_FEM),
+                                                   np.where(mm > 0, g.MED_POST_FEM, g.LAT_POST_FEM)))
+    assert np.mean(rule[fem] != mat[fem]) < 0.03
+    for code in (g.ANT_FEM, g.MED_WB_FEM, g.LAT_WB_FEM, g.MED_POST_FEM, g.LAT_POST_FEM):
+        mine = mat == code
+        assert np.mean(rule[mine] != code) < 0.10, code  # slivers: t / R is large at this scale
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_side_geometry(side: str) -> None:
     """Right knee: medial tibial cartilage at larger LPS x than lateral; left knee: the reverse."""
