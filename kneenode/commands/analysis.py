@@ -22,6 +22,22 @@ class SideName(str, Enum):
     right = "right"
 
 
+class Compression(str, Enum):
+    none = "none"
+    rle = "rle"
+    jpeg2000 = "jpeg2000"
+    jpegls = "jpegls"
+
+
+#: --compression value -> transfer syntax UID (lossless only: the truth must stay exact).
+TRANSFER_SYNTAXES = {
+    "none": "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "rle": "1.2.840.10008.1.2.5",  # RLE Lossless
+    "jpeg2000": "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "jpegls": "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+}
+
+
 class OrientationName(str, Enum):
     sagittal = "sagittal"
     coronal = "coronal"
@@ -43,6 +59,9 @@ def phantom(
         OrientationName, typer.Option(help="Slice orientation of the series.")
     ] = OrientationName.sagittal,
     qdess: Annotated[bool, typer.Option("--qdess", help="Two echoes with known T2 (qDESS).")] = False,
+    compression: Annotated[
+        Compression, typer.Option(help="Transfer syntax of the DICOM files (lossless).")
+    ] = Compression.none,
 ) -> None:
     """Write a synthetic knee MRI series with exact ground truth (SYNTHETIC: not a patient)."""
     from pipeline.phantom import make_phantom, write_phantom
@@ -57,7 +76,7 @@ def phantom(
         orientation=orientation.value,
         qdess=qdess,
     )
-    paths = write_phantom(ph, out)
+    paths = write_phantom(ph, out, transfer_syntax=TRANSFER_SYNTAXES[compression.value])
     typer.echo(
         f"phantom seed={seed} preset={preset.value} side={ph.side} orientation={orientation.value} "
         f"qdess={qdess}: {len(paths.dicom_files)} instances in {paths.dicom_dir}, truth in "

@@ -246,3 +246,7 @@ def test_cli_writes_a_phantom(tmp_path: Path) -> None:
     assert len(list((out / "dicom").glob("*.dcm"))) == 96
     again = CliRunner().invoke(app, ["phantom", str(out)])
     assert again.exit_code != 0
+    rle = CliRunner().invoke(app, ["phantom", str(tmp_path / "rle"), "--compression", "rle"])
+    assert rle.exit_code == 0, rle.output
+    first = min((tmp_path / "rle" / "dicom").glob("*.dcm"))
+    assert pydicom.dcmread(first).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
