@@ -19,7 +19,9 @@ import pytest
 
 from kneenode.settings import EncodeSettings
 from pipeline.encode import encode_results, read_sr_measurements, segment_numbers, write_results
+from pipeline.encode.common import load_source
 from pipeline.phantom import make_phantom, write_phantom
+from pipeline.series import read_series
 from tests.pipeline.encode.conftest import dciodvfy
 
 
@@ -46,7 +48,13 @@ def phantom_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         options=EncodeSettings(seg_subregions=True),
     )
     out = write_results(encoded, root / "out")
-    return {"phantom": ph, "results": results, "paths": out, "files": paths.dicom_files}
+    return {
+        "phantom": ph,
+        "results": results,
+        "paths": out,
+        "files": paths.dicom_files,
+        "dicom_dir": paths.dicom_dir,
+    }
 
 
 def _by_kind(job: dict[str, Any], kind: str) -> list[Path]:
@@ -102,3 +110,11 @@ def test_one_study_consistent_series(phantom_job):
         "overlay": base + 3,
         "pdf": base + 4,
     }
+
+
+def test_slice_order_matches_the_series_reader(phantom_job):
+    """The jobs layer passes pipeline.series' slice paths and label map; the orders must agree."""
+    vol = read_series(phantom_job["dicom_dir"])
+    paths = [str(ref.path) for ref in vol.slices[0]]
+    shuffled = random.Random(3).sample(paths, len(paths))
+    assert [str(d.filename) for d in load_source(shuffled, pixels=False)] == paths
