@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from pipeline.series.stack import (
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _SKIP_NAMES = {"DICOMDIR"}
+_SKIP_SUFFIXES = (".json",)
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,14 @@ class SeriesVolume:
         return tuple(ref.sop_instance_uid for ref in self.slices[0]) if self.slices else ()
 
 
-def read_series(path: str | Path, limits: ReaderLimits | None = None) -> SeriesVolume:
-    """Read a completed series folder, a single (multi-frame) DICOM file, or a NIfTI/NRRD file.
+def read_series(
+    path: str | Path | Sequence[str | Path], limits: ReaderLimits | None = None
+) -> SeriesVolume:
+    """Read a completed series folder, a single (multi-frame) DICOM file, a list of DICOM files,
+    or a NIfTI/NRRD file.
+
+    A folder is searched recursively; hidden files, ``DICOMDIR`` and ``*.json`` side-car files (the
+    spool's own records) are skipped, any other non-DICOM file is an error.
 
     Raises
     ------
@@ -97,13 +105,22 @@ def read_series(path: str | Path, limits: ReaderLimits | None = None) -> SeriesV
         input, duplicate or missing slices, uneven spacing, or echoes that do not match.
     """
     limits = limits or ReaderLimits()
+    if not isinstance(path, (str, Path)):
+        files = [Path(f) for f in path]
+        missing = [f for f in files if not f.is_file()]
+        if not files or missing:
+            raise NodeError(ErrorCode.FILE_NOT_FOUND, f"{len(missing)} of {len(files)} files are "
+                            f"missing (e.g. {missing[0] if missing else 'none given'})")
+        return _read_dicom(files[0].parent, files, limits)
     p = Path(path)
     if not p.exists():
         raise NodeError(ErrorCode.FILE_NOT_FOUND, f"{p} does not exist")
     if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES):
         return read_image_file(p, limits)
     files = [p] if p.is_file() else sorted(
-        f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and f.name not in _SKIP_NAMES
+        f for f in p.rglob("*")
+        if f.is_file() and not f.name.startswith(".") and f.name not in _SKIP_NAMES
+        and not f.name.lower().endswith(_SKIP_SUFFIXES)
     )
     if not files:
         raise NodeError(ErrorCode.FILE_NOT_FOUND, f"{p} holds no files")

@@ -55,7 +55,7 @@ def _copy(src: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _reason(folder: Path, code: ErrorCode = ErrorCode.INVALID_FORMAT, **kw) -> str:
+def _reason(folder: Path | list[Path], code: ErrorCode = ErrorCode.INVALID_FORMAT, **kw) -> str:
     with pytest.raises(NodeError) as info:
         read_series(folder, **kw)
     assert info.value.code == code, info.value
@@ -179,6 +179,16 @@ def test_two_d_and_too_small_inputs(plain_series, tmp_path: Path) -> None:
         shutil.copy(f, few / f.name)
     assert _reason(few).startswith("too few slices: 4")
     assert _reason(plain_series[1], limits=ReaderLimits(min_matrix=128)).startswith("image too small")
+
+
+def test_file_list_and_json_sidecars(plain_series, tmp_path: Path) -> None:
+    ph, src = plain_series
+    files = _files(src)
+    _assert_geometry(read_series(files).image, ph)
+    assert "missing" in _reason([*files, tmp_path / "gone.dcm"], ErrorCode.FILE_NOT_FOUND)
+    folder = _copy(src, tmp_path)
+    (folder / "series.json").write_text("{}")  # a spool record next to the instances
+    _assert_geometry(read_series(folder).image, ph)
 
 
 def test_other_failures(plain_series, qdess_series, tmp_path: Path) -> None:
