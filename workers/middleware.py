@@ -35,6 +35,8 @@ from workers.jobstate import TERMINAL, JobStore, now
 from workers.stages import Stage, StageCancelled, fresh_work_dir, is_done, mark_done, next_stage
 
 log = get_logger(__name__)
+REDELIVERIES = 10
+REDELIVERY_DELAY_MS = 5000
 
 
 @dataclass
@@ -100,15 +102,16 @@ class WorkerRuntime:
         self.store.client.hset(self.record_key, f"task:{ident}", json.dumps(entry))
 
     def end(self) -> Task | None:
-        """Detach the thread's task; None if shutdown already requeued it."""
+        """Detach the thread's task (None if none began; ``requeued`` set by a shutdown)."""
         task = self.current_task()
         self._local.task = None
         ident = threading.get_ident()
         with self._lock:
             self._tasks.pop(ident, None)
             if task is not None and task.requeued:
-                return None
-        self.store.client.hdel(self.record_key, f"task:{ident}")
+                return task
+        if task is not None and not task.already_done:
+            self.store.client.hdel(self.record_key, f"task:{ident}")
         return task
 
     def take_in_flight(self) -> list[Task]:
@@ -204,7 +207,11 @@ class JobMiddleware(Middleware):
         if message.actor_name not in STAGE_ACTORS.values():
             return
         task = self.rt.end()
-        if task is None:  # requeued by a shutdown: the next worker redoes this stage
+        if task is None:  # the middleware failed before the stage began, or bookkeeping failed
+            if exception is not None:
+                self._redeliver_later(broker, message, exception)
+            return
+        if task.requeued:  # requeued by a shutdown: the next worker redoes this stage
             return
         try:
             if self.rt.chain[task.stage].queue == "gpu":
@@ -218,6 +225,31 @@ class JobMiddleware(Middleware):
             raise
         finally:
             self.rt.store.release_lease(task.job_id, task.stage, message.message_id)
+
+    def _redeliver_later(self, broker: Broker, message: Any, exc: BaseException) -> None:
+        """Bookkeeping itself failed (redis unreachable, disk full): send the message again later.
+
+        Without this dramatiq would acknowledge the message and the job would wait forever. The
+        copy keeps the message id, so a committed stage is not redone on redelivery.
+        """
+        count = int(message.options.get("redeliveries", 0)) + 1
+        job_id, stage, run = message.args
+        log.error("stage bookkeeping failed; redelivering the message", job_id=job_id,
+                  stage=stage, error=f"{type(exc).__name__}: {exc}", redelivery=count)
+        if count > REDELIVERIES:
+            err = NodeError(ErrorCode.PIPELINE_ERROR, f"stage '{stage}' could not be recorded "
+                            f"{REDELIVERIES} times: {type(exc).__name__}: {exc}"[:500])
+            self.rt.store.fail(job_id, stage, err.as_dict(), run=run)
+            return
+        copy = message._message.copy(options={"redeliveries": count})
+        copy.options.pop("eta", None)
+        for _ in range(60):
+            try:
+                broker.enqueue(copy, delay=REDELIVERY_DELAY_MS)
+                return
+            except Exception:  # noqa: BLE001 - redis still down: keep trying for a while
+                time.sleep(5)
+        log.error("could not redeliver a stage message", job_id=job_id, stage=stage)
 
     def _commit(self, broker: Broker, task: Task) -> None:
         store = self.rt.store
