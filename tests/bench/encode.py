@@ -16,6 +16,7 @@ import io
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,14 @@ import pydicom
 import SimpleITK as sitk
 
 from kneenode.settings import EncodeSettings
-from pipeline.encode import encode_overlay, encode_pdf, encode_results, encode_seg, encode_sr
+from pipeline.encode import (
+    encode_overlay,
+    encode_pdf,
+    encode_results,
+    encode_seg,
+    encode_sr,
+    write_results,
+)
 from pipeline.encode.common import load_source
 
 
@@ -130,6 +138,9 @@ def main() -> None:
     rows.append(("encode_results (SEG+SR+overlay+PDF)", t_all, ""))
     t, size = timed(lambda: to_bytes([d for _, d in enc.instances()]), args.runs)
     rows.append(("serialise all to bytes", t, f"{size / 1e6:.0f} MB"))
+    with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
+        t, files = timed(lambda: write_results(enc, Path(tmp) / "out"), args.runs)
+    rows.append(("write_results (files, fsync each)", t, f"{len(files)} files"))
     if args.baseline:
         rows.append(("highdicom Segmentation (baseline)", _baseline(src, lab, card, args.runs), ""))
     print(
