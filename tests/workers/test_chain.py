@@ -127,3 +127,15 @@ def test_default_chain_runs_prepare_in_a_worker(cluster_factory) -> None:
     job = c.wait(c.creator.create(broken), {"done", "failed"})
     assert job["state"] == "failed" and job["error"]["code"] == "DICOM_ERROR"
     assert job["stages"]["prepare"]["attempts"] == 1  # permanent: no retry
+
+
+def test_gpu_process_runs_one_job_at_a_time(cluster: Cluster) -> None:
+    jobs = [cluster.submit({"s2": "sleep:1"}) for _ in range(2)]
+    spans = []
+    for j in jobs:
+        job = cluster.wait(j, {"done", "failed"})
+        assert job["state"] == "done"
+        lines = {(line[0], line[1]): float(line[4]) for line in trace_lines(Path(job["job_dir"]))}
+        spans.append((lines[("s2", "start")], lines[("s2", "end")]))
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert a1 <= b0  # the second s2 started only after the first ended
