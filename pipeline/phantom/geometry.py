@@ -254,21 +254,57 @@ def _masked(fn: Callable[..., np.ndarray], mask: np.ndarray, *cols: np.ndarray, 
     return out
 
 
-def classify(a: Anatomy, q: np.ndarray) -> Classified:
-    """Material of each point ``q`` (N x 3, knee-local mm), highest-priority tissue wins.
+@dataclass(frozen=True)
+class _Distances:
+    """Signed distances to the three bones (culled: ``_FAR`` away from each bone's box)."""
 
-    Priority: bones > cartilage > menisci > joint fluid > tendons > fat > muscle > air. Bone
-    distances are only evaluated inside a box 10 mm around each bone (every rule below that uses a
-    distance tests it against less than 10 mm, so far points need no exact value).
-    """
-    m = np.ascontiguousarray(q[:, 0], dtype=np.float32)
-    ap = np.ascontiguousarray(q[:, 1], dtype=np.float32)
-    si = np.ascontiguousarray(q[:, 2], dtype=np.float32)
-    n = m.shape[0]
-    mat = np.zeros(n, dtype=np.uint8)
+    fem: np.ndarray
+    tib: np.ndarray
+    pat: np.ndarray
+    fem_idx: np.ndarray  # indices where the femur parts were evaluated
+    fem_parts: dict[str, np.ndarray]  # per-part distances at fem_idx
+
+
+_MARGIN = 10.0  # mm around each bone where distances are exact (every rule tests < 10 mm)
+
+
+def _bone_distances(a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray) -> _Distances:
     s = a.scale
+    n = m.shape[0]
+    m_reach = a.condyle_m + a.condyle_half + _MARGIN
+    ap_lo = -a.condyle_r - _MARGIN
+    ap_hi = max(a.trochlea_c[0] + a.trochlea_r, a.condyle_r) + _MARGIN
+    near_f = (si > -a.condyle_r - _MARGIN) & (np.abs(m) < m_reach) & (ap > ap_lo) & (ap < ap_hi)
+    fidx = np.flatnonzero(near_f)
+    parts = _femur_parts(a, m[fidx], ap[fidx], si[fidx])
+    d_fem = np.full(n, _FAR, dtype=np.float32)
+    d_fem[fidx] = np.minimum.reduce([parts[k] for k in _FEMUR_PARTS])
 
-    # soft tissue envelope
+    def tibia(mm: np.ndarray, aa: np.ndarray, ss: np.ndarray) -> np.ndarray:
+        centre = (0.0, a.plateau_ap, a.plateau_top - a.plateau_half[2])
+        box = sdf_rounded_box(np.stack([mm - centre[0], aa - centre[1], ss - centre[2]], axis=1),
+                              a.plateau_half, 4.0 * s)
+        shaft = sdf_rounded_cylinder(ss - (a.plateau_top - 150.0), np.hypot(mm, aa + 3.0 * s),
+                                     a.tibia_shaft_r, 140.0, 6.0 * s)
+        return np.minimum(box, shaft)
+
+    near_t = (si < a.plateau_top + _MARGIN) & (np.abs(m) < a.plateau_half[0] + _MARGIN)
+    near_t &= np.abs(ap - a.plateau_ap) < a.plateau_half[1] + _MARGIN
+    pap, psi = a.patella_c
+    ph = a.patella_half
+
+    def patella(mm: np.ndarray, aa: np.ndarray, ss: np.ndarray) -> np.ndarray:
+        return sdf_rounded_box(np.stack([mm, aa - pap, ss - psi], axis=1), ph, a.patella_round)
+
+    near_p = (np.abs(m) < ph[0] + _MARGIN) & (np.abs(ap - pap) < ph[1] + _MARGIN)
+    near_p &= np.abs(si - psi) < ph[2] + _MARGIN
+    return _Distances(fem=d_fem, tib=_masked(tibia, near_t, m, ap, si),
+                      pat=_masked(patella, near_p, m, ap, si), fem_idx=fidx, fem_parts=parts)
+
+
+def _soft_tissue(a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray, mat: np.ndarray) -> None:
+    """Muscle inside the body envelope, a fat rim and anterior fat, tendons around the patella."""
+    s = a.scale
     bm, bap = a.body_axes
     ell = np.hypot(m / bm, (ap - 2.0 * s) / bap)
     inside = ell <= 1.0
@@ -276,93 +312,97 @@ def classify(a: Anatomy, q: np.ndarray) -> Classified:
     fat_rim = inside & (ell > 1.0 - a.fat_mm / bap)
     anterior_fat = inside & (ap > 12.0 * s) & (np.abs(m) < 40.0 * s)
     mat[fat_rim | anterior_fat] = FAT
-
-    # bones (distances culled to boxes around each bone)
-    margin = 10.0
-    near_f = (si > -20.0 * s - margin) & (np.abs(m) < 32.0 * s + margin)
-    near_f &= (ap > -20.0 * s - margin) & (ap < 23.0 * s + margin)
-    fidx = np.flatnonzero(near_f)
-    fm, fap, fsi = m[fidx], ap[fidx], si[fidx]
-    parts = _femur_parts(a, fm, fap, fsi)
-    d_fem_sub = np.minimum.reduce([parts[k] for k in _FEMUR_PARTS]).astype(np.float32)
-    d_fem = np.full(n, _FAR, dtype=np.float32)
-    d_fem[fidx] = d_fem_sub
-    near_t = (si < a.plateau_top + margin) & (np.abs(m) < a.plateau_half[0] + margin)
-    near_t &= np.abs(ap - a.plateau_ap) < a.plateau_half[1] + margin
-
-    def tibia(mm: np.ndarray, aa: np.ndarray, ss: np.ndarray) -> np.ndarray:
-        box = sdf_rounded_box(np.stack([mm, aa - a.plateau_ap, ss - (a.plateau_top - a.plateau_half[2])],
-                                       axis=1), a.plateau_half, 4.0 * s)
-        shaft = sdf_rounded_cylinder(ss - (a.plateau_top - 150.0), np.hypot(mm, aa + 3.0 * s),
-                                     a.tibia_shaft_r, 140.0, 6.0 * s)
-        return np.minimum(box, shaft).astype(np.float32)
-
-    d_tib = _masked(tibia, near_t, m, ap, si)
+    # quadriceps tendon above and patellar tendon below the patella (dark bands)
     pap, psi = a.patella_c
     ph = a.patella_half
-    near_p = (np.abs(m) < ph[0] + margin) & (np.abs(ap - pap) < ph[1] + margin)
-    near_p &= np.abs(si - psi) < ph[2] + margin
-
-    def patella(mm: np.ndarray, aa: np.ndarray, ss: np.ndarray) -> np.ndarray:
-        return sdf_rounded_box(np.stack([mm, aa - pap, ss - psi], axis=1), ph,
-                               a.patella_round).astype(np.float32)
-
-    d_pat = _masked(patella, near_p, m, ap, si)
-
-    # tendons: quadriceps above and patellar tendon below the patella (dark bands)
     tendon = (np.abs(m) < 10.0 * s) & (np.abs(ap - (pap + ph[1] * 0.2)) < 3.0 * s)
     tendon &= ((si > psi + ph[2] - 2.0) & (si < psi + ph[2] + 40.0 * s)) | (
         (si < psi - ph[2] + 2.0) & (si > a.plateau_top - 20.0 * s)
     )
     mat[tendon & inside] = TENDON
 
-    # joint fluid, menisci and tibial cartilage live in a slab above the plateau
+
+def _joint_slab(a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray) -> np.ndarray:
+    """Indices of the slab above the tibial plateau (fluid, menisci, tibial cartilage live there)."""
     am, aap = a.tib_cart_axes
-    slab_top = a.plateau_top + max(9.0 * s, max(a.thickness.values()) + 1.0)
+    slab_top = a.plateau_top + max(9.0 * a.scale, max(a.thickness.values()) + 1.0)
     slab = (si > a.plateau_top) & (si < slab_top)
-    slab &= (np.abs(ap - a.plateau_ap) < aap * a.meniscus_outer) & (np.abs(m) < 35.0 * s)
-    sidx = np.flatnonzero(slab)
+    slab &= np.abs(ap - a.plateau_ap) < aap * a.meniscus_outer + 1.0
+    slab &= np.abs(m) < a.condyle_m + am * a.meniscus_outer + 1.0
+    return np.flatnonzero(slab)
+
+
+def _fluid_and_menisci(a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray, sidx: np.ndarray,
+                       d: _Distances, mat: np.ndarray) -> None:
+    """Joint fluid (compartments, patellofemoral space, suprapatellar film), then the menisci."""
+    s = a.scale
+    am, aap = a.tib_cart_axes
     sm, sap, ssi = m[sidx], ap[sidx], si[sidx]
-    fluid = np.zeros(n, dtype=bool)
+    pap, psi = a.patella_c
+    ph = a.patella_half
+    fluid = np.zeros(m.shape[0], dtype=bool)
     for sign in (1.0, -1.0):
         rho = np.hypot((sm - sign * a.condyle_m) / am, (sap - a.plateau_ap) / aap)
         fluid[sidx] |= rho <= a.meniscus_outer
-    fluid |= (d_pat <= 2.5) & (ap < pap) & (d_fem < 8.0 * s)
-    fluid |= (d_fem <= 2.0) & (ap > 0.0) & (si > -5.0 * s) & (si < psi + ph[2] + 12.0 * s) & (
+    fluid |= (d.pat <= 2.5) & (ap < pap) & (d.fem < 8.0 * s)
+    fluid |= (d.fem <= 2.0) & (ap > 0.0) & (si > -5.0 * s) & (si < psi + ph[2] + 12.0 * s) & (
         np.abs(m) < 24.0 * s
     )
-    fluid &= d_fem > 0.0
+    fluid &= d.fem > 0.0
     mat[fluid] = FLUID
     for sign, code in ((1.0, MED_MEN), (-1.0, LAT_MEN)):
         mat[sidx[_meniscus(a, sm, sap, ssi, sign)]] = code
 
-    # cartilage plates
-    shell = np.flatnonzero((d_fem > 0.0) & (d_fem <= max(a.thickness.values()) + 1e-3))
-    depth = np.zeros(n, dtype=np.float32)
-    fem_region, fem_thick = _femoral_cartilage(
-        a, m[shell], ap[shell], si[shell], {k: v[np.searchsorted(fidx, shell)] for k, v in parts.items()},
-        d_fem[shell],
-    )
-    on_f = fem_region > 0
-    mat[shell[on_f]] = fem_region[on_f]
-    depth[shell[on_f]] = d_fem[shell[on_f]] / fem_thick[on_f]
+
+def _cartilage(a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray, sidx: np.ndarray,
+               d: _Distances, mat: np.ndarray) -> np.ndarray:
+    """Paint the cartilage plates into ``mat``; returns the relative depth of cartilage points."""
+    depth = np.zeros(m.shape[0], dtype=np.float32)
+    shell = np.flatnonzero((d.fem > 0.0) & (d.fem <= max(a.thickness.values()) + 1e-3))
+    at = np.searchsorted(d.fem_idx, shell)
+    region, thick = _femoral_cartilage(a, m[shell], ap[shell], si[shell],
+                                       {k: v[at] for k, v in d.fem_parts.items()}, d.fem[shell])
+    on = region > 0
+    mat[shell[on]] = region[on]
+    depth[shell[on]] = d.fem[shell[on]] / thick[on]
+    am, aap = a.tib_cart_axes
+    sm, sap, ssi = m[sidx], ap[sidx], si[sidx]
     for sign, code, key in ((1.0, MED_TIB_CART, "med_tib_cart"), (-1.0, LAT_TIB_CART, "lat_tib_cart")):
         e = np.hypot((sm - sign * a.condyle_m) / am, (sap - a.plateau_ap) / aap)
-        on = (e <= 1.0) & (ssi <= a.plateau_top + a.thickness[key])
-        mat[sidx[on]] = code
-        depth[sidx[on]] = (ssi[on] - a.plateau_top) / a.thickness[key]
-    pface = pap - ph[1]
+        on_t = (e <= 1.0) & (ssi <= a.plateau_top + a.thickness[key])
+        mat[sidx[on_t]] = code
+        depth[sidx[on_t]] = (ssi[on_t] - a.plateau_top) / a.thickness[key]
+    pap, psi = a.patella_c
+    ph = a.patella_half
+    face = pap - ph[1]
     pe = np.hypot(m / (ph[0] - a.patella_round), (si - psi) / (ph[2] - a.patella_round))
-    on_p = (pe <= 1.0) & (ap < pface) & (ap >= pface - a.thickness["pat_cart"])
+    on_p = (pe <= 1.0) & (ap < face) & (ap >= face - a.thickness["pat_cart"])
     mat[on_p] = PAT_CART
-    depth[on_p] = (pface - ap[on_p]) / a.thickness["pat_cart"]
+    depth[on_p] = (face - ap[on_p]) / a.thickness["pat_cart"]
+    return depth
 
-    # bones last (highest priority)
-    cortex = np.zeros(n, dtype=bool)
-    for d, code in ((d_fem, FEMUR), (d_tib, TIBIA), (d_pat, PATELLA)):
-        inb = d <= 0.0
+
+def classify(a: Anatomy, q: np.ndarray) -> Classified:
+    """Material of each point ``q`` (N x 3, knee-local mm), highest-priority tissue wins.
+
+    Priority: bones > cartilage > menisci > joint fluid > tendons > fat > muscle > air. Bone
+    distances are only evaluated inside a box 10 mm around each bone (every rule that uses a
+    distance tests it against less than 10 mm, so far points need no exact value).
+    """
+    m = np.ascontiguousarray(q[:, 0], dtype=np.float32)
+    ap = np.ascontiguousarray(q[:, 1], dtype=np.float32)
+    si = np.ascontiguousarray(q[:, 2], dtype=np.float32)
+    mat = np.zeros(m.shape[0], dtype=np.uint8)
+    _soft_tissue(a, m, ap, si, mat)
+    d = _bone_distances(a, m, ap, si)
+    sidx = _joint_slab(a, m, ap, si)
+    _fluid_and_menisci(a, m, ap, si, sidx, d, mat)
+    depth = _cartilage(a, m, ap, si, sidx, d, mat)
+    cortex = np.zeros(m.shape[0], dtype=bool)
+    for dist, code in ((d.fem, FEMUR), (d.tib, TIBIA), (d.pat, PATELLA)):
+        inb = dist <= 0.0
         mat[inb] = code
-        cortex |= inb & (d > -CORTEX_MM)
+        cortex |= inb & (dist > -CORTEX_MM)
     return Classified(material=mat, cortex=cortex, depth=depth)
 
 
