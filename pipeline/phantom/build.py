@@ -107,6 +107,10 @@ def _draw(seed: int, preset: Preset, side: str | None, thickness: Mapping[str, f
     unknown = (set(thickness or {}) | set(t2 or {})) - set(g.REGION_CODES)
     if unknown:
         raise ValueError(f"unknown cartilage regions {sorted(unknown)}; known: {list(g.REGION_CODES)}")
+    bad = {k: v for k, v in thick.items() if not 0.2 <= v <= 8.0}
+    bad |= {k: v for k, v in t2v.items() if not 1.0 <= v <= 200.0}
+    if bad:
+        raise ValueError(f"thickness must be 0.2-8 mm and T2 1-200 ms; got {bad}")
     return {
         "side": side or drawn_side, "scale": scale, "rotation": rot, "shift": shift,
         "thickness": thick, "t2": t2v, "oblique": oblique, "bias": bias, "centre": centre,

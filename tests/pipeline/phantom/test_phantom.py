@@ -233,6 +233,14 @@ def test_qdess_t2_is_recovered_by_the_analytic_formula() -> None:
         assert abs(got - noisy.truth["t2_ms"][f"{region}_t2_ms_median"]) < 2.0, region
 
 
+def test_invalid_arguments_are_refused() -> None:
+    for kwargs in ({"preset": "huge"}, {"orientation": "diagonal"}, {"side": "middle"},
+                   {"thickness": {"menisc_cart": 1.0}}, {"thickness": {"pat_cart": -1.0}},
+                   {"t2_ms": {"pat_cart": 0.0}}):
+        with pytest.raises(ValueError):
+            make_phantom(1, **kwargs)
+
+
 def test_cli_writes_a_phantom(tmp_path: Path) -> None:
     from kneenode.cli_app import app
     from kneenode.commands import analysis  # noqa: F401  (registers the command)
