@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.logs import get_logger
@@ -188,27 +189,45 @@ class Supervisor:
     def _watchdog(self, child: Child) -> None:
         try:
             record = self.store.client.hgetall(self.store.key("worker", child.worker_id))
-        except Exception:  # noqa: BLE001
-            return
+            for k, v in record.items():
+                if k.startswith("task:"):
+                    task = json.loads(v)
+                    if self._overdue(child, task) or self._cancelled_gpu(child, task):
+                        child.killed_by_watchdog = True
+                        child.proc.kill()
+                        return
+        except Exception:  # noqa: BLE001 - redis restarting: look again next tick
+            log.warning("watchdog could not read worker state", worker_id=child.worker_id)
+
+    def _overdue(self, child: Child, task: dict[str, Any]) -> bool:
+        """Past deadline + grace: fail the job with TIMEOUT (the caller kills the worker)."""
         grace = self.settings.jobs.watchdog_grace_s
-        for k, v in record.items():
-            if not k.startswith("task:"):
-                continue
-            task = json.loads(v)
-            if now() <= float(task["deadline"]) + grace:
-                continue
-            err = NodeError(
-                ErrorCode.TIMEOUT,
-                f"stage '{task['stage']}' ran {task['limit_s']:g} s + {grace:g} s grace without "
-                f"stopping; its worker process (pid {child.proc.pid}) was killed and restarted",
-                retryable=False,
-            )
-            self.store.fail(task["job_id"], task["stage"], err.as_dict(), run=int(task["run"]))
-            self.store.stage_update(task["job_id"], task["stage"], state="error", end=now(),
-                                    error=err.as_dict())
-            self.store.event(task["job_id"], "watchdog", stage=task["stage"], pid=child.proc.pid)
-            log.error("watchdog: stage stuck past its time limit; killing worker",
-                      job_id=task["job_id"], stage=task["stage"], pid=child.proc.pid)
-            child.killed_by_watchdog = True
-            child.proc.kill()
-            return
+        if now() <= float(task["deadline"]) + grace:
+            return False
+        err = NodeError(
+            ErrorCode.TIMEOUT,
+            f"stage '{task['stage']}' ran {task['limit_s']:g} s + {grace:g} s grace without "
+            f"stopping; its worker process (pid {child.proc.pid}) was killed and restarted",
+            retryable=False,
+        )
+        self.store.fail(task["job_id"], task["stage"], err.as_dict(), run=int(task["run"]))
+        self.store.stage_update(task["job_id"], task["stage"], state="error", end=now(),
+                                error=err.as_dict())
+        self.store.event(task["job_id"], "watchdog", stage=task["stage"], pid=child.proc.pid)
+        log.error("watchdog: stage stuck past its time limit; killing worker",
+                  job_id=task["job_id"], stage=task["stage"], pid=child.proc.pid)
+        return True
+
+    def _cancelled_gpu(self, child: Child, task: dict[str, Any]) -> bool:
+        """A GPU stage of a cancelled job still running after the grace: free the GPU."""
+        if task.get("queue") != "gpu":
+            return False  # cpu/io processes run other jobs' stages too: let the stage end
+        job = self.store.client.hmget(self.store.key("job", task["job_id"]), "state", "updated")
+        if job[0] != "cancelled" or now() <= float(job[1] or 0) + self.settings.jobs.watchdog_grace_s:
+            return False
+        self.store.stage_update(task["job_id"], task["stage"], state="cancelled", end=now())
+        self.store.event(task["job_id"], "watchdog", stage=task["stage"], pid=child.proc.pid,
+                         reason="cancelled job's GPU stage did not stop")
+        log.warning("watchdog: cancelled job still holds the GPU; killing worker",
+                    job_id=task["job_id"], stage=task["stage"], pid=child.proc.pid)
+        return True

@@ -129,3 +129,16 @@ def test_retry_from_stage_after_failure(cluster: Cluster) -> None:
     assert ends == {"s1": 1, "s2": 2, "s3": 2, "s4": 2}
     listed = _cli(cluster, "jobs", "--state", "done")
     assert listed.returncode == 0 and job_id in listed.stdout
+
+
+def test_cancel_frees_a_gpu_stuck_in_native_code(cluster: Cluster) -> None:
+    gpu_pid = cluster.worker_pid("gpu")
+    job_id = cluster.submit({"s2": "stuck:60"})
+    cluster.wait(job_id, {"running:s2"})
+    assert _cli(cluster, "cancel", job_id).returncode == 0
+    later = cluster.submit()  # needs the GPU process: only a restart frees it before 60 s
+    assert cluster.wait(later, {"done", "failed"}, timeout=30)["state"] == "done"
+    assert cluster.worker_pid("gpu") != gpu_pid
+    job = cluster.store.get(job_id)
+    assert job["state"] == "cancelled" and job["stages"]["s2"]["state"] == "cancelled"
+    assert "watchdog" in _kinds(cluster, job_id)
