@@ -28,10 +28,10 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import SegmentationStorage
+from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
 
 from kneenode.settings import EncodeSettings
 from pipeline.encode.common import (
@@ -47,6 +47,7 @@ from pipeline.encode.common import (
     series_description,
     series_number,
 )
+from pipeline.encode.rawseq import freeze_sequence, mark_explicit_little
 
 PRIVATE_SCHEME = "99KNEENODE"
 BSCORE = Code("BSCORE", PRIVATE_SCHEME, "BScore (femur shape score)")
@@ -312,7 +313,19 @@ def encode_sr(
     scheme.CodingSchemeName = "kneenode private codes (BScore, NSM fit quality)"
     scheme.CodingSchemeResponsibleOrganization = "kneenode"
     sr.CodingSchemeIdentificationSequence = [scheme]
-    return sr
+    return _plain(sr)
+
+
+def _plain(sr: hd.sr.Comprehensive3DSR) -> Dataset:
+    """A plain dataset of the SR whose content tree is pre-encoded (writes in ~30 ms, not ~0.5 s)."""
+    ds = Dataset()
+    for elem in sr:
+        ds.add(elem)
+    ds.file_meta = FileMetaDataset(sr.file_meta)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    freeze_sequence(ds, "ContentSequence")
+    mark_explicit_little(ds)
+    return ds
 
 
 _STAT_BY_CODE = {code.value: stat for stat, code in _STATS.items()}
