@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.settings import Settings
-from workers.stages import Stage, StageContext
+from workers.stages import Stage, StageContext, prepare
 
 
 def _trace(ctx: StageContext, name: str, what: str) -> None:
@@ -71,6 +71,12 @@ def fault_chain(settings: Settings) -> list[Stage]:
         Stage("s4", "io", _stage("s4")),
         Stage("s5", "cpu", _stage("s5"), optional=True),
     ]
+
+
+def prepare_chain(settings: Settings) -> list[Stage]:
+    """The node's own prepare stage alone (independent of what the default chain grows into)."""
+    del settings
+    return [Stage("prepare", "cpu", prepare)]
 
 
 def noop_chain(settings: Settings) -> list[Stage]:

@@ -114,7 +114,7 @@ def test_redis_restart_with_jobs_queued(cluster: Cluster) -> None:
 
 
 def test_default_chain_runs_prepare_in_a_worker(cluster_factory) -> None:
-    c: Cluster = cluster_factory(chain="workers.stages:default_chain")
+    c: Cluster = cluster_factory(chain="tests.workers.chains:prepare_chain")
     c.start_workers()
     series = c.series()
     mr_series(series.path, slices=24)
@@ -137,5 +137,5 @@ def test_gpu_process_runs_one_job_at_a_time(cluster: Cluster) -> None:
         assert job["state"] == "done"
         lines = {(line[0], line[1]): float(line[4]) for line in trace_lines(Path(job["job_dir"]))}
         spans.append((lines[("s2", "start")], lines[("s2", "end")]))
-    (a0, a1), (b0, b1) = sorted(spans)
-    assert a1 <= b0  # the second s2 started only after the first ended
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start  # the second s2 started only after the first ended
