@@ -189,11 +189,45 @@ def prepare(ctx: StageContext) -> None:
     })
 
 
+def quantify(ctx: StageContext) -> None:
+    """Quantify the ``segment`` stage's label map; T2 too when the series has two qDESS echoes.
+
+    Reads ``segment/labels.nii.gz`` and the series (for the echoes and their acquisition
+    parameters); writes ``quantify/quantify.json`` (results.json keys: side, thickness, T2,
+    volumes, missing-with-reason), ``subregions.nii.gz``, ``thickness_points.npz`` and
+    ``femoral_thickness_map.npy`` (see :func:`pipeline.quantify.quantify_to_folder`).
+    """
+    import SimpleITK as sitk
+
+    from pipeline.quantify import quantify_to_folder
+    from pipeline.series import read_series
+
+    labels_path = ctx.stage_dir("segment") / "labels.nii.gz"
+    if not labels_path.is_file():
+        raise NodeError(ErrorCode.FILE_NOT_FOUND, f"no label map from the segment stage: {labels_path}")
+    labels = sitk.ReadImage(str(labels_path))
+    volume = read_series(ctx.series_path)
+    if len(volume.echoes) < 2 or volume.echoes[0].GetSize() != labels.GetSize():
+        volume = None
+    ctx.check_cancelled()
+    quantify_to_folder(labels, ctx.work_dir, volume=volume)
+
+
+def _with_quantify(chain: list[Stage]) -> list[Stage]:
+    """Insert the ``quantify`` stage (cpu) right after ``segment`` when the chain has one."""
+    names = [s.name for s in chain]
+    if "segment" not in names or "quantify" in names:
+        return chain
+    i = names.index("segment") + 1
+    return [*chain[:i], Stage("quantify", "cpu", quantify), *chain[i:]]
+
+
 def default_chain(settings: Settings) -> list[Stage]:
     """The node's stages, in order: only those whose functions exist today.
 
     Target chain (DESIGN.md): prepare (cpu) -> segment (gpu) -> quantify (cpu) -> shape (gpu,
-    optional) -> encode (cpu) -> deliver (io).
+    optional) -> encode (cpu) -> deliver (io). ``quantify`` follows ``segment`` as soon as the
+    segment stage is in the list.
     """
     del settings  # the chain may depend on settings later (e.g. destinations)
-    return [Stage("prepare", "cpu", prepare)]
+    return _with_quantify([Stage("prepare", "cpu", prepare)])

@@ -1,0 +1,62 @@
+"""The quantify stage: quantify_to_folder outputs and the jobs layer's stage function on a real
+DICOM qDESS phantom series (reader -> echoes, GE gradient tags -> T2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from kneenode.settings import Settings
+from pipeline.phantom import make_phantom, write_phantom
+from pipeline.quantify import THICKNESS_REGIONS, quantify_to_folder
+from workers.stages import Stage, StageContext, _with_quantify, default_chain, quantify
+
+
+def test_quantify_to_folder_writes_results_and_arrays(tmp_path: Path) -> None:
+    ph = make_phantom(31, "small", side="left", orientation="coronal")
+    paths = write_phantom(ph, tmp_path / "ph")
+    results = quantify_to_folder(sitk.ReadImage(str(paths.labels)), tmp_path / "out")
+    out = tmp_path / "out"
+    assert json.loads((out / "quantify.json").read_text()) == json.loads(json.dumps(results))
+    sub = sitk.ReadImage(str(out / "subregions.nii.gz"))
+    assert set(np.unique(sitk.GetArrayViewFromImage(sub))) >= {11, 12, 13, 14, 15}
+    pts = np.load(out / "thickness_points.npz")
+    assert pts["femur_vertices_lps"].shape[1] == 3
+    assert len(pts["tibia_thickness_mm"]) == len(pts["tibia_region"])
+    tmap = np.load(out / "femoral_thickness_map.npy")
+    assert tmap.ndim == 2 and np.isfinite(tmap).mean() > 0.3
+    assert 1.0 < np.nanmedian(tmap) < 3.5
+    assert results["side"] == "left"
+
+
+def test_stage_function_reads_segment_labels_and_qdess_echoes(tmp_path: Path) -> None:
+    ph = make_phantom(32, "small", side="right", orientation="sagittal", qdess=True)
+    paths = write_phantom(ph, tmp_path / "ph")
+    job = tmp_path / "job"
+    (job / "segment").mkdir(parents=True)
+    shutil.copy(paths.labels, job / "segment" / "labels.nii.gz")
+    (job / "quantify").mkdir()
+    ctx = StageContext(job_id="j1", job_dir=job, series_path=paths.dicom_dir, work_dir=job / "quantify",
+                       summary={}, settings=Settings())
+    quantify(ctx)
+    res = json.loads((job / "quantify" / "quantify.json").read_text())
+    assert res["side"] == "right"
+    assert res["t2_protocol"]["spoiling"] == "vendor gradient tags"
+    for region in THICKNESS_REGIONS:
+        assert res[f"{region}_mm_mean"] is not None
+        truth = ph.truth["t2_ms"][f"{region}_t2_ms_median"]
+        assert abs(res[f"{region}_t2_ms_median"] - truth) < 4.0  # default blur biases thin plates up
+
+
+def test_quantify_follows_segment_in_the_chain() -> None:
+    seg = Stage("segment", "gpu", lambda ctx: None)
+    chain = _with_quantify([Stage("prepare", "cpu", lambda ctx: None), seg, Stage("encode", "cpu", lambda ctx: None)])
+    assert [(s.name, s.queue) for s in chain] == [("prepare", "cpu"), ("segment", "gpu"), ("quantify", "cpu"),
+                                                  ("encode", "cpu")]
+    assert chain[2].fn is quantify
+    names = [s.name for s in default_chain(Settings())]
+    assert "quantify" not in names or names.index("quantify") == names.index("segment") + 1
