@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from kneenode.errors import NodeError
 from kneenode.fsio import write_json_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import Settings
@@ -80,6 +81,31 @@ class Node:
             from scp.server import start_scp
 
             self.scp = start_scp(s, make_on_complete(s, store, broker, chain))
+        self._write_info()
+
+    def check(self) -> None:
+        """Called every half second by :func:`serve`: restart the embedded redis if it died.
+
+        It restarts on the same port and folder and reloads its AOF; workers, the SCP's job
+        creator and the status server reconnect on their own.
+        """
+        if self.redis is None or self.redis.process.poll() is None:
+            return
+        log.error("embedded redis exited; restarting it", pid=self.redis.pid,
+                  code=self.redis.process.returncode)
+        s = self.settings
+        try:
+            self.redis = start_redis(redis_folder(s), port=self.redis.port,
+                                     executable=s.jobs.redis_server)
+        except NodeError as exc:  # e.g. port taken meanwhile: try again on the next tick
+            log.error("embedded redis restart failed", error=exc.message)
+            return
+        self._write_info()
+
+    def _write_info(self) -> None:
+        if self.supervisor is None:
+            return
+        s = self.settings
         info = {
             "pid": os.getpid(), "redis_url": self.redis_url,
             "redis_pid": self.redis.pid if self.redis else None,
@@ -113,7 +139,7 @@ def serve(settings: Settings, config: Path | None = None, *, with_scp: bool = Tr
     node.start()
     try:
         while not stop.wait(0.5):
-            pass
+            node.check()
         log.info("shutting down")
     finally:
         node.stop()

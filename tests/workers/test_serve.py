@@ -138,3 +138,31 @@ def test_serve_without_redis_server_says_so(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1
     assert "redis-server" in out.stderr and "jobs.redis_url" in out.stderr
+
+
+def test_serve_restarts_its_redis_after_kill_9(served) -> None:
+    start, root = served
+    proc, info = start()
+    settings = load_settings()
+    store = JobStore(make_client(info["redis_url"]), settings.jobs.namespace)
+    creator = JobCreator(settings, store, make_broker(info["redis_url"], settings.jobs),
+                         load_chain(settings))
+    from tests.workers.conftest import Cluster
+
+    helper = Cluster(root, settings, root / "kneenode.toml", None, store, creator)  # type: ignore[arg-type]
+    before = helper.submit()
+    helper.wait(before, {"done"})
+    time.sleep(1.5)  # appendfsync everysec
+    os.kill(info["redis_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        new = json.loads((root / "data" / "serve.json").read_text())
+        if new["redis_pid"] != info["redis_pid"]:
+            break
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    assert new["redis_url"] == info["redis_url"]  # same port: every client reconnects
+    assert store.get(before)["state"] == "done"  # the AOF kept it
+    after = helper.submit()
+    assert helper.wait(after, {"done", "failed"}, timeout=40)["state"] == "done"
+    assert _stop(proc) == 0 and _gone(new["redis_pid"])
