@@ -20,7 +20,7 @@ from kneenode.errors import NodeError
 from kneenode.fsio import write_json_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import Settings
-from workers.broker import make_broker, make_client, redis_folder
+from workers.broker import make_broker, make_client, redis_folder, requeue_orphans
 from workers.http import StatusServer
 from workers.intake import make_on_complete
 from workers.jobstate import JobStore
@@ -71,6 +71,10 @@ class Node:
                                      executable=s.jobs.redis_server)
             self.redis_url = self.redis.url
         store = JobStore(make_client(self.redis_url), s.jobs.namespace)
+        if self.redis is not None:
+            moved = requeue_orphans(store.client, s.jobs)
+            if moved:
+                log.warning("requeued messages left by workers of a crashed run", count=moved)
         broker = make_broker(self.redis_url, s.jobs)
         self.supervisor = Supervisor(s, self.redis_url, specs_for_serve(s), self.config)
         self.supervisor.start()

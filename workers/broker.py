@@ -211,3 +211,15 @@ def requeue_dead_worker(client: redis.Redis, jobs: JobsSettings, broker_id: str)
     queues = [name for q in QUEUES for name in (q, f"{q}.DQ")]
     moved = client.eval(_REQUEUE_DEAD, 2, mq_namespace(jobs), broker_id, *queues)
     return int(moved)
+
+
+def requeue_orphans(client: redis.Redis, jobs: JobsSettings) -> int:
+    """At start of a node with its own (embedded) redis: requeue every fetched, unacked message.
+
+    No worker can be alive yet, so whatever a worker had fetched before a crash (power loss,
+    ``kill -9`` of the whole node) goes straight back to its queue instead of waiting for
+    dramatiq's heartbeat timeout. Never call this on a redis shared with other hosts.
+    """
+    prefix = f"{mq_namespace(jobs)}:__acks__."
+    owners = {str(k)[len(prefix):].split(".", 1)[0] for k in client.scan_iter(f"{prefix}*")}
+    return sum(requeue_dead_worker(client, jobs, owner) for owner in owners)

@@ -34,8 +34,8 @@ def _ready(data_dir: Path, proc: subprocess.Popen[bytes], log: Path) -> dict:
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()[-3000:]
         info_path = data_dir / "serve.json"
-        if info_path.exists():
-            info = json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        if info.get("pid") == proc.pid:  # not a stale file of a killed run
             r = httpx.get(f"http://127.0.0.1:{info['http_port']}/health", timeout=5)
             if r.status_code == 200:
                 return info
@@ -166,3 +166,32 @@ def test_serve_restarts_its_redis_after_kill_9(served) -> None:
     after = helper.submit()
     assert helper.wait(after, {"done", "failed"}, timeout=40)["state"] == "done"
     assert _stop(proc) == 0 and _gone(new["redis_pid"])
+
+
+def test_restart_after_whole_node_killed_resumes_at_once(served) -> None:
+    """Power-loss-like: serve, its workers and redis all SIGKILLed mid-stage; the next start
+    requeues what the dead workers held without waiting for the 60 s heartbeat timeout."""
+    start, root = served
+    proc, info = start()
+    settings = load_settings()
+    store = JobStore(make_client(info["redis_url"]), settings.jobs.namespace)
+    creator = JobCreator(settings, store, make_broker(info["redis_url"], settings.jobs),
+                         load_chain(settings))
+    from tests.workers.conftest import Cluster
+
+    helper = Cluster(root, settings, root / "kneenode.toml", None, store, creator)  # type: ignore[arg-type]
+    job_id = helper.submit({"s2": "sleep:60"})
+    helper.wait(job_id, {"running:s2"})
+    summary = Path(store.get(job_id)["series_path"]) / "summary.json"
+    time.sleep(1.5)  # appendfsync everysec
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children()]
+    for p in family:
+        p.kill()
+    psutil.wait_procs(family, timeout=10)
+    summary.write_text(summary.read_text().replace("sleep:60", "ok"))
+    t0 = time.monotonic()
+    proc, info = start()
+    helper.store = JobStore(make_client(info["redis_url"]), settings.jobs.namespace)
+    assert helper.wait(job_id, {"done", "failed"}, timeout=40)["state"] == "done"
+    assert time.monotonic() - t0 < 40  # well under the heartbeat timeout (60 s) + start
+    assert _stop(proc) == 0
