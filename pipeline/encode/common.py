@@ -220,6 +220,15 @@ def check_label_map(labels: np.ndarray, datasets: Sequence[Dataset]) -> np.ndarr
     return labels
 
 
+def slice_label_counts(labels: np.ndarray) -> np.ndarray:
+    """Voxels of each label value per slice, shape (slices, 256).
+
+    Slice by slice: ``np.bincount`` of the whole volume would first convert it to 64-bit
+    integers (8 x its size, 0.1-0.8 s for a full series).
+    """
+    return np.stack([np.bincount(plane.ravel(), minlength=256) for plane in labels])
+
+
 def new_uid(prefix: str | None = None) -> str:
     """A new UID under the configured root (pydicom's root when none is configured)."""
     return str(generate_uid(prefix=prefix)) if prefix else str(generate_uid())

@@ -36,6 +36,7 @@ from pipeline.encode.common import (
     new_uid,
     series_description,
     series_number,
+    slice_label_counts,
 )
 
 _NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
@@ -251,7 +252,7 @@ def encode_overlay(
     datasets = load_source(source, pixels=True)
     lab = check_label_map(labels, datasets)
     grey = window_to_uint8(source_volume(datasets))
-    counts = np.bincount(lab.ravel(), minlength=256)
+    counts = slice_label_counts(lab).sum(axis=0)
     present = [label for label in COLORS if counts[label]]
     canvas, (top, left) = banner_and_legend(
         rows=lab.shape[1], cols=lab.shape[2], present=present, info=info

@@ -41,6 +41,7 @@ from pipeline.encode.common import (
     new_uid,
     series_description,
     series_number,
+    slice_label_counts,
 )
 from pipeline.encode.overlay import colorize, source_volume, window_to_uint8
 from pipeline.encode.sr import BSCORE_KEYS
@@ -56,9 +57,10 @@ _FEMORAL = (4, *SUBREGIONS)
 
 def key_slices(labels: np.ndarray, count: int) -> list[int]:
     """Slices with the most femoral cartilage in ``count`` equal parts of its extent."""
-    area = np.isin(labels, _FEMORAL).sum(axis=(1, 2))
+    counts = slice_label_counts(labels)
+    area = counts[:, list(_FEMORAL)].sum(axis=1)
     if not area.any():
-        area = (labels > 0).sum(axis=(1, 2))
+        area = counts[:, 1:].sum(axis=1)
     if not area.any():
         return [labels.shape[0] // 2]
     present = np.flatnonzero(area)

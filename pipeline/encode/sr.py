@@ -46,6 +46,7 @@ from pipeline.encode.common import (
     new_uid,
     series_description,
     series_number,
+    slice_label_counts,
 )
 from pipeline.encode.rawseq import freeze_sequence, mark_explicit_little
 
@@ -202,9 +203,7 @@ def segment_source_images(
     values: dict[str, tuple[int, ...]] = {key: (label,) for label, (key, _) in TISSUES.items()}
     values.update({key: (label,) for label, (key, _) in SUBREGIONS.items()})
     values["fem_cart"] = (4, *SUBREGIONS)
-    counts = np.stack(
-        [np.bincount(s.ravel(), minlength=256) for s in check_label_map(labels, datasets)]
-    )
+    counts = slice_label_counts(check_label_map(labels, datasets))
     out = {}
     for key, number in _segments_by_key(seg).items():
         slices: list[int] = (
