@@ -213,11 +213,10 @@ def check_label_map(labels: np.ndarray, datasets: Sequence[Dataset]) -> np.ndarr
         raise encode_error(f"label map shape {labels.shape} does not match the source {expected}")
     if labels.dtype.kind not in "ui":
         raise encode_error(f"label map must be integer, got {labels.dtype}")
-    if labels.dtype != np.uint8:
-        if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise encode_error("label values must be within 0-255")
-        labels = labels.astype(np.uint8)
-    return labels
+    highest = max(SUBREGIONS)
+    if labels.size and (labels.min() < 0 or labels.max() > highest):
+        raise encode_error(f"label values must be canonical labels within 0-{highest}")
+    return labels if labels.dtype == np.uint8 else labels.astype(np.uint8)
 
 
 def slice_label_counts(labels: np.ndarray) -> np.ndarray:

@@ -191,6 +191,8 @@ def test_rejects_bad_input(series, labels, card):
         encode_seg(source=series[::2] + series[1::2], labels=labels, model=card)
     with pytest.raises(NodeError):
         encode_seg(source=series, labels=labels.astype(float), model=card)
+    with pytest.raises(NodeError, match="canonical"):
+        encode_seg(source=series, labels=labels + 200, model=card)
     with pytest.raises(NodeError):
         encode_seg(source=series, labels=labels, model={"algorithm_name": "x"})
     with pytest.raises(NodeError):
