@@ -207,10 +207,9 @@ def quantify(ctx: StageContext) -> None:
         raise NodeError(ErrorCode.FILE_NOT_FOUND, f"no label map from the segment stage: {labels_path}")
     labels = sitk.ReadImage(str(labels_path))
     volume = read_series(ctx.series_path)
-    if len(volume.echoes) < 2 or volume.echoes[0].GetSize() != labels.GetSize():
-        volume = None
+    qdess = len(volume.echoes) >= 2 and volume.echoes[0].GetSize() == labels.GetSize()
     ctx.check_cancelled()
-    quantify_to_folder(labels, ctx.work_dir, volume=volume)
+    quantify_to_folder(labels, ctx.work_dir, volume=volume if qdess else None)
 
 
 def _with_quantify(chain: list[Stage]) -> list[Stage]:

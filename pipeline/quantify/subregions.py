@@ -92,6 +92,8 @@ def _notch(u: np.ndarray, a: np.ndarray, w: float) -> tuple[float, float]:
     g2 = float(u.mean())
     lo, hi = min(g1, g2) - SEARCH_MARGIN_MM, max(g1, g2) + SEARCH_MARGIN_MM
     window = np.flatnonzero(has & (centres >= lo) & (centres <= hi))
+    if window.size == 0:
+        window = np.flatnonzero(has)
     vals = amin[window]
     best = int(np.argmax(vals))
     roof = vals > 0.5 * (vals.max() + vals.min())

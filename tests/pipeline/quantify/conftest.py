@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.phantom import Phantom, make_phantom
+from tests.pipeline.segment.conftest import tiny_model  # noqa: F401  (the tiny nnU-Net model fixture)
 
 #: Distinct known thickness per region (mm), neighbours deliberately different.
 THICKNESS = {
