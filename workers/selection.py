@@ -69,9 +69,13 @@ def select(summary: dict[str, Any], rules: Rules, folder: Path | None = None) ->
         return Decision(False, ErrorCode.NOT_SELECTED,
                         f"modality {modality or 'unknown'} is not one of {list(rules.modalities)}")
     geometry = summary.get("geometry")
-    if not isinstance(geometry, dict) and folder is not None:
-        geometry = read_headers(folder).get("geometry")
-    geo_reason = _geometry_reason(geometry if isinstance(geometry, dict) else {}, rules)
+    acquisition = summary.get("mr_acquisition_type")
+    if folder is not None and (not isinstance(geometry, dict) or acquisition is None):
+        headers = read_headers(folder)
+        geometry = geometry if isinstance(geometry, dict) else headers["geometry"]
+        acquisition = headers["mr_acquisition_type"] if acquisition is None else acquisition
+    geo_reason = _geometry_reason(geometry if isinstance(geometry, dict) else {},
+                                  str(acquisition or "").upper() == "3D", rules)
     if geo_reason:
         return Decision(False, ErrorCode.NOT_SELECTED, geo_reason)
     if rules.pattern is not None:
@@ -82,36 +86,47 @@ def select(summary: dict[str, Any], rules: Rules, folder: Path | None = None) ->
     return Decision(True)
 
 
-def _geometry_reason(geometry: dict[str, Any], rules: Rules) -> str:
+def _geometry_reason(geometry: dict[str, Any], acquired_3d: bool, rules: Rules) -> str:
+    """Why the slices do not make a usable volume ("" when they do).
+
+    A volume is a 3-D acquisition (MRAcquisitionType 3D) with at least two slice positions, or
+    at least ``min_slices`` positions of any acquisition; with ``require_consistent`` the edge's
+    geometry check (one orientation and matrix, even spacing) must have passed. The summary's
+    ``is_3d`` only says that the slices form a stack, so it does not stand for a 3-D acquisition.
+    """
     slices = int(geometry.get("slices") or 0)
-    is_3d = bool(geometry.get("is_3d"))
-    consistent = geometry.get("consistent")
-    if rules.require_consistent and consistent is False:
+    if rules.require_consistent and geometry.get("consistent") is False:
         return f"inconsistent geometry: {geometry.get('reason') or 'unspecified'}"
-    if not is_3d and slices < rules.min_slices:
-        return f"not a volume: {slices} slice(s), not 3-D (needs 3-D or >= {rules.min_slices})"
-    return ""
+    if slices >= rules.min_slices or (acquired_3d and slices >= 2):
+        return ""
+    kind = "3-D" if acquired_3d else "2-D"
+    return (f"not a volume: {slices} slice(s) of a {kind} acquisition (needs a 3-D acquisition "
+            f"or >= {rules.min_slices} slices)")
 
 
 def read_headers(folder: Path) -> dict[str, Any]:
-    """Modality and a minimal geometry read from the files, for summaries that lack them."""
+    """Modality, acquisition type and a minimal geometry read from the files (no pixel data)."""
     from pydicom import dcmread
 
-    modality, orientations, positions, is_3d = "", set(), set(), False
+    modality, acquisition = "", ""
+    orientations: set[tuple[float, ...]] = set()
+    positions: set[tuple[float, ...]] = set()
     for path in sorted(folder.glob("*.dcm")):
         try:
             ds = dcmread(path, stop_before_pixels=True)
         except Exception:  # noqa: BLE001, S112 - an unreadable file simply does not count
             continue
         modality = modality or str(ds.get("Modality", ""))
-        is_3d = is_3d or str(ds.get("MRAcquisitionType", "")).upper() == "3D"
+        acquisition = acquisition or str(ds.get("MRAcquisitionType", ""))
         orientations.add(tuple(round(float(v), 3) for v in ds.get("ImageOrientationPatient", [])))
         positions.add(tuple(round(float(v), 2) for v in ds.get("ImagePositionPatient", [])))
     consistent = len(orientations) == 1
     return {
         "modality": modality,
+        "mr_acquisition_type": acquisition,
         "geometry": {
-            "is_3d": is_3d, "slices": len(positions), "consistent": consistent,
+            "is_3d": consistent and len(positions) >= 2, "slices": len(positions),
+            "consistent": consistent,
             "reason": None if consistent else f"{len(orientations)} slice orientations",
         },
     }

@@ -37,9 +37,12 @@ def test_non_knee_descriptions_are_not_selected(text: str) -> None:
 
 def test_geometry_rules_and_missing_keys() -> None:
     rules = rules_for(SelectionSettings(), "ANY")
-    flat = {**KNEE, "geometry": {"is_3d": False, "slices": 19, "consistent": True}}
-    assert "19 slice(s)" in select(flat, rules).reason
+    flat = {**KNEE, "mr_acquisition_type": "2D",
+            "geometry": {"is_3d": True, "slices": 19, "consistent": True}}
+    assert select(flat, rules).reason == ("not a volume: 19 slice(s) of a 2-D acquisition "
+                                          "(needs a 3-D acquisition or >= 20 slices)")
     assert select({**flat, "geometry": {"slices": 20, "consistent": True}}, rules).selected
+    assert select({**flat, "mr_acquisition_type": "3D"}, rules).selected  # 3-D: any thickness
     bad = {**KNEE, "geometry": {"is_3d": True, "slices": 60, "consistent": False,
                                 "reason": "uneven slice spacing"}}
     assert select(bad, rules).reason == "inconsistent geometry: uneven slice spacing"
@@ -78,8 +81,14 @@ def test_ct_and_localizer_ignored_with_reasons(
     mr_series(ct_dir, slices=30, modality="CT", description="CT KNEE")
     _localizer(loc_dir)
     mr_series(knee_dir, slices=24)
+    flat_dir = tmp_path / "flat"  # a 2-D stack of 8 thick slices: consistent, but no volume
+    for path in mr_series(flat_dir, slices=8, spacing=4.0, description="COR PD KNEE"):
+        ds = dcmread(path)
+        ds.MRAcquisitionType = "2D"
+        ds.save_as(path)
     ids = {}
-    for name, folder in (("ct", ct_dir), ("loc", loc_dir), ("knee", knee_dir)):
+    for name, folder in (("ct", ct_dir), ("loc", loc_dir), ("knee", knee_dir),
+                         ("flat", flat_dir)):
         summary = {**summarize_series(folder), "calling_ae": "PACS", "version": 1}
         series = CompletedSeries(summary["study_uid"], summary["series_uid"], 1, folder, summary)
         ids[name] = c.creator.create(series)
@@ -89,13 +98,16 @@ def test_ct_and_localizer_ignored_with_reasons(
     assert loc["state"] == "ignored" and loc["reason"].startswith("inconsistent geometry")
     assert "orientation" in loc["reason"]
     assert knee["state"] == "queued"  # selected: its first stage message is waiting
+    flat = c.store.get(ids["flat"])
+    assert flat["state"] == "ignored" and flat["reason"].startswith("not a volume: 8 slice(s)")
     assert [e["kind"] for e in c.store.events(ids["ct"])] == ["created", "ignored"]
-    assert c.store.counters()["series_completed"] == 3
+    assert c.store.counters()["series_completed"] == 4
 
 
 def test_headers_read_from_files_when_summary_lacks_geometry(tmp_path: Path) -> None:
     mr_series(tmp_path / "s", slices=24)
     info = read_headers(tmp_path / "s")
     assert info["modality"] == "MR" and info["geometry"]["slices"] == 24
+    assert info["mr_acquisition_type"] == "3D"
     summary = {"series_description": "SAG 3D DESS KNEE"}  # no modality, no geometry
     assert select(summary, rules_for(SelectionSettings(), "X"), tmp_path / "s").selected
