@@ -50,11 +50,14 @@ class Preset:
     spacing: tuple[float, float, float]  # (along a row, along a column, between slices) mm
     scale: float
     jitter_mm: float
+    volume_subsamples: int  # per axis, for the continuous truth volumes of boundary voxels
 
 
 PRESETS: dict[str, Preset] = {
-    "small": Preset(shape=(64, 64, 48), spacing=(0.7, 0.7, 0.9), scale=0.42, jitter_mm=1.5),
-    "full": Preset(shape=(384, 384, 160), spacing=(0.365, 0.365, 0.7), scale=1.1, jitter_mm=4.0),
+    "small": Preset(shape=(64, 64, 48), spacing=(0.7, 0.7, 0.9), scale=0.42, jitter_mm=1.5,
+                    volume_subsamples=3),
+    "full": Preset(shape=(384, 384, 160), spacing=(0.365, 0.365, 0.7), scale=1.1, jitter_mm=4.0,
+                   volume_subsamples=2),
 }
 
 
@@ -156,7 +159,7 @@ def make_phantom(
     scale: float | None = None,
     imaging: ImagingParams | None = None,
     rotation_deg: tuple[float, float, float] | None = None,
-    volume_subsamples: int = 3,
+    volume_subsamples: int | None = None,
     t2_depth_gradient_ms: float = 10.0,
 ) -> Phantom:
     """Generate a knee phantom (deterministic for the arguments).
@@ -183,7 +186,8 @@ def make_phantom(
     rotation_deg
         Fixed pose angles (about LPS x, y, z) instead of random ones.
     volume_subsamples
-        Sub-samples per axis of boundary voxels for the continuous truth volumes.
+        Sub-samples per axis of boundary voxels for the continuous truth volumes (default: the
+        preset's, 3 for ``small`` and 2 for ``full``).
     t2_depth_gradient_ms
         Cartilage T2 rises by this much from the bone to the articular surface (0 = uniform).
     """
@@ -227,7 +231,8 @@ def make_phantom(
         local = apply_affine(ijk, *to_local).astype(np.float32)
         return labels_from_material(g.classify(anatomy, local).material)
 
-    vols = integrate_volumes(labels, grid, label_at, sub=volume_subsamples)
+    sub = volume_subsamples or p.volume_subsamples
+    vols = integrate_volumes(labels, grid, label_at, sub=sub)
     truth = truth_record(side=pose.side, volumes_mm3=vols, labels=labels, grid=grid,
                          thickness=g.analytic_thickness(anatomy),
                          t2_stats=t2_statistics(t2, subregions, depth))

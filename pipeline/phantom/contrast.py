@@ -132,6 +132,10 @@ class ImagingParams:
     max_value: float = 2000.0  # stored value of signal 1.0
 
 
+_CARTILAGE_LUT = np.zeros(g.N_MATERIALS, dtype=bool)
+_CARTILAGE_LUT[list(g.REGION_CODES.values())] = True
+
+
 def t2_map(
     material: np.ndarray, depth: np.ndarray, t2_regions: Mapping[str, float], gradient_ms: float
 ) -> np.ndarray:
@@ -142,7 +146,7 @@ def t2_map(
     """
     _, t2_lut = material_luts(t2_regions)
     out = t2_lut.astype(np.float32)[material]
-    cart = np.isin(material, list(g.REGION_CODES.values()))
+    cart = _CARTILAGE_LUT[material]
     out[cart] += np.float32(gradient_ms) * (depth[cart] - np.float32(0.5))
     return out
 
@@ -159,7 +163,8 @@ def render_echoes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noisy, blurred, bias-modulated echo 1 and echo 2 (float32, stored-value units).
 
-    ``t2`` is the T2 map (ms) from :func:`t2_map`; ``bias`` the multiplicative field on the same
+    ``t2`` is the T2 map (ms) from :func:`t2_map` (only its cartilage values are read: the other
+    tissues have the fixed T2 of :data:`T2_BACKGROUND_MS`); ``bias`` the multiplicative field on the same
     grid. Noise is Rician (magnitude of complex Gaussian), added after the bias, the same way for
     both echoes; the bias cancels in S2/S1.
     """
@@ -168,17 +173,32 @@ def render_echoes(
         s1_lut[code] = v
     s1 = s1_lut[material]
     s1[cortex] = CORTEX_S1
-    s2 = s1 * qdess.echo_ratio(t2).astype(np.float32)
+    # S2/S1 from a per-material table, recomputed only where T2 varies (cartilage depth gradient)
+    _, t2_lut = material_luts(dict.fromkeys(g.REGION_CODES, 30.0))  # non-cartilage T2 are fixed
+    ratio = qdess.echo_ratio(t2_lut).astype(np.float32)[material]
+    cart = _CARTILAGE_LUT[material]
+    ratio[cart] = qdess.echo_ratio(t2[cart])
+    s2 = s1 * ratio
+    del ratio, cart
     out = []
+    sigma = np.float32(imaging.noise_sigma)
     for sig in (s1, s2):
         if imaging.psf_sigma_vox > 0:
             sig = ndimage.gaussian_filter(sig, imaging.psf_sigma_vox, mode="nearest")
-        sig = sig * bias
-        if imaging.noise_sigma > 0:
-            n1 = rng.standard_normal(sig.shape, dtype=np.float32) * np.float32(imaging.noise_sigma)
-            n2 = rng.standard_normal(sig.shape, dtype=np.float32) * np.float32(imaging.noise_sigma)
-            sig = np.sqrt((sig + n1) ** 2 + n2**2)
-        out.append(sig * np.float32(imaging.max_value))
+        sig *= bias
+        if imaging.noise_sigma > 0:  # Rician: |signal + n1 + i n2|
+            noise = rng.standard_normal(sig.shape, dtype=np.float32)
+            noise *= sigma
+            sig += noise
+            np.square(sig, out=sig)
+            rng.standard_normal(sig.shape, dtype=np.float32, out=noise)
+            noise *= sigma
+            np.square(noise, out=noise)
+            sig += noise
+            np.sqrt(sig, out=sig)
+            del noise
+        sig *= np.float32(imaging.max_value)
+        out.append(sig)
     return out[0], out[1]
 
 
