@@ -85,6 +85,17 @@ def test_geometry_equals_phantom_truth(tmp_path: Path, orientation: str) -> None
     assert np.allclose(labels.GetDirection(), vol.image.GetDirection(), atol=1e-7)
 
 
+def test_anisotropic_non_square_grid(tmp_path: Path) -> None:
+    """Rows != columns and three different spacings: catches any swap of i/j or of PixelSpacing."""
+    ph = make_phantom(31, "small", orientation="oblique", spacing=(0.6, 0.8, 1.1), shape=(72, 56, 40))
+    vol = read_series(write_phantom(ph, tmp_path).dicom_dir)
+    _assert_geometry(vol.image, ph)
+    assert vol.image.GetSize() == (72, 56, 40)
+    assert np.array_equal(sitk.GetArrayFromImage(vol.image), to_stored(ph.image).astype(np.float32))
+    ds = pydicom.dcmread(vol.slices[0][0].path)
+    assert (ds.Rows, ds.Columns) == (56, 72) and [float(v) for v in ds.PixelSpacing] == [0.8, 0.6]
+
+
 def test_qdess_echoes_grouped_by_echo_time(qdess_series) -> None:
     ph, folder = qdess_series
     vol = read_series(folder)
