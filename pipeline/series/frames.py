@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from kneenode.errors import ErrorCode, NodeError
 
@@ -45,6 +46,7 @@ class Frame:
     echo_time: float | None
     slope: float
     intercept: float
+    echo_number: int | None = None
 
 
 def invalid(message: str) -> NodeError:
@@ -135,8 +137,21 @@ def frames_of(path: Path, ds: Dataset) -> list[Frame]:
             echo_time=float(te) if te not in (None, "") else None,
             slope=float(slope) if slope not in (None, "") else 1.0,
             intercept=float(intercept) if intercept not in (None, "") else 0.0,
+            echo_number=_echo_number(lookup(ds, "EchoNumbers", idx)),
         ))
     return out
+
+
+def _echo_number(value: Any) -> int | None:
+    """EchoNumbers (IS, possibly multi-valued) as one int; None when absent or unreadable."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, MultiValue):
+        value = value[0] if len(value) else None
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def load_pixels(frames: Sequence[Frame], datasets: Mapping[Path, Dataset]) -> np.ndarray:

@@ -70,14 +70,24 @@ def check_common(frames: Sequence[Frame], limits: ReaderLimits) -> None:
 
 
 def group_by_echo(frames: Sequence[Frame], limits: ReaderLimits) -> list[list[Frame]]:
-    """Frames grouped by echo time (ascending; frames without an echo time form one group)."""
-    groups: dict[float | None, list[Frame]] = {}
-    for f in frames:
-        key = None if f.echo_time is None else round(f.echo_time, limits.echo_time_decimals)
-        groups.setdefault(key, []).append(f)
-    if None in groups and len(groups) > 1:
+    """Frames grouped by echo: by EchoTime (rounded), and a group whose frames carry different
+    EchoNumbers split by EchoNumbers (a vendor may write one EchoTime on both qDESS echoes).
+
+    Groups are ordered by echo time, then echo number; frames without an echo time form one group.
+    """
+    if len({f.echo_time is not None for f in frames}) > 1:
         raise invalid("some frames have an EchoTime and others have none")
-    return [groups[k] for k in sorted(groups, key=lambda v: -1.0 if v is None else v)]
+    by_te: dict[float, list[Frame]] = {}
+    for f in frames:
+        te = -1.0 if f.echo_time is None else round(f.echo_time, limits.echo_time_decimals)
+        by_te.setdefault(te, []).append(f)
+    out: list[list[Frame]] = []
+    for te in sorted(by_te):
+        by_number: dict[int, list[Frame]] = {}
+        for f in by_te[te]:
+            by_number.setdefault(f.echo_number or 0, []).append(f)
+        out.extend(by_number[k] for k in sorted(by_number))
+    return out
 
 
 def build_stack(frames: Sequence[Frame], limits: ReaderLimits) -> Stack:

@@ -112,6 +112,19 @@ def test_qdess_echoes_grouped_by_echo_time(qdess_series) -> None:
     assert set(vol.slices[0]).isdisjoint(vol.slices[1])
 
 
+def test_echoes_with_one_echo_time_split_by_echo_numbers(qdess_series, tmp_path: Path) -> None:
+    ph, src = qdess_series
+    folder = _copy(src, tmp_path)
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.EchoTime = "6.428"  # both echoes labelled with the first echo time
+        ds.save_as(f)
+    vol = read_series(folder)
+    assert vol.echo_times_ms == (6.428, 6.428)
+    for img, echo in zip(vol.echoes, ph.echoes, strict=True):
+        assert np.array_equal(sitk.GetArrayFromImage(img), to_stored(echo).astype(np.float32))
+
+
 def test_spacing_between_slices_is_ignored(plain_series, tmp_path: Path) -> None:
     ph, src = plain_series
     folder = _copy(src, tmp_path)
