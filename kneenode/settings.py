@@ -338,6 +338,14 @@ class EncodeSettings(Section):
     overlay_outline: bool = Field(
         default=True, description="Draw label outlines opaque on top of the translucent fill."
     )
+    overlay_jpeg_quality: int | None = Field(
+        default=None,
+        ge=50,
+        le=100,
+        description="Store overlay images as JPEG Baseline (lossy, about 10x smaller) at this "
+        "quality; unset = uncompressed RGB, which every PACS accepts. Set it only for "
+        "destinations that accept JPEG Baseline.",
+    )
     pdf_key_slices: int = Field(default=3, ge=1, le=6, description="Key slices shown in the PDF report.")
     sr_source_images: bool = Field(
         default=False,

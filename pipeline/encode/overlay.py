@@ -12,6 +12,7 @@ here the constant attributes are built once and every image adds only what diffe
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +21,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    SecondaryCaptureImageStorage,
+)
 
 from kneenode.settings import EncodeSettings
 from pipeline.encode.common import (
@@ -210,8 +217,12 @@ def _template(
     ds.ImageComments = NOT_FOR_DIAGNOSIS + (f"; {DEMO_BANNER}" if info.is_demo else "")
     ds.BurnedInAnnotation = "YES"
     ds.PatientOrientation = ""
-    ds.LossyImageCompression = "00"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    if opts.overlay_jpeg_quality is None:
+        ds.LossyImageCompression, ds.PhotometricInterpretation = "00", "RGB"
+    else:
+        ds.LossyImageCompression, ds.PhotometricInterpretation = "01", "YBR_FULL_422"
+        ds.LossyImageCompressionMethod = ["ISO_10918_1"]
     ds.Rows, ds.Columns = shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     return ds
@@ -264,12 +275,19 @@ def encode_overlay(
         frame[top : top + lab.shape[1], left : left + lab.shape[2]] = colorize_slice(
             grey[i], lab[i], alpha=opts.overlay_alpha, outline=opts.overlay_outline
         )
-        out.append(_instance(template, src, i + 1, frame.tobytes(), opts))
+        out.append(_instance(template, src, i + 1, frame, opts))
     return out
 
 
+def jpeg_frame(rgb: np.ndarray, quality: int) -> bytes:
+    """JPEG Baseline (ISO 10918-1, 8 bit) of an RGB frame, chroma subsampled 4:2:2."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=quality, subsampling=1)
+    return buf.getvalue()
+
+
 def _instance(
-    template: Dataset, src: Dataset, number: int, pixels: bytes, opts: EncodeSettings
+    template: Dataset, src: Dataset, number: int, frame: np.ndarray, opts: EncodeSettings
 ) -> Dataset:
     ds = Dataset(dict(template.items()))  # own element dict; shared elements are never modified
     uid = new_uid(opts.uid_prefix)
@@ -279,10 +297,17 @@ def _instance(
     ref.ReferencedSOPClassUID = src.SOPClassUID
     ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
     ds.add_new("SourceImageSequence", "SQ", [ref])
-    ds.add_new("PixelData", "OB", pixels)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = UID(uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if opts.overlay_jpeg_quality is None:
+        ds.add_new("PixelData", "OB", frame.tobytes())
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    else:
+        jpeg = jpeg_frame(frame, opts.overlay_jpeg_quality)
+        ds.add_new("PixelData", "OB", encapsulate([jpeg]))
+        ds["PixelData"].is_undefined_length = True
+        ds.add_new("LossyImageCompressionRatio", "DS", [f"{frame.nbytes / len(jpeg):.2f}"])
+        meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.file_meta = meta
     return ds

@@ -7,6 +7,7 @@ import pydicom
 import pytest
 
 from kneenode.errors import NodeError
+from kneenode.settings import EncodeSettings
 from pipeline.encode.common import COLORS
 from pipeline.encode.overlay import encode_overlay
 from tests.pipeline.encode.conftest import dciodvfy
@@ -78,3 +79,20 @@ def test_needs_pixels_and_aligned_labels(series, labels, card):
         del d.PixelData
     with pytest.raises(NodeError):
         encode_overlay(source=bare, labels=labels, model=card)
+
+
+def test_jpeg_option(series, labels, card, tmp_path):
+    opts = EncodeSettings(overlay_jpeg_quality=90)
+    images = encode_overlay(source=series, labels=labels, model=card, side="right", options=opts)
+    plain = encode_overlay(source=series, labels=labels, model=card, side="right")
+    errors, warnings = dciodvfy(images[6], tmp_path)
+    assert errors == [] and warnings == []
+    path = tmp_path / "jpeg.dcm"
+    images[6].save_as(path, enforce_file_format=True)
+    back = pydicom.dcmread(path)
+    assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    assert back.LossyImageCompression == "01" and float(back.LossyImageCompressionRatio) > 1
+    decoded = back.pixel_array.astype(int)  # converted to RGB by pydicom
+    reference = plain[6].pixel_array.astype(int)
+    assert decoded.shape == reference.shape
+    assert np.abs(decoded - reference).mean() < 8  # lossy, but the same picture
