@@ -264,11 +264,13 @@ def content_datetime() -> tuple[str, str]:
 
 
 def knee_side(results: Mapping[str, Any]) -> str | None:
-    """``'left'``/``'right'`` from results["side"] (accepts L/R/left/right, any case), else None."""
+    """``'left'``/``'right'`` from results["side"] (L/R/left/right, any case); None when unknown."""
     raw = results.get("side", results.get("knee_side"))
     if raw is None:
         return None
     text = str(raw).strip().lower()
+    if text in ("", "unknown", "none", "null", "n/a"):
+        return None
     if text in ("l", "left"):
         return "left"
     if text in ("r", "right"):

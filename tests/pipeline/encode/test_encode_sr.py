@@ -128,3 +128,10 @@ def test_source_images_option(series, labels, seg, results, card, tmp_path):
     assert errors == []
     with pytest.raises(NodeError):
         encode_sr(source=series, seg=seg, results=results, model=card, options=opts)
+
+
+def test_unknown_side_is_no_laterality(series, seg, card, tmp_path):
+    for side in ("unknown", "", None):
+        res = {"side": side, "femur_ml": 80.0}
+        sr = _write_read(encode_sr(source=series, seg=seg, results=res, model=card), tmp_path)
+        assert read_sr_measurements(sr) == {"femur_ml": 80.0}
