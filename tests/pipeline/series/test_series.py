@@ -233,6 +233,28 @@ def test_other_failures(plain_series, qdess_series, tmp_path: Path) -> None:
     assert _reason(sized).startswith("mixed matrix sizes")
 
 
+def test_more_header_inconsistencies(plain_series, tmp_path: Path) -> None:
+    folder = _copy(plain_series[1], tmp_path / "a")
+    _edit(folder, 4, PixelSpacing=["0.5", "0.5"])
+    assert _reason(folder).startswith("mixed pixel spacings")
+    folder = _copy(plain_series[1], tmp_path / "b")
+    for f in _files(folder):
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = ["1", "0", "0", "0.5", "0.5", "0"]
+        ds.save_as(f)
+    assert "is not two orthonormal vectors" in _reason(folder)
+    folder = _copy(plain_series[1], tmp_path / "c")
+    ds = pydicom.dcmread(_files(folder)[9])
+    del ds.EchoTime
+    ds.save_as(_files(folder)[9])
+    assert _reason(folder) == "some frames have an EchoTime and others have none"
+    folder = _copy(plain_series[1], tmp_path / "d")
+    ds = pydicom.dcmread(_files(folder)[2])
+    del ds.ImagePositionPatient
+    ds.save_as(_files(folder)[2])
+    assert "ImagePositionPatient is missing or malformed" in _reason(folder)
+
+
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, JPEGLSLossless])
 def test_compressed_transfer_syntaxes(tmp_path: Path, syntax: str) -> None:
     ph = make_phantom(23, "small", orientation="axial")
