@@ -195,8 +195,13 @@ def _acquisition(ds: Dataset, stacks: list[Stack]) -> dict[str, Any]:
 
 
 def _without_pixels(ds: Dataset) -> Dataset:
-    """A copy of the header without pixel data (what encoders copy Patient/Study from)."""
-    out = Dataset({tag: elem for tag, elem in ds.items() if tag < 0x7FE00000})
+    """A copy of the header without pixel data (what encoders copy Patient/Study from).
+
+    Values deferred at reading (large private elements) are loaded first, so the copy never needs
+    the file again.
+    """
+    tags = [tag for tag in ds.keys() if tag < 0x7FE00000]  # noqa: SIM118 (iter yields elements)
+    out = Dataset({tag: ds[tag] for tag in tags})  # ds[tag] converts raw and deferred values
     out.file_meta = ds.file_meta
     return out
 

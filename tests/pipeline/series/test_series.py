@@ -125,6 +125,19 @@ def test_echoes_with_one_echo_time_split_by_echo_numbers(qdess_series, tmp_path:
         assert np.array_equal(sitk.GetArrayFromImage(img), to_stored(echo).astype(np.float32))
 
 
+def test_header_keeps_large_values_without_the_file(plain_series, tmp_path: Path) -> None:
+    folder = _copy(plain_series[1], tmp_path)
+    for f in _files(folder):
+        ds = pydicom.dcmread(f)
+        ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True).add_new(0x10, "OB", b"x" * 20000)
+        ds.save_as(f)
+    vol = read_series(folder)
+    shutil.rmtree(folder)  # the header must not read the (deferred) value from disk any more
+    assert vol.header is not None
+    assert vol.header.private_block(0x0029, "SIEMENS CSA HEADER")[0x10].value == b"x" * 20000
+    assert vol.header.PatientID.startswith("KNEENODE-PHANTOM")
+
+
 def test_spacing_between_slices_is_ignored(plain_series, tmp_path: Path) -> None:
     ph, src = plain_series
     folder = _copy(src, tmp_path)
