@@ -147,6 +147,16 @@ def backoff_s(attempt: int, min_s: float, max_s: float) -> float:
     return base * random.uniform(0.8, 1.2)
 
 
+def retry_policy(settings: Settings, stage: str) -> tuple[int, float, float]:
+    """(retries, first delay, longest delay) of a stage: ``delivery`` settings for ``deliver``
+    (a PACS may be down for an hour), ``jobs`` settings for every other stage."""
+    if stage == "deliver":
+        d = settings.delivery
+        return d.max_attempts - 1, d.backoff_min_s, d.backoff_max_s
+    j = settings.jobs
+    return j.max_retries, j.retry_min_backoff_s, j.retry_max_backoff_s
+
+
 def release_gpu_memory() -> None:
     """Return cached CUDA memory after a GPU job (models stay loaded; only caches go)."""
     gc.collect()
@@ -287,8 +297,9 @@ class JobMiddleware(Middleware):
         attempts = store.stage_attempts(task.job_id, task.stage)
         log.warning("stage failed", job_id=task.job_id, stage=task.stage, code=info["code"],
                     error=info["message"], attempt=attempts)
-        if err.retryable and attempts <= self.jobs.max_retries:
-            delay = backoff_s(attempts, self.jobs.retry_min_backoff_s, self.jobs.retry_max_backoff_s)
+        max_retries, min_s, max_s = retry_policy(self.rt.settings, task.stage)
+        if err.retryable and attempts <= max_retries:
+            delay = backoff_s(attempts, min_s, max_s)
             if not store.transition(task.job_id, task.run, state="retry_wait", error=info):
                 return
             store.event(task.job_id, "retry", stage=task.stage, attempt=attempts,

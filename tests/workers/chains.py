@@ -97,3 +97,9 @@ def trace_lines(job_dir: Path) -> list[list[str]]:
     if not path.exists():
         return []
     return [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def delivery_chain(settings: Settings) -> list[Stage]:
+    """s1 (cpu) -> deliver (io): the deliver stage follows the ``delivery`` retry policy."""
+    del settings
+    return [Stage("s1", "cpu", _stage("s1")), Stage("deliver", "io", _stage("deliver"))]
