@@ -96,7 +96,8 @@ def bone_surface(
     field = block_mean(mask, stride) if np.any(stride > 1) else mask.astype(np.float32)
     box_var = (coarse**2 - sp**2) / 12.0
     sigma = np.sqrt(np.maximum(variance_mm2 - box_var, 1e-6)) / coarse
-    field = ndimage.gaussian_filter(field, sigma=sigma, mode="constant", truncate=3.5)
+    # "nearest": bone cut by the crop continues beyond it (no false surface along the crop faces)
+    field = ndimage.gaussian_filter(field, sigma=sigma, mode="nearest", truncate=3.5)
     if field.max() <= 0.5 or field.min() >= 0.5 or min(field.shape) < 2:
         empty = np.zeros((0, 3))
         return Surface(empty, empty, np.zeros(0))

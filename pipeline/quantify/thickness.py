@@ -41,6 +41,9 @@ BLOCK = 4096
 COARSE_STEP_MM = 0.5
 COARSE_LEVEL = 0.2
 FINE_STEP_MM = 0.1
+#: bone meshed within the cartilage's bounding box plus this margin (a ray from further away would
+#: have to run more than this sideways, away from its own bone, to reach the cartilage)
+BONE_MARGIN_MM = 4.0
 
 #: bone name -> (bone label, cartilage labels of that bone in the subregion map)
 BONES: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -195,8 +198,8 @@ def cast_rays(
 def bone_thickness(region_map: np.ndarray, geom: Geometry, bone: str, boxes: list | None = None) -> BoneThickness | None:
     """Ray-cast thickness for one bone (``femur``, ``tibia``, ``patella``) of a subregion map.
 
-    Returns None when the bone or its cartilage is absent. Only the bone surface within reach of
-    the cartilage (its bounding box plus the ray length) is meshed, and the cartilage is smoothed
+    Returns None when the bone or its cartilage is absent. Only the bone surface near the
+    cartilage (its bounding box plus ``BONE_MARGIN_MM``) is meshed, and the cartilage is smoothed
     on its bounding box plus 2.5 mm (the smoothed field is 0 beyond).
     """
     bone_label, codes = BONES[bone]
@@ -205,7 +208,7 @@ def bone_thickness(region_map: np.ndarray, geom: Geometry, bone: str, boxes: lis
     if box is None or _union_box(boxes, (bone_label,)) is None:
         return None
     sp = geom.spacing_kji
-    roi = _expand(box, np.ceil((RAY_LENGTH_MM + 1.0) / sp), region_map.shape)
+    roi = _expand(box, np.ceil(BONE_MARGIN_MM / sp), region_map.shape)
     bone_mask = region_map[roi] == bone_label
     if not bone_mask.any():
         return None
