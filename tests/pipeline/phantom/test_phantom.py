@@ -118,7 +118,7 @@ def test_subregions_follow_the_research_plane_rule() -> None:
     """The research pipeline's rule (notch roof plane, 0.6 distance fraction, notch-centre ML
     split) applied to the cartilage voxels reproduces the truth subregions up to thin slivers."""
     a = g.build_anatomy(0.5, g.DEFAULT_THICKNESS_MM)
-    h = 0.2
+    h = 0.25
     axes = [np.arange(-20, 20, h), np.arange(-14, 14, h), np.arange(-14, 16, h)]
     mm, aa, ss = np.meshgrid(*axes, indexing="ij")
     q = np.stack([mm.ravel(), aa.ravel(), ss.ravel()], axis=1).astype(np.float32)
@@ -131,7 +131,8 @@ def test_subregions_follow_the_research_plane_rule() -> None:
     a_min = aa[fem].min()
     a_post = a_ant + 0.6 * (a_min - a_ant)
     bounds = g.wb_bounds(a)
-    assert abs(a_ant - bounds["anterior_ap_mm"]) <= h and abs(a_post - bounds["posterior_ap_mm"]) <= h
+    assert abs(a_ant - bounds["anterior_ap_mm"]) <= 1.5 * h
+    assert abs(a_post - bounds["posterior_ap_mm"]) <= 1.5 * h
     rule = np.where(aa > a_ant, g.ANT_FEM, np.where(aa > a_post, np.where(mm > 0, g.MED_WB_FEM, g.LAT_WB_FEM),
                                                    np.where(mm > 0, g.MED_POST_FEM, g.LAT_POST_FEM)))
     assert np.mean(rule[fem] != mat[fem]) < 0.03
