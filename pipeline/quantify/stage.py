@@ -90,6 +90,9 @@ def quantify(
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise NodeError(ErrorCode.INVALID_FORMAT, f"label map must be 3-D, got shape {labels.shape}")
+    top = int(labels.max()) if labels.size else 0
+    if top > 9 or (labels.size and int(labels.min()) < 0):
+        raise NodeError(ErrorCode.INVALID_FORMAT, f"label map values must be canonical 0-9, found {top}")
     labels = labels.astype(np.uint8, copy=False)
     sec: dict[str, float] = {}
     t0 = time.perf_counter()

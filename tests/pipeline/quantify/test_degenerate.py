@@ -68,3 +68,13 @@ def test_menisci_stand_in_for_tibial_cartilage_for_the_side(small) -> None:
     labels = small.labels.copy()
     labels[np.isin(labels, [5, 6])] = 0
     assert knee_side(labels, small.grid.direction, small.grid.spacing, small.grid.origin) == "right"
+
+
+def test_non_canonical_label_values_are_refused(small) -> None:
+    from kneenode.errors import ErrorCode, NodeError
+
+    labels = small.labels.copy()
+    labels[0, 0, 0] = 12
+    with pytest.raises(NodeError) as err:
+        quantify(labels, _geom(small))
+    assert err.value.code == ErrorCode.INVALID_FORMAT
