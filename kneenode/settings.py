@@ -179,6 +179,12 @@ class SegmentSettings(Section):
         default=0.5, gt=0, le=1, description="Sliding-window step as a fraction of the patch size."
     )
     tile_batch_size: int = Field(default=4, ge=1, description="Tiles per network forward pass.")
+    cpu_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch threads while predicting on the CPU; 0 = torch's default. 1 is "
+        "fastest when several workers share the cores (no OpenMP spin-waiting).",
+    )
     device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda or cuda:N.")
     mixed_precision: bool = Field(
         default=True, description="fp16 autocast on CUDA (ignored on CPU, where it is slower)."

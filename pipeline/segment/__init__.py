@@ -23,6 +23,7 @@ from pipeline.segment.labels import CANONICAL, native_to_canonical
 from pipeline.segment.model import LoadedModel, ModelCard, load_model, unload_all
 from pipeline.segment.postprocess import postprocess
 from pipeline.segment.predict import Progress, predict_native
+from pipeline.series.reorient import plan_reorientation
 
 __all__ = [
     "CANONICAL",
@@ -72,14 +73,21 @@ def segment_image(
 ) -> sitk.Image:
     """Canonical labels as a SimpleITK image on exactly the input's grid (geometry copied).
 
-    The image must already be in the orientation the model expects (the series reader reorients
-    it); nnU-Net, like here, reads arrays in SimpleITK's axis order with reversed spacing.
+    nnU-Net reads arrays in SimpleITK's axis order with reversed spacing and does not reorient.
+    When the model card names an ``input_orientation`` (an orientation code such as ``PIR``, as
+    :mod:`pipeline.series.reorient` spells it), the voxel grid is permuted/flipped into it before prediction and the labels back afterwards
+    (exact, no resampling); otherwise the image must already be oriented as the model expects.
     """
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise NodeError(ErrorCode.INVALID_FORMAT, "segmentation needs a single-channel 3-D image")
-    array = sitk.GetArrayViewFromImage(image)
-    spacing = tuple(reversed(image.GetSpacing()))
-    labels = segment_array(array, spacing, model, progress=progress)
-    out = sitk.GetImageFromArray(labels)
-    out.CopyInformation(image)
-    return out
+    code = model.card.extra.get("input_orientation")
+    plan = plan_reorientation(image, str(code)) if code else None
+    work = plan.apply(image) if plan is not None and not plan.is_identity else image
+    array = sitk.GetArrayViewFromImage(work)
+    spacing = tuple(reversed(work.GetSpacing()))
+    labels = sitk.GetImageFromArray(segment_array(array, spacing, model, progress=progress))
+    labels.CopyInformation(work)
+    if plan is not None and work is not image:
+        labels = plan.undo(labels)  # a permutation and flips of the voxel grid: exact
+    labels.CopyInformation(image)
+    return labels

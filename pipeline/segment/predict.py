@@ -5,9 +5,10 @@ non-zero, normalisation, resampling), the sliding-window steps and Gaussian weig
 (``compute_steps_for_sliding_window``, ``compute_gaussian``), padding (``pad_nd_image``), the
 cascade's one-hot input (``convert_labelmap_to_one_hot``) and the export back to the input grid
 (``convert_predicted_logits_to_segmentation_with_correct_shape``). What is ours: tiles are batched
-(``segment.tile_batch_size``) and their flips for TTA share one forward pass, logits accumulate in
+(``segment.tile_batch_size``, TTA flips included), logits accumulate in
 float32 on the device, fp16 autocast on CUDA, one network per fold kept on the device (no
-``load_state_dict`` per case), and the argmax runs on the device when no resampling is needed.
+``load_state_dict`` per case), and the when the preprocessing reduces to crop + z-score (no resampling) it runs on the device too
+(:func:`device_preprocess`), as do the argmax and the crop reversal.
 Nothing is written to disk.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from nnunetv2.inference.sliding_window_prediction import (
     compute_gaussian,
     compute_steps_for_sliding_window,
 )
+from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 
 from kneenode.errors import ErrorCode, NodeError
@@ -59,13 +61,13 @@ def _flip_sets(mirror_axes: tuple[int, ...] | None, enabled: bool) -> list[tuple
 
 
 def _forward(
-    network: torch.nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]]
+    network: torch.nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]], max_batch: int
 ) -> torch.Tensor:
-    """Network output averaged over the flips; all flips of the batch in one forward pass."""
+    """Network output averaged over the flips; tiles x flips run in batches of ``max_batch``."""
     if len(flips) == 1:
         return network(x).float()
     stacked = torch.cat([torch.flip(x, f) if f else x for f in flips])
-    out = network(stacked).float()
+    out = torch.cat([network(chunk).float() for chunk in stacked.split(max_batch)])
     n = x.shape[0]
     total = torch.zeros_like(out[:n])
     for i, f in enumerate(flips):
@@ -102,7 +104,7 @@ def sliding_window_logits(
         for network in model.networks:
             for batch in _batches(tiles, settings.tile_batch_size):
                 x = torch.stack([padded[(slice(None), *s)] for s in batch])
-                out = _forward(network, x, flips)
+                out = _forward(network, x, flips, settings.tile_batch_size)
                 for k, s in enumerate(batch):
                     logits[(slice(None), *s)] += out[k] * gaussian
                     weights[s] += gaussian
@@ -140,15 +142,57 @@ def preprocess(
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), props
 
 
+def device_preprocess(
+    model: LoadedModel, image: np.ndarray, spacing: Sequence[float]
+) -> tuple[torch.Tensor, dict] | None:
+    """nnU-Net's preprocessing done on the model's device, when it reduces to crop + z-score.
+
+    That is the case for a single channel, ``ZScoreNormalization`` without mask, and an input
+    whose spacing gives the plans' shape (no resampling); the result equals ``run_case_npy``
+    (the crop box of the non-zero mask does not depend on nnU-Net's hole filling). Returns None
+    when the general CPU path is needed.
+    """
+    cm, pm = model.configuration_manager, model.plans_manager
+    if list(cm.normalization_schemes) != ["ZScoreNormalization"] or any(cm.use_mask_for_norm):
+        return None
+    order = list(pm.transpose_forward)
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).to(model.device)
+    x = x.permute(*order)
+    nonzero = x != 0
+    if not bool(nonzero.any()):
+        return None
+    bbox = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hit = torch.nonzero(nonzero.any(dim=others[1]).any(dim=others[0])).flatten()
+        bbox.append([int(hit[0]), int(hit[-1]) + 1])
+    crop = x[tuple(slice(a, b) for a, b in bbox)]
+    shape = tuple(int(n) for n in crop.shape)
+    transposed_spacing = [float(spacing[i]) for i in order]
+    if tuple(int(n) for n in compute_new_shape(shape, transposed_spacing, cm.spacing)) != shape:
+        return None
+    std = torch.clamp(crop.std(unbiased=False), min=1e-8)
+    data = ((crop - crop.mean()) / std)[None].contiguous()
+    props = {
+        "spacing": [float(v) for v in spacing],
+        "shape_before_cropping": tuple(int(n) for n in x.shape),
+        "bbox_used_for_cropping": bbox,
+        "shape_after_cropping_and_before_resampling": shape,
+        "on_device": True,
+    }
+    return data, props
+
+
 def logits_to_native(model: LoadedModel, logits: torch.Tensor, props: dict) -> np.ndarray:
     """Native label map on the input grid (undo resampling, cropping and transpose)."""
     if tuple(logits.shape[1:]) == tuple(props["shape_after_cropping_and_before_resampling"]):
-        # no resampling: argmax on the device, then nnU-Net's crop reversal and transpose
-        seg = model.label_manager.convert_logits_to_segmentation(logits)
-        seg = seg.to("cpu").numpy() if isinstance(seg, torch.Tensor) else np.asarray(seg)
-        full = np.zeros(props["shape_before_cropping"], dtype=np.uint8)
-        full = insert_crop_into_image(full, seg.astype(np.uint8), props["bbox_used_for_cropping"])
-        return np.ascontiguousarray(full.transpose(model.plans_manager.transpose_backward))
+        # no resampling: argmax, crop reversal and transpose on the device (integer labels only:
+        # region-based models are refused when the labels are mapped)
+        seg = torch.argmax(logits, dim=0).to(torch.uint8)
+        full = torch.zeros(props["shape_before_cropping"], dtype=torch.uint8, device=seg.device)
+        full = insert_crop_into_image(full, seg, props["bbox_used_for_cropping"])
+        full = full.permute(*model.plans_manager.transpose_backward)
+        return np.ascontiguousarray(full.cpu().numpy())
     seg = convert_predicted_logits_to_segmentation_with_correct_shape(
         logits.to("cpu"),
         model.plans_manager,
@@ -174,9 +218,35 @@ def predict_native(
     """
     if image.ndim != 3:
         raise NodeError(ErrorCode.INVALID_FORMAT, f"expected a 3-D volume, got shape {image.shape}")
+    with cpu_threads(model):
+        return _predict_native(model, image, spacing, progress)
+
+
+@contextmanager
+def cpu_threads(model: LoadedModel) -> Iterator[None]:
+    """Use ``segment.cpu_threads`` torch threads while predicting on the CPU, then restore."""
+    wanted = model.settings.cpu_threads
+    if model.device.type != "cpu" or wanted <= 0 or wanted == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _predict_native(
+    model: LoadedModel,
+    image: np.ndarray,
+    spacing: Sequence[float],
+    progress: Progress | None,
+) -> np.ndarray:
     previous = None
     if model.previous is not None:
-        previous = predict_native(model.previous, image, spacing, progress)
-    data, props = preprocess(model, image, spacing, previous)
+        previous = _predict_native(model.previous, image, spacing, progress)
+    fast = device_preprocess(model, image, spacing) if previous is None else None
+    data, props = fast if fast is not None else preprocess(model, image, spacing, previous)
     logits = sliding_window_logits(model, data, progress)
     return logits_to_native(model, logits, props)

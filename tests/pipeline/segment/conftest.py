@@ -103,6 +103,15 @@ def cascade_model(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a shared 2-core runner more threads only spin-wait (6x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     unload_all()
     yield

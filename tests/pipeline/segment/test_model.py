@@ -216,3 +216,42 @@ def test_non_3d_input_is_invalid_format(tiny_model):
 def test_loader_never_imports_timm(tiny_model):
     load_model(settings_for(tiny_model))
     assert "timm" not in sys.modules
+
+
+@pytest.mark.parametrize("transpose", [[0, 1, 2], [2, 0, 1]])
+def test_device_preprocessing_equals_nnunet(tmp_path, transpose):
+    """The crop + z-score fast path gives nnU-Net's run_case_npy result exactly."""
+    from pipeline.segment.predict import device_preprocess
+
+    from .conftest import PATCH, TINY
+
+    plans = mf.resenc_plans(dataset_name="Dataset900_Tiny", plans_name="tinyPlans",
+                            patch_size=PATCH, spacing=[SPACING[i] for i in transpose], **TINY)
+    plans["transpose_forward"] = transpose
+    plans["transpose_backward"] = list(np.argsort(transpose).tolist())
+    folder = write_tiny_model(tmp_path, plans=plans)
+    model = load_model(settings_for(folder))
+    vol = blob_volume()
+    vol[:2] = 0  # zero margins: nnU-Net crops them and puts them back
+    vol[:, -3:] = 0
+    fast = device_preprocess(model, vol, SPACING)
+    assert fast is not None
+    ref_data, ref_props = preprocess(model, vol, SPACING)
+    data, props = fast
+    assert props["bbox_used_for_cropping"] == [list(map(int, b)) for b in
+                                               ref_props["bbox_used_for_cropping"]]
+    assert tuple(props["shape_before_cropping"]) == tuple(ref_props["shape_before_cropping"])
+    assert torch.allclose(data.cpu(), ref_data, atol=1e-5)
+    # the whole native prediction (fast path inside) equals stock nnU-Net
+    ours = predict_native(model, vol, SPACING)
+    ref = stock_predictor(model).predict_single_npy_array(vol[None], {"spacing": list(SPACING)})
+    assert ours.shape == vol.shape
+    assert (ours[:2] == 0).all() and (ours[:, -3:] == 0).all()
+    assert (ours == ref).mean() > 0.97
+
+
+def test_device_preprocessing_declines_when_resampling_needed(tiny_model):
+    from pipeline.segment.predict import device_preprocess
+
+    model = load_model(settings_for(tiny_model))
+    assert device_preprocess(model, blob_volume(), (2.0, 1.1, 1.0)) is None

@@ -1,0 +1,298 @@
+"""Train the PHANTOM DEMO segmentation model and write it as an nnU-Net v2 trained-model folder.
+
+Run: ``python -m pipeline.segment.train_demo [--out models/phantom_demo] [--iterations N]``.
+
+Why a compact loop instead of ``nnUNetv2_train``: the stock trainer needs a raw + preprocessed
+dataset on disk, background augmentation workers and 1000 epochs of 250 iterations; the demo model
+has to train on 2 shared CPU cores in well under 30 minutes. The loop keeps everything that decides
+the model's format and behaviour nnU-Net's own: the ``ResidualEncoderUNet`` class built from
+plans.json by ``get_network_from_plans``, nnU-Net's preprocessing of every training case
+(``DefaultPreprocessor.run_case_npy``: z-score normalisation, resampling to the plans' spacing), its
+Dice + cross-entropy loss, and the checkpoint dict its trainer writes. What it drops: deep
+supervision, spatial augmentation (only left-right mirroring and intensity jitter) and the 5-fold
+split (one fold ``0``). The result loads unchanged in stock nnU-Net.
+
+The training data are synthetic knee phantoms (:mod:`pipeline.phantom`, ``small`` preset), both
+sides, sagittal/coronal/axial/oblique slices, reoriented to the model's input orientation. The
+dataset.json uses the label names of the public knee model (native numbering) so the name-based
+remap runs for the demo too. The model card (``kneenode_model.json``) names it a phantom demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from kneenode.settings import DEMO_MODEL_DIR
+from pipeline.segment import folder as mf
+from pipeline.segment.labels import CANONICAL, PUBLIC_MODEL_LABELS, native_to_canonical
+from pipeline.segment.model import build_network
+from pipeline.series.reorient import reorient
+
+DATASET = "Dataset990_KneePhantomDemo"
+PLANS = "nnUNetResEncUNetPhantomDemoPlans"
+CONFIGURATION = "3d_fullres"
+#: Orientation code (pipeline.series.reorient) the model's arrays are in (that of a sagittal phantom series): array axis 0
+#: runs left-right, so mirroring axis 0 turns a left knee into a right one.
+ORIENTATION = "PIR"
+PATCH = (48, 32, 32)
+FEATURES = (8, 16, 32, 64)
+BLOCKS = (1, 1, 2, 2)
+#: Isotropic at the small preset's in-plane spacing: every orientation is upsampled (never
+#: downsampled) into the model's grid, so thin cartilage survives the round trip.
+SPACING = (0.7, 0.7, 0.7)
+ALGORITHM_NAME = "kneenode PHANTOM DEMO knee segmentation (synthetic data only, NOT FOR CLINICAL USE)"
+ALGORITHM_VERSION = "phantom-demo-1.0"
+ORIENTATIONS = ("sagittal", "coronal", "axial", "oblique")
+TRAIN_SEED0 = 10_000
+VALIDATION_SEEDS = (90_001, 90_002, 90_003)
+
+
+@dataclass
+class Case:
+    """One preprocessed training phantom: normalised image and native labels at plans spacing."""
+
+    data: np.ndarray  # float32 (z, y, x)
+    seg: np.ndarray  # int8 (z, y, x), native labels
+    fg: dict[int, np.ndarray]  # native label -> voxel indices (N, 3)
+
+
+def phantom_images(seed: int, side: str, orientation: str) -> tuple[sitk.Image, sitk.Image]:
+    """A small phantom as (image, canonical labels), both in the model's orientation."""
+    from pipeline.phantom import make_phantom  # the generator is only needed for training/tests
+
+    ph = make_phantom(seed, "small", side=side, orientation=orientation)
+    out = []
+    for array in (ph.image.astype(np.float32), ph.labels.astype(np.uint8)):
+        img = sitk.GetImageFromArray(array)
+        img.SetSpacing(ph.grid.spacing)
+        img.SetOrigin(ph.grid.origin)
+        img.SetDirection(ph.grid.direction)
+        out.append(reorient(img, ORIENTATION)[0])
+    return out[0], out[1]
+
+
+def canonical_to_native() -> np.ndarray:
+    """LUT canonical -> the public model's native numbering (derived from the names)."""
+    lut = np.zeros(len(CANONICAL) + 1, dtype=np.uint8)
+    for native, canonical in native_to_canonical(PUBLIC_MODEL_LABELS).items():
+        lut[canonical] = native
+    return lut
+
+
+def make_plans() -> dict[str, Any]:
+    """plans.json of the demo model (ResidualEncoderUNet, 4 stages, 8..64 features)."""
+    return mf.resenc_plans(
+        dataset_name=DATASET, plans_name=PLANS, patch_size=PATCH, spacing=SPACING,
+        features=FEATURES, blocks=BLOCKS,
+    )
+
+
+def make_case(seed: int, side: str, orientation: str, pm: PlansManager,
+              dataset: dict[str, Any]) -> Case:
+    """Generate and preprocess one phantom exactly as inference will see it."""
+    image, labels = phantom_images(seed, side, orientation)
+    native = canonical_to_native()[sitk.GetArrayFromImage(labels)]
+    spacing = list(reversed(image.GetSpacing()))
+    data, seg, _ = DefaultPreprocessor(verbose=False).run_case_npy(
+        sitk.GetArrayFromImage(image)[None], native[None].astype(np.int16), {"spacing": spacing},
+        pm, pm.get_configuration(CONFIGURATION), dataset,
+    )
+    seg = np.where(seg[0] < 0, 0, seg[0]).astype(np.int8)
+    fg = {int(v): np.argwhere(seg == v) for v in np.unique(seg) if v > 0}
+    return Case(data=data[0].astype(np.float32), seg=seg, fg=fg)
+
+
+def _crop(case: Case, rng: np.random.Generator, foreground: bool) -> tuple[np.ndarray, np.ndarray]:
+    shape = np.array(case.data.shape)
+    patch = np.array(PATCH)
+    if foreground and case.fg:
+        label = rng.choice(list(case.fg))
+        centre = case.fg[label][rng.integers(len(case.fg[label]))]
+    else:
+        centre = rng.integers(0, shape)
+    start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
+    sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
+    x, y = case.data[sl], case.seg[sl]
+    pad = [(0, int(p - s)) for p, s in zip(patch, x.shape)]
+    return np.pad(x, pad), np.pad(y, pad)
+
+
+def batch(cases: list[Case], rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches (2/3 centred on a random foreground class), LR mirroring, intensity jitter."""
+    xs, ys = [], []
+    for i in range(size):
+        x, y = _crop(cases[rng.integers(len(cases))], rng, foreground=rng.random() < 0.67)
+        if rng.random() < 0.5:
+            x, y = x[::-1], y[::-1]
+        x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)
+        x = x + rng.normal(0, rng.uniform(0, 0.08), x.shape).astype(np.float32)
+        xs.append(np.ascontiguousarray(x, dtype=np.float32))
+        ys.append(np.ascontiguousarray(y, dtype=np.int64))
+    return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys)[:, None])
+
+
+def train(cases: list[Case], network: torch.nn.Module, iterations: int, batch_size: int,
+          seed: int, minutes: float, lr: float = 4e-3, log_every: int = 50) -> list[float]:
+    """AdamW with polynomial decay over whichever ends first, ``iterations`` or ``minutes``.
+
+    The schedule follows the larger of the iteration and the time fraction, so a busy machine
+    gets a complete (shorter) schedule instead of an overrun. Returns the loss history.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    loss_fn = DC_and_CE_loss(
+        {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+        weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss,
+    )
+    opt = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
+    losses: list[float] = []
+    network.train()
+    start = time.monotonic()
+    for it in range(iterations):
+        done = max(it / iterations, (time.monotonic() - start) / (60 * minutes))
+        if done >= 1:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr * (1 - done) ** 0.9
+        x, y = batch(cases, rng, batch_size)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(network(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if (it + 1) % log_every == 0:
+            recent = float(np.mean(losses[-log_every:]))
+            print(f"iter {it + 1:5d}  loss {recent:+.4f}  lr-fraction-left {1 - done:.2f}  "
+                  f"{time.monotonic() - start:6.0f} s", flush=True)
+    network.eval()
+    return losses
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
+
+
+def evaluate(model_dir: Path, seeds: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """Dice per structure of the written model on unseen phantoms, through the real inference path."""
+    from kneenode.settings import SegmentSettings
+    from pipeline.segment import load_model, segment_image
+
+    model = load_model(SegmentSettings(model_dir=model_dir, device="cpu"))
+    out: dict[str, dict[str, float]] = {}
+    for i, seed in enumerate(seeds):
+        side, orientation = ("left", "right")[i % 2], ("sagittal", "coronal")[i % 2]
+        image, truth = phantom_images(seed, side, orientation)
+        pred = sitk.GetArrayFromImage(segment_image(image, model))
+        ref = sitk.GetArrayFromImage(truth)
+        out[f"{seed}-{side}-{orientation}"] = {
+            CANONICAL[c]: round(dice(pred == c, ref == c), 4) for c in CANONICAL
+        }
+    return out
+
+
+def model_card(iterations: int, seconds: float, seeds: list[int], losses: list[float],
+               validation: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """kneenode_model.json: identifies the model in every output as a phantom demo."""
+    from pipeline.phantom.build import GENERATOR_VERSION
+
+    return {
+        "algorithm_name": ALGORITHM_NAME,
+        "algorithm_version": ALGORITHM_VERSION,
+        "description": "Tiny nnU-Net v2 ResidualEncoderUNet trained only on kneenode's synthetic "
+        "knee phantoms (small preset). It demonstrates the pipeline; it has never seen a real MRI "
+        "and must not be used on patients.",
+        "is_demo": True,
+        "input_orientation": ORIENTATION,
+        "training": {
+            "script": "pipeline/segment/train_demo.py",
+            "phantom_generator_version": GENERATOR_VERSION,
+            "phantom_preset": "small",
+            "phantom_seeds": seeds,
+            "iterations": iterations,
+            "seconds": round(seconds, 1),
+            "final_loss": round(float(np.mean(losses[-50:])), 4),
+            "device": "cpu",
+            "torch": torch.__version__,
+            "nnunetv2": importlib.metadata.version("nnunetv2"),
+            "dynamic_network_architectures": importlib.metadata.version(
+                "dynamic_network_architectures"),
+        },
+        "validation_dice": validation,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Generate phantoms, train, write the folder, validate, write the model card."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=DEMO_MODEL_DIR)
+    ap.add_argument("--cases", type=int, default=24)
+    ap.add_argument("--iterations", type=int, default=2500)
+    ap.add_argument("--minutes", type=float, default=26.0, help="training time budget")
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest on a shared machine: no spin-waiting)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=4e-3, help="peak learning rate")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="continue from this trained-model folder (a warm start; the model card "
+                    "keeps the earlier rounds)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.monotonic()
+    plans, dataset = make_plans(), mf.dataset_json(DATASET, PUBLIC_MODEL_LABELS)
+    pm = PlansManager(plans)
+    seeds = [TRAIN_SEED0 + i for i in range(args.cases)]
+    cases = [make_case(s, ("left", "right")[i % 2], ORIENTATIONS[(i // 2) % 4], pm, dataset)
+             for i, s in enumerate(seeds)]
+    dataset["numTraining"] = len(cases)
+    print(f"{len(cases)} phantoms preprocessed in {time.monotonic() - t0:.0f} s", flush=True)
+    torch.manual_seed(args.seed)
+    network = build_network(pm, pm.get_configuration(CONFIGURATION), dataset)
+    network.apply(network.initialize)
+    earlier: list[dict[str, Any]] = []
+    if args.init is not None:
+        checkpoint, _ = mf.load_checkpoint(args.init / "fold_0" / "checkpoint_final.pth")
+        network.load_state_dict(checkpoint["network_weights"])
+        old = mf.read_json(args.init / mf.MODEL_CARD).get("training", {})
+        earlier = [*old.pop("earlier_rounds", []), old]
+    losses = train(cases, network, args.iterations, args.batch_size, args.seed, args.minutes,
+                   args.lr)
+    seconds = time.monotonic() - t0
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    mf.write_trained_model(
+        out, plans=plans, dataset=dataset, configuration=CONFIGURATION,
+        weights={"0": network.state_dict()}, mirror_axes=(0,), epochs=len(losses),
+        logging={"train_losses": [round(v, 5) for v in losses[::10]]},
+    )
+    card = model_card(len(losses), seconds, seeds, losses, {})
+    card["training"].update(lr=args.lr, batch_size=args.batch_size, earlier_rounds=earlier)
+    mf.write_json(out / mf.MODEL_CARD, card)
+    validation = evaluate(out, VALIDATION_SEEDS)
+    card["validation_dice"] = validation
+    mf.write_json(out / mf.MODEL_CARD, card)
+    for case, scores in validation.items():
+        print(case, " ".join(f"{k.split()[0][:4]}:{v:.3f}" for k, v in scores.items()))
+    print(f"wrote {out} in {time.monotonic() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
