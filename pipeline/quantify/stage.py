@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from kneenode.errors import ErrorCode, NodeError
+from kneenode.fsio import write_atomic, write_json_atomic
 from kneenode.logs import get_logger
 from pipeline.quantify.geometry import Geometry, KneeFrame, knee_frame, label_boxes
 from pipeline.quantify.maps import ThicknessMap, femoral_thickness_map
@@ -164,8 +165,6 @@ def quantify_to_folder(labels_image: Any, out_dir: Path, *, volume: Any | None =
     """
     import SimpleITK as sitk
 
-    from pipeline.segment.stage import write_image_atomic, write_json_atomic
-
     geom = Geometry.from_image(labels_image)
     labels = sitk.GetArrayFromImage(labels_image)
     echoes = times = acq = None
@@ -177,17 +176,19 @@ def quantify_to_folder(labels_image: Any, out_dir: Path, *, volume: Any | None =
     out.mkdir(parents=True, exist_ok=True)
     sub_img = sitk.GetImageFromArray(q.subregions)
     sub_img.CopyInformation(labels_image)
-    write_image_atomic(sub_img, out / SUBREGIONS_FILE)
+    write_atomic(out / SUBREGIONS_FILE, lambda tmp: sitk.WriteImage(sub_img, tmp, useCompression=True),
+                 suffix=".nii.gz")
     arrays: dict[str, np.ndarray] = {}
     for name, b in q.bones.items():
         arrays.update({f"{name}_vertices_lps": geom.mm_to_lps(b.vertices).astype(np.float32),
                        f"{name}_normals_lps": geom.vec_to_lps(b.normals).astype(np.float32),
                        f"{name}_area_mm2": b.areas.astype(np.float32),
                        f"{name}_thickness_mm": b.thickness.astype(np.float32), f"{name}_region": b.region})
-    _save_atomic(out / POINTS_FILE, lambda fh: np.savez_compressed(fh, **arrays))  # type: ignore[arg-type]
-    if q.thickness_map is not None:
-        _save_atomic(out / MAP_FILE, lambda fh: np.save(fh, q.thickness_map.values))
-    write_json_atomic(q.results, out / RESULTS_FILE)
+    write_atomic(out / POINTS_FILE, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")  # type: ignore[arg-type]
+    tmap = q.thickness_map
+    if tmap is not None:
+        write_atomic(out / MAP_FILE, lambda tmp: np.save(tmp, tmap.values), suffix=".npy")
+    write_json_atomic(out / RESULTS_FILE, q.results)
     return q.results
 
 
@@ -208,19 +209,3 @@ def quantify_input(labels_path: Path, input_path: Path, out_dir: Path) -> dict[s
         if len(vol.echoes) >= 2 and vol.echoes[0].GetSize() == labels.GetSize():
             volume = vol
     return quantify_to_folder(labels, out_dir, volume=volume)
-
-
-def _save_atomic(path: Path, write: Any) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
