@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kneenode.cli_app import app, err_console, fail, settings_for
 from kneenode.errors import ErrorCode, NodeError
+from kneenode.fsio import write_json_atomic
 
 RESULTS_FILE = "results.json"
 _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -71,12 +72,10 @@ def _geometry(image: Any) -> dict[str, Any]:
 
 def _merge_results(out: Path, section: str, data: dict[str, Any]) -> dict[str, Any]:
     """Add/replace one section of results.json, keeping what other stages wrote."""
-    from pipeline.segment.stage import write_json_atomic
-
     path = out / RESULTS_FILE
     results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     results[section] = data
-    write_json_atomic(results, path)
+    write_json_atomic(path, results)
     return results
 
 
@@ -114,6 +113,7 @@ def analyze(
     record["seconds"]["read"] = round(t_read, 3)
     _merge_results(out, "input", {"path": str(input_path), "kind": kind, **_geometry(image)})
     _merge_results(out, "segmentation", record)
+    _merge_results(out, "model", record["model"])  # where the jobs put it (the encoders read it)
     # -- quantification (pipeline.quantify, issue 5): side, subregions, thickness, volumes, T2 --
     from pipeline.quantify.stage import quantify_input
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 
 from kneenode.errors import ErrorCode, NodeError
+from kneenode.fsio import write_bytes_atomic
 
 MODEL_CARD = "kneenode_model.json"
 
@@ -120,24 +119,9 @@ def load_checkpoint(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str
     return checkpoint, digest
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; model files and records are shared
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write JSON atomically (temp + fsync + rename), indented like nnU-Net's own files."""
-    _atomic_write_bytes(Path(path), (json.dumps(data, indent=4, sort_keys=False) + "\n").encode())
+    write_bytes_atomic(Path(path), (json.dumps(data, indent=4, sort_keys=False) + "\n").encode())
 
 
 def resenc_plans(
@@ -289,5 +273,5 @@ def write_trained_model(
         }
         buf = io.BytesIO()
         torch.save(checkpoint, buf)
-        _atomic_write_bytes(folder / f"fold_{fold}" / checkpoint_name, buf.getvalue())
+        write_bytes_atomic(folder / f"fold_{fold}" / checkpoint_name, buf.getvalue())
     return folder

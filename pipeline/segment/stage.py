@@ -12,9 +12,6 @@ nothing about queues or job records. Outputs (atomic writes):
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from kneenode.fsio import write_atomic
+from kneenode.fsio import write_json_atomic as _write_json
 from kneenode.settings import SegmentSettings
 from pipeline.segment import load_model, segment_image
 from pipeline.segment.labels import CANONICAL
@@ -32,39 +31,15 @@ RECORD_FILE = "segmentation.json"
 
 
 def write_image_atomic(image: sitk.Image, path: Path) -> None:
-    """Write an image through a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write an image durably (temp file in the same folder, fsync, rename); used by other stages."""
+    suffix = "".join(Path(path).suffixes) or ".nii.gz"
+    write_atomic(Path(path), lambda tmp: sitk.WriteImage(image, tmp, useCompression=True),
+                 suffix=suffix)
 
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    """Write JSON through a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON durably (argument order kept for the stages that import it from here)."""
+    _write_json(Path(path), data)
 
 
 def segment_to_folder(
@@ -109,5 +84,5 @@ def segment_to_folder(
         "seconds": {"load": round(t1 - t0, 3), "predict": round(t2 - t1, 3)},
     }
     write_image_atomic(labels, Path(out_dir) / LABELS_FILE)
-    write_json_atomic(record, Path(out_dir) / RECORD_FILE)
+    _write_json(Path(out_dir) / RECORD_FILE, record)
     return record

@@ -54,7 +54,7 @@ BLOCKS = (1, 1, 2, 2)
 #: Isotropic at the small preset's in-plane spacing: every orientation is upsampled (never
 #: downsampled) into the model's grid, so thin cartilage survives the round trip.
 SPACING = (0.7, 0.7, 0.7)
-ALGORITHM_NAME = "kneenode PHANTOM DEMO knee segmentation (synthetic data only, NOT FOR CLINICAL USE)"
+ALGORITHM_NAME = "kneenode PHANTOM DEMO knee segmentation (NOT FOR CLINICAL USE)"  # <= 64 (LO)
 ALGORITHM_VERSION = "phantom-demo-1.0"
 ORIENTATIONS = ("sagittal", "coronal", "axial", "oblique")
 TRAIN_SEED0 = 10_000

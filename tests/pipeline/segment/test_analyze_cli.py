@@ -36,6 +36,7 @@ def test_analyze_nifti_and_nrrd(tiny_model, tmp_path):
         results = json.loads((out / "results.json").read_text())
         assert results["input"]["size"] == list(image.GetSize())
         assert results["segmentation"]["model"]["dataset"] == "Dataset900_Tiny"
+        assert results["model"] == results["segmentation"]["model"]
         assert results["segmentation"]["labels"]["1"] == "femur"
 
 
