@@ -1,13 +1,14 @@
 """Benchmark: quantification (side + subregions + thickness + volumes) on a `full` phantom.
 
 Run: .venv/bin/python tests/bench/quantify.py [--repeat 5] [--cache /tmp/full1.npz]
-                                              [--medium] [--demo-model models/phantom_demo]
+                                              [--medium] [--demo] [--demo-model DIR]
 
 Prints (1) the time of each step on the 384x384x160 phantom (median of ``--repeat`` runs; the
 phantom itself takes ~20 s to make, ``--cache`` keeps it between runs), (2) the thickness error
 per region against the analytic truth there, (3) with ``--medium`` the same errors on the three
-medium test phantoms, and (4) with a trained demo model folder, the thickness errors on small
-phantoms computed from the truth label map and from the model's segmentation side by side.
+medium test phantoms, and (4) with ``--demo`` (the phantom demo model, trained on the ``small``
+preset) the thickness errors on small phantoms computed from the truth label map and from the
+model's segmentation side by side.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def demo(model_dir: Path, seeds: tuple[int, ...] = (101, 102, 103)) -> None:
     from pipeline.phantom import grid_image
     from pipeline.segment import load_model, segment_image
 
-    if not (model_dir / "dataset.json").is_file() and not any(model_dir.glob("*/dataset.json")):
+    if not (model_dir / "dataset.json").is_file():
         print(f"\ndemo model: none trained at {model_dir} (run python -m pipeline.segment.train_demo)")
         return
     model = load_model(SegmentSettings(model_dir=model_dir, device="cpu"))
@@ -113,11 +114,16 @@ def demo(model_dir: Path, seeds: tuple[int, ...] = (101, 102, 103)) -> None:
         e_model = _errors(quantify(seg, geom).results, ph.truth)
         for region in THICKNESS_REGIONS:
             table[region].append((e_truth[region], e_model[region]))
+    def cell(v: float) -> str:
+        return "  null" if np.isnan(v) else f"{v:+.3f}"
+
+    def mae(vals: list[float]) -> str:
+        ok = [abs(v) for v in vals if not np.isnan(v)]
+        return f"{np.mean(ok):.3f} ({len(ok)}/{len(vals)})" if ok else "null"
+
     for region, pairs in table.items():
-        cells = " ".join(f"{a:+.3f}|{b:+.3f}" for a, b in pairs)
-        mt = np.nanmean([abs(a) for a, _ in pairs])
-        mm = np.nanmean([abs(b) for _, b in pairs])
-        print(f"{region:20} {cells}   MAE truth {mt:.3f} model {mm:.3f}")
+        cells = " ".join(f"{cell(a)}|{cell(b)}" for a, b in pairs)
+        print(f"{region:20} {cells}   MAE truth {mae([a for a, _ in pairs])} model {mae([b for _, b in pairs])}")
 
 
 def main() -> None:
@@ -125,14 +131,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--medium", action="store_true")
-    ap.add_argument("--demo-model", type=Path, default=None)
+    ap.add_argument("--demo", action="store_true", help="also segment small phantoms with the demo model")
+    ap.add_argument("--demo-model", type=Path, default=None, help="trained-model folder (default: the demo)")
     args = ap.parse_args()
     labels, geom, truth = _full(args.cache)
     timing(labels, geom, truth, args.repeat)
     if args.medium:
         medium()
-    if args.demo_model is not None:
-        demo(args.demo_model)
+    if args.demo or args.demo_model is not None:
+        from kneenode.settings import DEMO_MODEL_DIR
+
+        demo(args.demo_model or DEMO_MODEL_DIR)
 
 
 if __name__ == "__main__":
