@@ -127,7 +127,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tile-batch", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = TINY if args.tiny else FULL
     device = torch.device(args.device)
     vol, spacing = volume(cfg["shape"]), cfg["spacing"]
@@ -147,11 +150,11 @@ def main() -> None:
                 model.mirror_axes,
             )
             t_stock, ref = best_time(
-                lambda: stock.predict_single_npy_array(vol[None], {"spacing": list(spacing)}),
+                lambda s=stock: s.predict_single_npy_array(vol[None], {"spacing": list(spacing)}),
                 device, args.repeat)
-            t_ours, nat = best_time(lambda: predict_native(model, vol, spacing), device, args.repeat)
+            t_ours, nat = best_time(lambda m=model: predict_native(m, vol, spacing), device, args.repeat)
             post = load_model(base.model_copy(update={"postprocess": True}))
-            t_post, _ = best_time(lambda: segment_array(vol, spacing, post), device, args.repeat)
+            t_post, _ = best_time(lambda m=post: segment_array(vol, spacing, m), device, args.repeat)
             t_net, _ = best_time(network_only(model, vol, spacing), device, args.repeat)
             agree = f"{(np.asarray(nat) == np.asarray(ref)).mean():.3f}"
             mode = "on" if tta else "off"
