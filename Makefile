@@ -6,15 +6,15 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEB_PACKAGES := redis-server dcmtk dicom3tools orthanc orthanc-dicomweb ghostscript docker-compose
+DEB_PACKAGES := redis-server dcmtk dicom3tools orthanc orthanc-dicomweb ghostscript chromium iproute2 docker-compose
 # The CPU wheel of torch; a GPU host sets TORCH_SPEC/TORCH_INDEX (see README, "GPU hosts").
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup debs venv serve test bench lint lock clean
+.PHONY: setup debs venv viewer serve test bench lint lock clean
 
-setup: debs venv
+setup: debs venv viewer
 
 debs:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -28,6 +28,11 @@ debs:
 	fi
 
 venv: $(VENV)/.installed
+
+# The browser test's tools (tests/viewer): playwright-core and the prebuilt OHIF viewer from npm,
+# pinned and integrity-checked; a no-op when both are in place (see tests/viewer/install.sh).
+viewer:
+	@tests/viewer/install.sh
 
 $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -1,0 +1,124 @@
+"""Run the browser check in a private network namespace: Orthanc, the OHIF proxy, chromium.
+
+    unshare -n -- python -m tests.viewer.harness WORK_DIR
+
+``WORK_DIR/config.json`` (written by the test, see objects.write_config) names the studies and
+their files. This process brings up loopback, starts Orthanc (a real PACS: DICOMweb plugin on),
+sends every file to it by C-STORE with the node's own SCU (scp.sender.send_files, as the
+``deliver`` stage does), serves OHIF and a same-origin proxy to Orthanc, runs ``check.mjs`` in
+node (playwright-core driving /usr/bin/chromium) and writes ``WORK_DIR/report.json``: the
+browser's per-step results plus every proxy response >= 400. Everything it starts is stopped by
+PID before it exits, also on SIGTERM.
+
+Why a namespace: Orthanc 1.10 binds its HTTP and DICOM ports on all addresses; inside
+``unshare -n`` only loopback exists, so nothing is reachable from outside while the test runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.viewer.servers import HERE, OHIF_DIST, ORTHANC_AET, Orthanc, Proxy
+
+NODE_MODULES = HERE / "node_modules"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def loopback_up() -> None:
+    """Bring up ``lo`` in a fresh network namespace (it starts down)."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def preflight() -> list[str]:
+    """What is missing for the browser check (each a hint for ``make setup``)."""
+    missing = []
+    if not (OHIF_DIST / "index.html").exists():
+        missing.append(f"OHIF viewer not unpacked in {OHIF_DIST} (run `make setup`)")
+    if not (NODE_MODULES / "playwright-core").exists():
+        missing.append(f"playwright-core not installed in {NODE_MODULES} (run `make setup`)")
+    if not CHROMIUM.exists():
+        missing.append("/usr/bin/chromium missing (Debian package chromium; run `make setup`)")
+    return missing
+
+
+def store(orthanc: Orthanc, files: list[Path]) -> None:
+    """C-STORE the files into Orthanc with the node's SCU; fail loudly if any is refused."""
+    from scp.sender import Destination, send_files
+
+    report = send_files(files, Destination(ORTHANC_AET, "127.0.0.1", orthanc.dicom_port), timeout=60)
+    if report.failed or report.error:
+        bad = [(r.path.name, r.status, r.detail) for r in report.failed][:5]
+        raise RuntimeError(f"C-STORE to Orthanc failed: {report.error} {bad}")
+
+
+def run(work: Path) -> int:
+    config = json.loads((work / "config.json").read_text())
+    out = Path(config["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = work / "report.json"
+    problems = preflight()
+    if problems:
+        report_path.write_text(json.dumps({"setup_problems": problems}))
+        return 2
+    loopback_up()
+    orthanc = Orthanc(work / "orthanc")
+    proxy = None
+    node = None
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    timings: dict[str, float] = {}
+    try:
+        t = time.monotonic()
+        orthanc.start()
+        timings["orthanc_start_s"] = time.monotonic() - t
+        t = time.monotonic()
+        for i, study in enumerate(config["studies"]):
+            files = [Path(p) for p in study.pop("files")]
+            # The first study goes in as the deliver stage sends results (C-STORE, about 0.1 s
+            # per instance into Orthanc); the broken copies by REST, which is 10x faster.
+            if i == 0:
+                store(orthanc, files)
+            else:
+                orthanc.upload(files)
+        timings["c_store_s"] = time.monotonic() - t
+        proxy = Proxy(OHIF_DIST, orthanc.url).start()
+        check = {**config, "base": proxy.url, "report": str(work / "browser.json"), "tmp": str(work)}
+        (work / "check.json").write_text(json.dumps(check))
+        t = time.monotonic()
+        env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+        with open(work / "browser.log", "wb") as log:
+            node = subprocess.Popen(["node", str(HERE / "check.mjs"), str(work / "check.json")],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE,
+                                    start_new_session=True)
+            rc = node.wait(timeout=config.get("browser_timeout_s", 300))
+        timings["browser_s"] = time.monotonic() - t
+        browser = json.loads((work / "browser.json").read_text()) if (work / "browser.json").exists() else {}
+        report = {
+            "node_rc": rc,
+            "steps": browser.get("steps", []),
+            "proxy_errors": [h.__dict__ for h in proxy.errors()],
+            "proxy_requests": len(proxy.hits),
+            "timings": timings,
+        }
+        report_path.write_text(json.dumps(report, indent=1))
+        return 0
+    finally:
+        if node is not None and node.poll() is None:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(10)
+        if proxy is not None:
+            proxy.stop()
+        orthanc.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))
