@@ -15,7 +15,6 @@ from pydantic.fields import FieldInfo
 
 from kneenode.settings import Settings
 
-
 _REPO = Path(__file__).resolve().parents[1]
 
 

@@ -19,8 +19,8 @@ from pydicom import dcmread
 
 from kneenode.orthanc import Orthanc, start_orthanc
 from kneenode.serve import Node
-from kneenode.signals import wait_for_stop_signal
 from kneenode.settings import Settings
+from kneenode.signals import wait_for_stop_signal
 from scp.sender import Destination, collect_files, send_files
 from workers.broker import make_client
 from workers.jobstate import TERMINAL, JobStore

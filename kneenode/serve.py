@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,13 @@ from kneenode.errors import NodeError
 from kneenode.fsio import write_json_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import Settings
+from kneenode.signals import install_stop_handlers
 from workers.broker import make_broker, make_client, redis_folder, requeue_orphans
 from workers.http import StatusServer
 from workers.intake import make_on_complete
 from workers.jobstate import JobStore
 from workers.redisproc import RedisChild, start_redis
+from workers.retention import RetentionLoop
 from workers.stages import load_chain
 from workers.supervisor import Supervisor, specs_for_serve
 
@@ -50,6 +50,7 @@ class Node:
         self.supervisor: Supervisor | None = None
         self.http: StatusServer | None = None
         self.scp: Any = None
+        self.retention: RetentionLoop | None = None
         self.redis_url = ""
 
     def start(self) -> None:
@@ -81,6 +82,8 @@ class Node:
         if s.jobs.http_enabled:
             self.http = StatusServer(store, s)
             self.http.start()
+        self.retention = RetentionLoop(s, store)
+        self.retention.start()
         if self.with_scp:
             from scp.server import start_scp
 
@@ -122,23 +125,21 @@ class Node:
 
     def stop(self) -> None:
         """Stop in reverse order; every part is stopped even if an earlier one fails."""
-        for name, part in (("scp", self.scp), ("workers", self.supervisor), ("http", self.http),
-                           ("redis", self.redis)):
+        for name, part in (("scp", self.scp), ("retention", self.retention),
+                           ("workers", self.supervisor), ("http", self.http), ("redis", self.redis)):
             if part is None:
                 continue
             try:
                 part.stop()
             except Exception:
                 log.exception("stop failed", part=name)
-        self.scp = self.supervisor = self.http = self.redis = None
+        self.scp = self.supervisor = self.http = self.redis = self.retention = None
         (self.settings.data_dir / "serve.json").unlink(missing_ok=True)
 
 
 def serve(settings: Settings, config: Path | None = None, *, with_scp: bool = True) -> None:
     """Run the node until SIGINT/SIGTERM, then shut it down gracefully."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = install_stop_handlers()
     node = Node(settings, config, with_scp=with_scp)
     node.start()
     try:

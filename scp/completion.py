@@ -15,11 +15,11 @@ import threading
 import time
 from pathlib import Path
 
+from kneenode.fsio import write_json_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from scp import metrics
 from scp.announce import CompletedSeries, OnComplete
-from kneenode.fsio import write_json_atomic
 from scp.spool import SeriesKey, Spool, read_events
 from scp.summary import summarize_series
 
@@ -53,6 +53,9 @@ class CompletionMonitor:
         self.on_complete = on_complete
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # After a restart every open series gets a full quiet period again: while the node was
+        # down its senders could not send, so downtime is not quiet time.
+        self.started = time.time()
 
     def start(self) -> None:
         """Run :meth:`poll_once` every ``completion.poll_seconds`` in a daemon thread."""
@@ -69,7 +72,7 @@ class CompletionMonitor:
         while not self._stop.is_set():
             try:
                 self.poll_once()
-            except Exception:  # noqa: BLE001 - the monitor must outlive any one bad series
+            except Exception:
                 log.exception("completion poll failed")
             self._stop.wait(self.settings.completion.poll_seconds)
 
@@ -95,7 +98,7 @@ class CompletionMonitor:
                 return None
             source = _read_json(folder / "source.json")
             quiet = quiet_seconds_for(self.settings, str(source.get("calling_ae", "")))
-            if now - self.spool.last_activity(key) < quiet:
+            if now - max(self.spool.last_activity(key), self.started) < quiet:
                 return None
             version, dest = self.spool.close_series(key)
         metrics.SERIES_COMPLETED.inc()
@@ -118,7 +121,7 @@ class CompletionMonitor:
         )
         try:
             self.on_complete(series)
-        except Exception:  # noqa: BLE001 - stays complete on disk; announced again next poll
+        except Exception:
             log.exception("announcing a complete series failed; will retry",
                           series_uid=series.series_uid, version=series.version)
             return None

@@ -16,10 +16,10 @@ from typing import Any
 
 from pydicom.filereader import read_file_meta_info
 
+from kneenode.fsio import write_json_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import DeliverySettings, DestinationSettings, Settings
 from scp.sender import Destination, FileResult, send_files
-from kneenode.fsio import write_json_atomic
 
 log = get_logger(__name__)
 

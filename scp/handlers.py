@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydicom.filereader import read_partial
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 from pynetdicom import events
 
 from kneenode.logs import get_logger

@@ -44,7 +44,7 @@ def test_systemd_units_verify(unit, tmp_path):
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
 def test_dockerfiles_copy_what_exists(dockerfile):
     root = DEPLOY.parent
-    copies = re.findall(r"^COPY (\S+(?: \S+)*) \S+$", (DEPLOY / dockerfile).read_text(), re.M)
+    copies = re.findall(r"^COPY (\S+(?: \S+)*) \S+$", (DEPLOY / dockerfile).read_text(), re.MULTILINE)
     assert copies
     for sources in copies:
         for src in sources.split():

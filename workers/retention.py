@@ -16,6 +16,7 @@ The job record stays in the store (with ``purged`` set and a ``purged`` event) a
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -77,9 +78,9 @@ def plan_manual(jobs: Iterable[dict[str, Any]], *, job_ids: set[str], states: se
         if state not in ("failed", *AUTOMATIC) or job.get("purged"):
             continue
         age = now - float(job.get("updated") or now)
-        if job["id"] in job_ids or (state in states and age >= older_than_days * DAY):
-            if _paths(job):
-                out.append(PurgeItem(job["id"], state, _paths(job), "purge requested"))
+        wanted = job["id"] in job_ids or (state in states and age >= older_than_days * DAY)
+        if wanted and _paths(job):
+            out.append(PurgeItem(job["id"], state, _paths(job), "purge requested"))
     return out
 
 
@@ -127,3 +128,27 @@ def run_retention(settings: Settings, store: JobStore, now: float | None = None
         removed += apply(store, plan_emergency(all_jobs(store)),
                          stop_when=lambda: not disk_low(data, policy))
     return removed
+
+
+class RetentionLoop:
+    """Applies :func:`run_retention` every ``retention.interval_s`` in a daemon thread."""
+
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.retention.interval_s):
+            try:
+                run_retention(self.settings, self.store)
+            except Exception:  # retention must not take the node down
+                log.exception("retention pass failed")

@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kneenode.cli_app import app, fail, settings_for
 from kneenode.logs import get_logger
-from kneenode.signals import wait_for_stop_signal
 from kneenode.settings import Settings
+from kneenode.signals import wait_for_stop_signal
 from scp.announce import CompletedSeries, OnComplete
 from scp.sender import Destination, FileResult, collect_files, echo, send_files
 from scp.server import start_scp

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.dcmtk import dcmtk_env  # noqa: E402
-from tests.support.mr import mr_series  # noqa: E402
-from tests.support.node import Node  # noqa: E402
-from tests.support.procs import free_port, port_open, start, stop, wait_for  # noqa: E402
+from tests.support.dcmtk import dcmtk_env
+from tests.support.mr import mr_series
+from tests.support.node import Node
+from tests.support.procs import free_port, port_open, start, stop, wait_for
 
 
 def send(port: int, files: list[Path], aec: str) -> float:

@@ -89,9 +89,12 @@ def test_completion_resumes_after_restart(node_factory, tmp_path):
     node = node_factory({**OPEN, "completion": {"quiet_seconds": 2, "poll_seconds": 0.2}})
     assert storescu(node.port, files).returncode == 0
     node.stop()  # stopped before the quiet period ended
+    time.sleep(2.5)  # down for longer than the quiet period: downtime is not quiet time
     assert not node.versions(study, series)
     node.start()
+    t_start = time.time()
     (v1,) = wait_complete(node, study, series)
+    assert time.time() - t_start >= 2 * 0.9  # a full quiet period after the restart
     assert len(list(v1.glob("*.dcm"))) == 5
 
 

@@ -87,11 +87,13 @@ class Node:
         env = {**os.environ, "KNEENODE_CONFIG": str(self.config_path)}
         # "scp" = the edge alone (--no-jobs); "scp-jobs" = the edge creating jobs in redis
         args = {"scp": ["scp", "--no-jobs"], "scp-jobs": ["scp"]}.get(self.command, [self.command])
+        offset = len(self.log())  # a restart appends to the same log: read only what is new
         self.proc = start([KNEENODE, *args], log=self.log_path, env=env)
         # Wait for the node's own "listening" line rather than probing the port: a probe
         # connection would hold an association slot until the ACSE timeout.
-        wait_for(lambda: "listening on port" in self.log() or "node ready" in self.log()
-                 or self.proc.poll() is not None, timeout, what="the node to listen")
+        wait_for(lambda: "listening on port" in self.log()[offset:]
+                 or "node ready" in self.log()[offset:] or self.proc.poll() is not None,
+                 timeout, what="the node to listen")
         if self.proc.poll() is not None:
             raise RuntimeError(f"node exited early:\n{self.log_path.read_text()}")
         return self
