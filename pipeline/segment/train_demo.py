@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(cases)} phantoms preprocessed in {time.monotonic() - t0:.0f} s", flush=True)
     torch.manual_seed(args.seed)
     network = build_network(pm, pm.get_configuration(CONFIGURATION), dataset)
-    network.apply(network.initialize)
+    network.apply(network.initialize)  # type: ignore[arg-type]  # nnU-Net's He init
     earlier: list[dict[str, Any]] = []
     if args.init is not None:
         checkpoint, _ = mf.load_checkpoint(args.init / "fold_0" / "checkpoint_final.pth")

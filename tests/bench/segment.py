@@ -64,7 +64,7 @@ def main() -> None:
             m = load_model(SegmentSettings(device="cpu", tta=tta))
             segment_image(image, m)  # warm-up (allocations, caches)
             reps = 1 if preset == "full" else args.repeat
-            t, _ = timed(lambda: segment_image(image, m), reps)
+            t, _ = timed(lambda i=image, mm=m: segment_image(i, mm), reps)
             rows.append((name, "x".join(map(str, image.GetSize())), "on" if tta else "off", t))
     print(f"demo model {model.card.version} on CPU, torch threads {torch.get_num_threads()}")
     print(f"{'case':<24} {'size':>12} {'TTA':>4} {'seconds':>9}")
