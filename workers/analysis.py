@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -115,6 +116,23 @@ def load_labels(ctx: StageContext) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
+def quantify(ctx: StageContext) -> None:
+    """Side, subregions, thickness, volumes (and qDESS T2) from the label map."""
+    from pipeline.quantify.stage import RESULTS_FILE, quantify_to_folder
+
+    labels = load_labels(ctx)
+    volume = read_json(ctx.stage_dir("prepare") / VOLUME)
+    echoes = None
+    if len(volume["echo_times_ms"]) >= 2:
+        images = tuple(load_image(ctx, f"echo_{i}.nii") for i in range(2))
+        if images[0].GetSize() == labels.GetSize():
+            echoes = SimpleNamespace(echoes=images, echo_times_ms=tuple(volume["echo_times_ms"]),
+                                     acquisition=volume["acquisition"])
+    ctx.check_cancelled()
+    quantify_to_folder(labels, ctx.work_dir, volume=echoes)
+    merge_results(ctx.job_dir, read_json(ctx.work_dir / RESULTS_FILE))
+
+
 def encode(ctx: StageContext) -> None:
     """SEG, SR, overlay series and PDF (as configured) into ``encode/<kind>/``."""
     from pipeline.encode import encode_results, write_results
@@ -134,7 +152,9 @@ def encode(ctx: StageContext) -> None:
 
 
 def _thickness_map(ctx: StageContext) -> np.ndarray | None:
-    path = ctx.stage_dir("quantify") / "thickness_map.npy"
+    from pipeline.quantify.stage import MAP_FILE
+
+    path = ctx.stage_dir("quantify") / MAP_FILE
     return np.load(path) if path.exists() else None
 
 
