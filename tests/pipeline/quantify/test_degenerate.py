@@ -78,3 +78,32 @@ def test_non_canonical_label_values_are_refused(small) -> None:
     with pytest.raises(NodeError) as err:
         quantify(labels, _geom(small))
     assert err.value.code == ErrorCode.INVALID_FORMAT
+
+
+def test_random_label_maps_never_crash() -> None:
+    """Noise, single voxels, one-slice maps, extreme spacing: nulls with reasons or numbers."""
+    from scipy import ndimage
+
+    from pipeline.phantom.pose import orientation_direction
+
+    rng = np.random.default_rng(0)
+    for case in range(12):
+        shape = tuple(int(x) for x in rng.integers(3, 30, 3))
+        if case % 3 == 0:
+            labels = rng.integers(0, 10, shape).astype(np.uint8)
+        elif case % 3 == 1:
+            noise = ndimage.gaussian_filter(rng.standard_normal(shape), 2)
+            labels = np.digitize(noise, np.linspace(-0.3, 0.3, 9)).astype(np.uint8)
+        else:
+            labels = np.zeros(shape, np.uint8)
+            labels[:, :, shape[2] // 2] = rng.integers(0, 10, shape[:2])
+        geom = Geometry.of(tuple(rng.uniform(0.2, 3.0, 3)), (0, 0, 0),
+                           orientation_direction(("sagittal", "coronal", "oblique", "axial")[case % 4]).ravel())
+        echoes = [rng.uniform(1, 2000, shape).astype(np.float32) for _ in range(2)]
+        res = quantify(labels, geom, echoes=echoes, echo_times_ms=(6.4, 34.3),
+                       acquisition={"flip_angle_deg": 20}).results
+        json.dumps(res, allow_nan=False)
+        for key, value in res.items():
+            if value is None and key != "t2_protocol":
+                prefix = key if key == "side" else key.rsplit("_", 1)[0]
+                assert prefix in res["missing"], key
