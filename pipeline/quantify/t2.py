@@ -47,6 +47,7 @@ from pipeline.quantify.geometry import (
 T2_MIN_MS, T2_MAX_MS = 0.0, 80.0
 GAMMA_HZ_PER_G = 4258.0
 MIN_VOXELS = 10
+DEPTH_MARGIN_MM = 2.0
 
 #: T2 region key -> (cartilage label in the subregion map, its bone label)
 T2_REGIONS: dict[str, tuple[int, int]] = {
@@ -150,15 +151,19 @@ def _box(boxes: Boxes, codes: Sequence[int], shape: tuple[int, ...], margin: np.
                        min(shape[a], max(b[a].stop for b in found) + int(margin[a]))) for a in range(3))
 
 
-def plate_depth(region_map: np.ndarray, geom: Geometry, boxes: Boxes, codes: Sequence[int], bone: int
-                ) -> tuple[tuple[slice, ...], np.ndarray] | None:
-    """(crop, relative depth on the crop; NaN outside the plate) for one plate, None if absent."""
+def region_depth(region_map: np.ndarray, geom: Geometry, boxes: Boxes, code: int, plate: Sequence[int], bone: int
+                 ) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """(crop, relative depth on it) for one region's bounding box + 2 mm, None if absent.
+
+    The plate's other regions count as cartilage (a subregion border is not a surface); the
+    depth is NaN where the crop holds no bone.
+    """
     sp = geom.spacing_kji
-    roi = _box(boxes, codes, region_map.shape, np.ceil(3.0 / sp))
+    roi = _box(boxes, (code,), region_map.shape, np.ceil(DEPTH_MARGIN_MM / sp))
     if roi is None:
         return None
     crop = region_map[roi]
-    cart = np.isin(crop, codes)
+    cart = np.isin(crop, plate)
     bone_mask = crop == bone
     if not bone_mask.any():
         return roi, np.full(crop.shape, np.nan, dtype=np.float32)
@@ -175,21 +180,21 @@ def t2_statistics(
 ) -> tuple[dict[str, float | None], dict[str, str]]:
     """``<region>[_deep|_superficial]_t2_ms_<mean|median|std>`` and reasons for nulls.
 
-    T2 is computed on each plate's crop only (the echoes are full volumes on the label grid).
+    T2 and depth are computed on each region's crop only (the echoes are full volumes on the
+    label grid).
     """
     out: dict[str, float | None] = {}
     reasons: dict[str, str] = {}
     for codes, bone in _PLATES:
-        plate = plate_depth(region_map, geom, boxes, codes, bone)
         for region, (code, _) in T2_REGIONS.items():
             if code not in codes:
                 continue
+            found = region_depth(region_map, geom, boxes, code, codes, bone)
             parts: dict[str, np.ndarray] = {}
-            if plate is not None:
-                roi, depth = plate
-                inside = region_map[roi] == code
+            if found is not None:
+                roi, depth = found
                 vals = t2_map(echo1[roi], echo2[roi], protocol)
-                ok = inside & np.isfinite(vals)
+                ok = (region_map[roi] == code) & np.isfinite(vals)
                 parts = {"": vals[ok], "_deep": vals[ok & (depth < 0.5)],
                          "_superficial": vals[ok & (depth >= 0.5)]}
             for part in ("", "_deep", "_superficial"):
@@ -198,6 +203,6 @@ def t2_statistics(
                     out[f"{region}{part}_t2_ms_{stat}"] = None if st is None else round(st[stat], 3)
                 if st is None:
                     reasons[f"{region}{part}_t2_ms"] = (
-                        f"fewer than {MIN_VOXELS} voxels with valid T2 (0 < T2 < 80 ms)" if plate is not None
+                        f"fewer than {MIN_VOXELS} voxels with valid T2 (0 < T2 < 80 ms)" if found is not None
                         else "no such cartilage in the label map")
     return out, reasons
