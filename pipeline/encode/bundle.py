@@ -25,6 +25,7 @@ from pipeline.encode.overlay import encode_overlay
 from pipeline.encode.pdf import encode_pdf
 from pipeline.encode.seg import encode_seg
 from pipeline.encode.sr import encode_sr
+from pipeline.encode.sr_viewer import add_measurement_sources
 
 log = get_logger(__name__)
 
@@ -107,6 +108,8 @@ def encode_results(
             labels=labels,
             options=options,
         )
+        # Outlines on key slices so stock OHIF opens the SR (docs/viewer.md, issue 9).
+        add_measurement_sources(out.sr, source=datasets, labels=labels, seg=out.seg)
     if options.overlay:
         out.overlay = encode_overlay(
             source=datasets, labels=labels, model=info, side=side, options=options

@@ -1,15 +1,15 @@
 """The DICOM objects the browser test opens: a `small` phantom study and our result objects.
 
-The results are produced by the node's own encoders (pipeline.encode) from the phantom's truth
-label map and truth measurements, exactly as the ``encode`` stage calls them, plus the viewer
-outlines of :mod:`pipeline.encode.sr_viewer`. Two deliberately broken variants prove that the
+The results are produced by the node's own encoders (``pipeline.encode.encode_results``, which
+adds the SR's viewer outlines of :mod:`pipeline.encode.sr_viewer`) from the phantom's truth label
+map and truth measurements, exactly as the ``encode`` stage calls them. Two deliberately broken variants prove that the
 browser check can fail, each in a study of its own (a copy of the good study with new UIDs):
 
 - ``broken-seg``: the SEG's frames shifted by one slice (positions and source references agree
   with each other, so the SEG is self-consistent but lies one slice off the anatomy);
-- ``broken-sr``: the SR as :func:`pipeline.encode.sr.encode_sr` writes it without the viewer
-  outlines: volumetric groups that reference only SEG segments (the layout stock OHIF 3.13 crashes
-  on, issue 9).
+- ``broken-sr``: the SR as :func:`pipeline.encode.sr.encode_sr` alone writes it, without the
+  viewer outlines: volumetric groups that reference only SEG segments (the layout stock OHIF 3.13
+  crashes on, issue 9).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pydicom.uid import generate_uid
 from kneenode.settings import EncodeSettings
 from pipeline.encode import encode_results, write_results
 from pipeline.encode.common import TISSUES, load_source
-from pipeline.encode.sr_viewer import add_measurement_sources
+from pipeline.encode.sr import encode_sr
 
 DEMO_MODEL = {"algorithm_name": "kneenode-phantom-demo", "algorithm_version": "0.1.0", "is_demo": True}
 ALL_STEPS = ["list", "mr", "seg", "sr", "overlay", "pdf"]
@@ -124,9 +124,10 @@ def _expectations(labels: np.ndarray, source: list[Dataset], encoded: Any) -> di
 
 
 def build_good(root: Path, *, options: EncodeSettings | None = None, seed: int = 11) -> tuple[Study, Path]:
-    """Phantom MR series + SEG, SR (with viewer outlines), overlay series and PDF.
+    """Phantom MR series + SEG, SR, overlay series and PDF, as the ``encode`` stage writes them.
 
-    Returns the study and the path of the same SR without the outlines (for ``broken-sr``).
+    Returns the study and the path of the same SR (same UIDs) as :func:`encode_sr` alone writes
+    it, without the viewer outlines that :func:`encode_results` adds (for ``broken-sr``).
     """
     from pipeline.phantom import make_phantom, write_phantom
 
@@ -136,9 +137,11 @@ def build_good(root: Path, *, options: EncodeSettings | None = None, seed: int =
     source = load_source(list(paths.dicom_files), pixels=True)
     encoded = encode_results(source=source, labels=ph.labels, results=results, model=DEMO_MODEL,
                              options=options or EncodeSettings())
-    plain_sr = copy.deepcopy(encoded.sr)
-    add_measurement_sources(encoded.sr, source=source, labels=ph.labels, seg=encoded.seg)
     out = write_results(encoded, root / "results")
+    plain_sr = encode_sr(source=source, seg=encoded.seg, results=results, model=DEMO_MODEL,
+                         options=options)
+    plain_sr.SeriesInstanceUID = encoded.sr.SeriesInstanceUID
+    plain_sr.SOPInstanceUID = plain_sr.file_meta.MediaStorageSOPInstanceUID = encoded.sr.SOPInstanceUID
     plain = root / "plain-sr.dcm"
     plain_sr.save_as(plain, enforce_file_format=True)
     study = Study("good", str(source[0].StudyInstanceUID), [*paths.dicom_files, *out])

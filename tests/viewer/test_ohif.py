@@ -48,10 +48,10 @@ def viewer_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ["unshare", "-n", "--", sys.executable, "-m", "tests.viewer.harness", str(work)],
         check=False, cwd=REPO, capture_output=True, text=True, timeout=420)
     report = json.loads((work / "report.json").read_text()) if (work / "report.json").exists() else {}
-    if shots.exists():
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for png in shots.glob("*.png"):
-            shutil.copy2(png, ARTIFACTS / png.name)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for path in [*shots.glob("*.png"), work / "report.json", work / "browser.log"]:
+        if path.exists():
+            shutil.copy2(path, ARTIFACTS / path.name)
     browser_log = (work / "browser.log").read_text(errors="replace") if (work / "browser.log").exists() else ""
     assert proc.returncode == 0 and "steps" in report, (
         f"harness rc={proc.returncode}\n{report.get('setup_problems', '')}\n"
