@@ -37,7 +37,6 @@ MAP_FILE = "femoral_thickness_map.npy"
 _REGION_BONE = {"ant_fem_cart": "femur", "med_wb_fem_cart": "femur", "lat_wb_fem_cart": "femur",
                 "med_post_fem_cart": "femur", "lat_post_fem_cart": "femur", "med_tib_cart": "tibia",
                 "lat_tib_cart": "tibia", "pat_cart": "patella"}
-_BONE_NAMES = {"femur": "femur", "tibia": "tibia", "patella": "patella"}
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,8 @@ class Quantification:
     frame: KneeFrame | None
 
 
-def _thickness_reasons(labels_present: set[int], bones: Mapping[str, BoneThickness | None], sub_reason: str | None
-                       ) -> dict[str, str]:
+def _thickness_reasons(labels_present: set[int], sub_reason: str | None) -> dict[str, str]:
+    """Why each region would be null (used only for the regions that are)."""
     reasons: dict[str, str] = {}
     for region, code in THICKNESS_REGIONS.items():
         bone = _REGION_BONE[region]
@@ -60,7 +59,7 @@ def _thickness_reasons(labels_present: set[int], bones: Mapping[str, BoneThickne
         if code >= 11 and sub_reason:
             reasons[region] = f"femoral subregions not available: {sub_reason}"
         elif bone_label not in labels_present:
-            reasons[region] = f"no {_BONE_NAMES[bone]} in the label map"
+            reasons[region] = f"no {bone} in the label map"
         elif code not in labels_present:
             reasons[region] = f"no {region} in the label map"
         else:
@@ -116,7 +115,7 @@ def quantify(
             bones[bone] = res
     stats = {r: region_thickness(list(bones.values()), c) for r, c in THICKNESS_REGIONS.items()}
     present_sub = present | {v + 1 for v, b in enumerate(sub.boxes) if b is not None}
-    th_keys, missing, counts = thickness_keys(stats, _thickness_reasons(present_sub, bones, sub.reason))
+    th_keys, missing, counts = thickness_keys(stats, _thickness_reasons(present_sub, sub.reason))
     tmap = femoral_thickness_map(bones.get("femur"), geometry, frame, sub.boundaries.get("centre_lps"))
     sec["thickness"] = time.perf_counter() - t
     t = time.perf_counter()
