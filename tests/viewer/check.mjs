@@ -361,7 +361,7 @@ const steps = {
     const problems = [];
     if (got.magic !== '%PDF-') problems.push(`the PDF viewport's document starts with ${JSON.stringify(got.magic)}`);
     if (!got.rendered) problems.push('the PDF viewport is not laid out');
-    await sleep(700);  // let chromium's PDF viewer paint for the screenshot
+    await sleep(1500);  // let chromium's PDF viewer paint its pages for the screenshot
     return { problems, details: got };
   },
 };

@@ -1,6 +1,6 @@
 """Run the browser check in a private network namespace: Orthanc, the OHIF proxy, chromium.
 
-    unshare -n -- python -m tests.viewer.harness WORK_DIR
+    unshare --net --pid --kill-child=SIGTERM -- python -m tests.viewer.harness WORK_DIR
 
 ``WORK_DIR/config.json`` (written by the test, see objects.write_config) names the studies and
 their files. This process brings up loopback, starts Orthanc (a real PACS: DICOMweb plugin on),
@@ -10,8 +10,10 @@ node (playwright-core driving /usr/bin/chromium) and writes ``WORK_DIR/report.js
 browser's per-step results plus every proxy response >= 400. Everything it starts is stopped by
 PID before it exits, also on SIGTERM.
 
-Why a namespace: Orthanc 1.10 binds its HTTP and DICOM ports on all addresses; inside
-``unshare -n`` only loopback exists, so nothing is reachable from outside while the test runs.
+Why namespaces: Orthanc 1.10 binds its HTTP and DICOM ports on all addresses; in a new network
+namespace only loopback exists, so nothing is reachable from outside while the test runs. In a new
+PID namespace this process is PID 1: when it exits, the kernel ends whatever is left in it (a
+chromium that playwright could not close, say), so nothing outlives the test.
 """
 
 from __future__ import annotations

@@ -45,7 +45,11 @@ def viewer_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         entry["files"] = [str(p) for p in study.files]
     (work / "config.json").write_text(json.dumps(data))
     proc = subprocess.run(
-        ["unshare", "-n", "--", sys.executable, "-m", "tests.viewer.harness", str(work)],
+        # Own network namespace (only loopback) and PID namespace (whatever the browser leaves
+        # behind dies with the harness, which is its PID 1).
+        ["unshare", "--net", "--pid", "--kill-child=SIGTERM", "--", sys.executable, "-m",
+         "tests.viewer.harness",
+         str(work)],
         check=False, cwd=REPO, capture_output=True, text=True, timeout=420)
     report = json.loads((work / "report.json").read_text()) if (work / "report.json").exists() else {}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
