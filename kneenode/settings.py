@@ -253,7 +253,7 @@ class JobsSettings(Section):
     redis_server: str = Field(default="redis-server", description="redis-server executable.")
     namespace: str = Field(default="kneenode", description="Prefix of every redis key.")
     chain: str = Field(
-        default="workers.stages:default_chain",
+        default="workers.analysis:node_chain",
         description="module:function returning the stage list (name, queue, function).",
     )
     optional_stages: list[str] = Field(

@@ -26,7 +26,8 @@ import SimpleITK as sitk
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_atomic, write_json_atomic
-from workers.stages import StageContext
+from kneenode.settings import Settings
+from workers.stages import Stage, StageContext
 
 IMAGE = "image.nii"
 VOLUME = "volume.json"
@@ -79,6 +80,7 @@ def prepare(ctx: StageContext) -> None:
             _write_image(echo, ctx.work_dir / f"echo_{i}.nii")
     info = {
         "source_format": volume.source_format,
+        "modality": volume.modality,
         "echo_times_ms": list(volume.echo_times_ms),
         "acquisition": volume.acquisition,
         "slices": [str(Path(ref.path).resolve()) for ref in volume.slices[0]] if volume.slices else [],
@@ -180,3 +182,16 @@ def deliver(ctx: StageContext) -> None:
         detail = "; ".join(f"{dest}: {n} pending ({report.errors.get(dest, '')})"
                            for dest, n in report.pending.items() if n)
         raise NodeError(ErrorCode.SEND_FAILED, detail, retryable=True)
+
+
+def node_chain(settings: Settings) -> list[Stage]:
+    """The node's stages in order (DESIGN.md); ``shape`` runs when ``jobs.optional_stages``
+    lists it and an NSM model is configured."""
+    del settings  # every stage reads its own settings section
+    return [
+        Stage("prepare", "cpu", prepare),
+        Stage("segment", "gpu", segment),
+        Stage("quantify", "cpu", quantify),
+        Stage("encode", "cpu", encode),
+        Stage("deliver", "io", deliver),
+    ]

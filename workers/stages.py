@@ -1,10 +1,8 @@
 """The declared chain of stages, and what a stage function receives.
 
 A chain is a list of :class:`Stage` (name, queue, function). The node's chain is
-:func:`default_chain`; ``jobs.chain`` names the ``module:function`` that returns the chain to run,
-so a deployment (or a test) plugs in its own list through the same mechanism. Stages that later
-issues implement (segment, quantify, shape, encode, deliver) are appended to
-:func:`default_chain` as their ``pipeline``/``scp`` functions land.
+:func:`workers.analysis.node_chain`; ``jobs.chain`` names the ``module:function`` that returns the
+chain to run, so a deployment (or a test) plugs in its own list through the same mechanism.
 
 Stage functions are plain ``fn(ctx: StageContext) -> None``: they read the series and earlier
 stages' outputs from the job folder and write their own outputs under ``ctx.work_dir``. They raise
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kneenode.errors import ErrorCode, NodeError
-from kneenode.fsio import write_atomic, write_json_atomic
+from kneenode.fsio import write_json_atomic
 from kneenode.settings import Settings
 
 Queue = Literal["cpu", "gpu", "io"]
@@ -158,75 +156,5 @@ def fresh_work_dir(job_dir: Path, stage: str) -> Path:
 
 
 # -- the node's chain -------------------------------------------------------------------------
-def prepare(ctx: StageContext) -> None:
-    """Read and check the series as a volume (``pipeline.series``) before GPU time is spent.
-
-    Writes ``prepare/image.nii.gz`` (the volume to segment: RSS of the echoes for qDESS) and
-    ``prepare/series.json``. Errors are the reader's NodeErrors (FILE_NOT_FOUND, DICOM_ERROR,
-    INVALID_FORMAT with the reason). The reader sees a view of the version's ``*.dcm`` files only
-    (symlinks in ``prepare/dicom``), not the edge's ``summary.json`` beside them.
-    """
-    import SimpleITK as sitk
-
-    from pipeline.series import read_series
-
-    files = sorted(ctx.series_path.glob("*.dcm"))
-    if not files:
-        raise NodeError(ErrorCode.FILE_NOT_FOUND, f"no *.dcm files in {ctx.series_path}")
-    view = ctx.work_dir / "dicom"
-    view.mkdir()
-    for f in files:
-        (view / f.name).symlink_to(f.resolve())
-    vol = read_series(view)
-    write_atomic(ctx.work_dir / "image.nii.gz",
-                 lambda tmp: sitk.WriteImage(vol.image, tmp, True), suffix=".nii.gz")
-    write_json_atomic(ctx.work_dir / "series.json", {
-        "files": len(files), "size": list(vol.image.GetSize()),
-        "spacing": list(vol.image.GetSpacing()), "source_format": vol.source_format,
-        "echo_times_ms": list(vol.echo_times_ms), "multi_echo": vol.is_multi_echo,
-        "modality": vol.modality, "series_uid": vol.series_instance_uid,
-        "acquisition": vol.acquisition,
-    })
-
-
-def quantify(ctx: StageContext) -> None:
-    """Quantify the ``segment`` stage's label map; T2 too when the series has two qDESS echoes.
-
-    Reads ``segment/labels.nii.gz`` and the series (for the echoes and their acquisition
-    parameters); writes ``quantify/quantify.json`` (results.json keys: side, thickness, T2,
-    volumes, missing-with-reason), ``subregions.nii.gz``, ``thickness_points.npz`` and
-    ``femoral_thickness_map.npy`` (see :func:`pipeline.quantify.quantify_to_folder`).
-    """
-    import SimpleITK as sitk
-
-    from pipeline.quantify import quantify_to_folder
-    from pipeline.series import read_series
-
-    labels_path = ctx.stage_dir("segment") / "labels.nii.gz"
-    if not labels_path.is_file():
-        raise NodeError(ErrorCode.FILE_NOT_FOUND, f"no label map from the segment stage: {labels_path}")
-    labels = sitk.ReadImage(str(labels_path))
-    volume = read_series(ctx.series_path)
-    qdess = len(volume.echoes) >= 2 and volume.echoes[0].GetSize() == labels.GetSize()
-    ctx.check_cancelled()
-    quantify_to_folder(labels, ctx.work_dir, volume=volume if qdess else None)
-
-
-def _with_quantify(chain: list[Stage]) -> list[Stage]:
-    """Insert the ``quantify`` stage (cpu) right after ``segment`` when the chain has one."""
-    names = [s.name for s in chain]
-    if "segment" not in names or "quantify" in names:
-        return chain
-    i = names.index("segment") + 1
-    return [*chain[:i], Stage("quantify", "cpu", quantify), *chain[i:]]
-
-
-def default_chain(settings: Settings) -> list[Stage]:
-    """The node's stages, in order: only those whose functions exist today.
-
-    Target chain (DESIGN.md): prepare (cpu) -> segment (gpu) -> quantify (cpu) -> shape (gpu,
-    optional) -> encode (cpu) -> deliver (io). ``quantify`` follows ``segment`` as soon as the
-    segment stage is in the list.
-    """
-    del settings  # the chain may depend on settings later (e.g. destinations)
-    return _with_quantify([Stage("prepare", "cpu", prepare)])
+# The node's stages (prepare -> segment -> quantify -> shape -> encode -> deliver) are declared in
+# :func:`workers.analysis.node_chain`, the default of ``jobs.chain``.

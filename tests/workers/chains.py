@@ -17,7 +17,8 @@ from pathlib import Path
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.settings import Settings
-from workers.stages import Stage, StageContext, prepare
+from workers.analysis import prepare
+from workers.stages import Stage, StageContext
 
 
 def _trace(ctx: StageContext, name: str, what: str) -> None:

@@ -121,7 +121,7 @@ def test_default_chain_runs_prepare_in_a_worker(cluster_factory) -> None:
     job_id = c.creator.create(series)
     job = c.wait(job_id, {"done", "failed"})
     assert job["state"] == "done", job
-    assert (Path(job["job_dir"]) / "prepare" / "image.nii.gz").exists()
+    assert (Path(job["job_dir"]) / "prepare" / "image.nii").exists()
     broken = c.series()
     (broken.path / "0001.dcm").write_bytes(b"not dicom")
     job = c.wait(c.creator.create(broken), {"done", "failed"})

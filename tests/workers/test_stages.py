@@ -12,15 +12,14 @@ from pydicom import dcmread
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.settings import Settings
 from tests.support.mr import mr_series
+from workers.analysis import node_chain, prepare
 from workers.stages import (
     StageContext,
     clear_from,
-    default_chain,
     fresh_work_dir,
     is_done,
     load_chain,
     mark_done,
-    prepare,
 )
 
 
@@ -37,10 +36,12 @@ def test_prepare_reads_the_series_next_to_its_summary(tmp_path: Path) -> None:
     (series / "summary.json").write_text("{}")  # the edge's sidecar must not confuse the reader
     ctx = _ctx(tmp_path, series)
     prepare(ctx)
-    image = sitk.ReadImage(str(ctx.work_dir / "image.nii.gz"))
+    image = sitk.ReadImage(str(ctx.work_dir / "image.nii"))
     assert image.GetSize() == (28, 32, 24)
-    info = json.loads((ctx.work_dir / "series.json").read_text())
-    assert info["files"] == 24 and info["modality"] == "MR" and not info["multi_echo"]
+    info = json.loads((ctx.work_dir / "volume.json").read_text())
+    assert len(info["slices"]) == 24 and info["modality"] == "MR"
+    assert len(info["echo_times_ms"]) == 1  # one echo: no echo images written
+    assert not list(ctx.work_dir.glob("echo_*.nii"))
 
 
 def test_prepare_reports_reader_errors(tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def test_prepare_reports_reader_errors(tmp_path: Path) -> None:
 def test_chain_loading_and_markers(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path)
     enabled = set(s.jobs.optional_stages)
-    expected = [st.name for st in default_chain(s) if not st.optional or st.name in enabled]
+    expected = [st.name for st in node_chain(s) if not st.optional or st.name in enabled]
     assert [st.name for st in load_chain(s)] == expected
     s.jobs.chain = "tests.workers.chains:fault_chain"
     assert [st.name for st in load_chain(s)] == ["s1", "s2", "s3", "s4"]

@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from kneenode.settings import Settings
 from pipeline.phantom import make_phantom, write_phantom
 from pipeline.quantify import THICKNESS_REGIONS, quantify_to_folder
-from workers.stages import Stage, StageContext, _with_quantify, default_chain, quantify
+from workers.analysis import node_chain, prepare, quantify
+from workers.stages import StageContext, fresh_work_dir
 
 
 def test_quantify_to_folder_writes_results_and_arrays(tmp_path: Path) -> None:
@@ -37,12 +38,17 @@ def test_stage_function_reads_segment_labels_and_qdess_echoes(tmp_path: Path) ->
     ph = make_phantom(32, "small", side="right", orientation="sagittal", qdess=True)
     paths = write_phantom(ph, tmp_path / "ph")
     job = tmp_path / "job"
+
+    def ctx_for(stage: str) -> StageContext:
+        return StageContext(job_id="j1", job_dir=job, series_path=paths.dicom_dir,
+                            work_dir=fresh_work_dir(job, stage), summary={}, settings=Settings())
+
+    prepare(ctx_for("prepare"))  # the volume and its two echoes, as the chain runs it
     (job / "segment").mkdir(parents=True)
     shutil.copy(paths.labels, job / "segment" / "labels.nii.gz")
-    (job / "quantify").mkdir()
-    ctx = StageContext(job_id="j1", job_dir=job, series_path=paths.dicom_dir, work_dir=job / "quantify",
-                       summary={}, settings=Settings())
-    quantify(ctx)
+    quantify(ctx_for("quantify"))
+    merged = json.loads((job / "results.json").read_text())
+    assert merged["side"] == "right"  # merged into the job's results.json for the encoders
     res = json.loads((job / "quantify" / "quantify.json").read_text())
     assert res["side"] == "right"
     assert res["t2_protocol"]["spoiling"] == "vendor gradient tags"
@@ -53,13 +59,10 @@ def test_stage_function_reads_segment_labels_and_qdess_echoes(tmp_path: Path) ->
 
 
 def test_quantify_follows_segment_in_the_chain() -> None:
-    seg = Stage("segment", "gpu", lambda ctx: None)
-    chain = _with_quantify([Stage("prepare", "cpu", lambda ctx: None), seg, Stage("encode", "cpu", lambda ctx: None)])
-    assert [(s.name, s.queue) for s in chain] == [("prepare", "cpu"), ("segment", "gpu"), ("quantify", "cpu"),
-                                                  ("encode", "cpu")]
-    assert chain[2].fn is quantify
-    names = [s.name for s in default_chain(Settings())]
-    assert "quantify" not in names or names.index("quantify") == names.index("segment") + 1
+    chain = node_chain(Settings())
+    names = [s.name for s in chain]
+    assert names.index("quantify") == names.index("segment") + 1
+    assert chain[names.index("quantify")].queue == "cpu" and chain[names.index("quantify")].fn is quantify
 
 
 def test_quantify_input_for_analyze_reads_the_dicom_echoes(tmp_path: Path) -> None:
