@@ -38,13 +38,18 @@ ALL_STEPS = ["list", "mr", "seg", "sr", "overlay", "pdf"]
 
 @dataclass
 class Study:
-    """One study to open: its files, the steps to run on it and what the viewer must show."""
+    """One study to open: its files, the steps to run on it and what the viewer must show.
+
+    ``delivered`` are the files the node sends (C-STORE, as its ``deliver`` stage does); the other
+    files are put into the PACS beforehand (the source series is there before the node runs).
+    """
 
     name: str
     study_uid: str
     files: list[Path]
     steps: list[str] = field(default_factory=lambda: list(ALL_STEPS))
     expect: dict[str, Any] = field(default_factory=dict)
+    delivered: list[Path] = field(default_factory=list)
 
     def config(self) -> dict[str, Any]:
         """This study's entry in the browser check's config (check.mjs)."""
@@ -144,7 +149,7 @@ def build_good(root: Path, *, options: EncodeSettings | None = None, seed: int =
     plain_sr.SOPInstanceUID = plain_sr.file_meta.MediaStorageSOPInstanceUID = encoded.sr.SOPInstanceUID
     plain = root / "plain-sr.dcm"
     plain_sr.save_as(plain, enforce_file_format=True)
-    study = Study("good", str(source[0].StudyInstanceUID), [*paths.dicom_files, *out])
+    study = Study("good", str(source[0].StudyInstanceUID), list(paths.dicom_files), delivered=out)
     study.expect = _expectations(ph.labels, source, encoded)
     study.expect["results"] = results
     return study, plain
@@ -178,7 +183,7 @@ def build_broken(good: Study, plain_sr: Path, root: Path, kind: str) -> Study:
     out.mkdir(parents=True, exist_ok=True)
     files = []
     expect = copy.deepcopy(good.expect)
-    for path in good.files:
+    for path in [*good.files, *good.delivered]:
         ds = pydicom.dcmread(path)
         if ds.Modality == "SR" and kind == "sr":
             ds = pydicom.dcmread(plain_sr)

@@ -43,6 +43,7 @@ def viewer_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = json.loads((work / "config.json").read_text())
     for entry, study in zip(data["studies"], studies):
         entry["files"] = [str(p) for p in study.files]
+        entry["deliver"] = [str(p) for p in study.delivered]
     (work / "config.json").write_text(json.dumps(data))
     proc = subprocess.run(
         # Own network namespace (only loopback) and PID namespace (whatever the browser leaves
@@ -104,7 +105,7 @@ def test_broken_sr_is_rejected(viewer_run):
 def test_sr_shown_is_the_sr_sent(viewer_run):
     """The SR the viewer showed still reads back to results.json and carries an outline per group."""
     good = viewer_run["good"]
-    sr = next(pydicom.dcmread(p) for p in good.files if p.parent.name == "sr")
+    sr = next(pydicom.dcmread(p) for p in good.delivered if p.parent.name == "sr")
     assert read_sr_measurements(sr) == {k: v for k, v in good.expect["results"].items()}
     outlines = outlines_by_key(sr)
     assert set(outlines) == set(good.expect["sr_values"])
