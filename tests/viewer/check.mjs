@@ -128,12 +128,12 @@ function pageSegmentation(probe) {
   });
   const viewportId = viewportGridService.getActiveViewportId();
   const reps = segmentationService.getSegmentationRepresentations(viewportId) || [];
+  // The segment the viewer finds at the probe's patient position (its own geometry mapping).
   let worldValue = null;
   try {
-    const util = window.cornerstoneTools.utilities.segmentation;
-    if (util?.getSegmentIndexAtWorldPoint) {
-      worldValue = util.getSegmentIndexAtWorldPoint(seg.segmentationId, probe.world, {});
-    }
+    const viewport = window.services.cornerstoneViewportService.getCornerstoneViewport(viewportId);
+    worldValue = window.cornerstoneTools.utilities.segmentation.getSegmentIndexAtWorldPoint(
+      seg.segmentationId, probe.world, { viewport });
   } catch (e) { worldValue = `error: ${e.message}`; }
   return {
     count: segs.length, label: seg.label, segments, perSop, probeValue, worldValue,
@@ -256,7 +256,15 @@ const steps = {
       const lm = segs[0]?.representationData?.Labelmap;
       return segs.length && Object.values(segs[0].segments).filter(Boolean).length >= n && lm?.imageIds?.length;
     }, e.segment_names.length, { timeout: T.step }).catch(() => { throw new Error('the SEG never loaded as a segmentation'); });
-    await sleep(500);
+    // Go to the probe's slice (as a reader scrolls there): the world-position lookup below uses
+    // what the viewport shows, and the screenshot shows it too.
+    await page.evaluate(sop => {
+      const { viewportGridService, cornerstoneViewportService } = window.services;
+      const vp = cornerstoneViewportService.getCornerstoneViewport(viewportGridService.getActiveViewportId());
+      const k = vp.getImageIds().findIndex(id => id.includes(`/instances/${sop}/`));
+      return vp.setImageIdIndex(k);
+    }, e.probe.sop_uid).catch(() => {});
+    await sleep(700);
     const got = await page.evaluate(pageSegmentation, e.probe);
     const problems = [];
     const names = got.segments.map(s => s.label);
@@ -282,18 +290,11 @@ const steps = {
     if (probeIndex === undefined || got.probeValue !== probeIndex) {
       problems.push(`probe voxel (slice ${e.probe.slice}, row ${e.probe.row}, col ${e.probe.col}) has segment ${got.probeValue}, expected ${probeIndex} (${e.probe.segment})`);
     }
-    if (typeof got.worldValue === 'number' && got.worldValue !== probeIndex) {
-      problems.push(`segment at the probe's patient position is ${got.worldValue}, expected ${probeIndex}`);
+    if (got.worldValue !== probeIndex) {
+      problems.push(`segment at the probe's patient position ${JSON.stringify(e.probe.world)} is ${got.worldValue}, expected ${probeIndex}`);
     }
     const rep = got.representations.find(r => r.type === 'Labelmap');
     if (!rep || !rep.visible) problems.push(`no visible labelmap representation in the viewport: ${JSON.stringify(got.representations)}`);
-    // Show the probe slice for the screenshot.
-    await page.evaluate(k => {
-      const { viewportGridService, cornerstoneViewportService } = window.services;
-      const vp = cornerstoneViewportService.getCornerstoneViewport(viewportGridService.getActiveViewportId());
-      return vp?.setImageIdIndex?.(k);
-    }, e.probe.slice).catch(() => {});
-    await sleep(500);
     delete got.perSop;
     return { problems, details: got };
   },

@@ -4,8 +4,8 @@
 
 ``WORK_DIR/config.json`` (written by the test, see objects.write_config) names the studies and
 their files. This process brings up loopback, starts Orthanc (a real PACS: DICOMweb plugin on),
-stores the source series by REST and sends the result objects by C-STORE with the node's own SCU
-(scp.sender.send_files, as the ``deliver`` stage does), serves OHIF and a same-origin proxy to Orthanc, runs ``check.mjs`` in
+stores the source series by REST and sends the result objects as the ``deliver`` stage does
+(scp.delivery: durable outbox, C-STORE with the node's own SCU), serves OHIF and a same-origin proxy to Orthanc, runs ``check.mjs`` in
 node (playwright-core driving /usr/bin/chromium) and writes ``WORK_DIR/report.json``: the
 browser's per-step results plus every proxy response >= 400. Everything it starts is stopped by
 PID before it exits, also on SIGTERM.
@@ -49,14 +49,24 @@ def preflight() -> list[str]:
     return missing
 
 
-def store(orthanc: Orthanc, files: list[Path]) -> None:
-    """C-STORE the files into Orthanc with the node's SCU; fail loudly if any is refused."""
-    from scp.sender import Destination, send_files
+_SENDING_ORDER = {"seg": 0, "sr": 1, "overlay": 2, "pdf": 3}
 
-    report = send_files(files, Destination(ORTHANC_AET, "127.0.0.1", orthanc.dicom_port), timeout=60)
-    if report.failed or report.error:
-        bad = [(r.path.name, r.status, r.detail) for r in report.failed][:5]
-        raise RuntimeError(f"C-STORE to Orthanc failed: {report.error} {bad}")
+
+def deliver(orthanc: Orthanc, files: list[Path], work: Path) -> dict[str, int]:
+    """Send the results to Orthanc the way the ``deliver`` stage does (scp.delivery: outbox,
+    one association, C-STORE with the node's SCU), in its order (SEG before the SR citing it)."""
+    from kneenode.settings import Settings
+    from scp.delivery import deliver as send_pending
+    from scp.delivery import resolve_targets
+
+    settings = Settings.model_validate({"delivery": {"destinations": [
+        {"ae_title": ORTHANC_AET, "host": "127.0.0.1", "port": orthanc.dicom_port}]}})
+    ordered = sorted(files, key=lambda p: (_SENDING_ORDER.get(p.parent.name, 9), p.name))
+    report = send_pending(work / "outbox.json", ordered, resolve_targets(settings, "PACS"),
+                          settings.delivery)
+    if any(report.pending.values()) or report.errors:
+        raise RuntimeError(f"delivery to Orthanc incomplete: {report.pending} {report.errors}")
+    return report.pending
 
 
 def run(work: Path) -> int:
@@ -90,7 +100,7 @@ def run(work: Path) -> int:
             orthanc.upload([Path(p) for p in study.pop("files")])
             delivered = [Path(p) for p in study.pop("deliver", [])]
             if delivered:
-                store(orthanc, delivered)
+                deliver(orthanc, delivered, work)
         timings["store_s"] = time.monotonic() - t
         proxy = Proxy(OHIF_DIST, orthanc.url).start()
         check = {**config, "base": proxy.url, "report": str(work / "browser.json"), "tmp": str(work)}
