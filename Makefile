@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup debs venv viewer serve test bench lint lock clean
+.PHONY: setup debs venv viewer serve demo test bench lint lock clean
 
 setup: debs venv viewer
 
@@ -44,6 +44,9 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt
 
 serve: setup
 	$(VENV)/bin/kneenode serve
+
+demo: setup
+	$(VENV)/bin/kneenode demo
 
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

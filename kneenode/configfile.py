@@ -137,3 +137,30 @@ if __name__ == "__main__":  # python -m kneenode.configfile README.md: refresh t
         target.write_text(with_settings_table(target.read_text(encoding="utf-8")), encoding="utf-8")
     else:
         print(settings_table(), end="")
+
+
+def settings_toml(settings: Settings) -> str:
+    """The full settings as a TOML document (None values left out), e.g. to hand a composed
+    configuration to child processes that load their settings from a file."""
+    return _table(settings.model_dump(mode="json", exclude_none=True), "").lstrip("\n")
+
+
+def _table(data: dict[str, Any], prefix: str) -> str:
+    scalars, tables, arrays = [], [], []
+    for key, value in data.items():
+        if isinstance(value, dict):  # a section, or a dict-valued field: both are tables
+            tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            arrays.append((key, value))
+        else:
+            scalars.append(f"{key} = {_toml_value(value)}")
+    out = ("\n".join(scalars) + "\n") if scalars else ""
+    for key, value in tables:
+        name = f"{prefix}.{key}" if prefix else key
+        out += f"\n[{name}]\n" + _table(value, name)
+    for key, items in arrays:
+        name = f"{prefix}.{key}" if prefix else key
+        for item in items:
+            out += f"\n[[{name}]]\n" + _table(item, name)
+    return out
+

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydicom import dcmread
 
+from kneenode.configfile import settings_toml
 from kneenode.orthanc import Orthanc, start_orthanc
 from kneenode.serve import Node
 from kneenode.settings import Settings
@@ -71,13 +72,19 @@ def run_demo(base: Settings, folder: Path, *, seed: int = 1, timeout: float = 90
     node: Node | None = None
     try:
         settings = demo_settings(base, folder, orthanc)
+        config = folder / "kneenode.toml"  # the worker processes read their settings from it
+        config.write_text(settings_toml(settings), encoding="utf-8")
         say(f"starting kneenode (SCP port {settings.scp.port}) delivering to {orthanc.destination}")
-        node = Node(settings)
+        node = Node(settings, config)
         node.start()
         paths = write_phantom(make_phantom(seed, "small"), folder / f"phantom-{time.time_ns()}")
         files = collect_files([paths.dicom_dir])
         study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-        say(f"sending a synthetic knee ({len(files)} instances) to the node")
+        say(f"storing the synthetic knee in Orthanc too (the PACS holds the images it routes)")
+        stored = send_files(files, Destination.parse(orthanc.destination), calling_ae="DEMO")
+        if not stored.ok:
+            raise RuntimeError(f"Orthanc did not store the phantom: {stored.error}")
+        say(f"sending the synthetic knee ({len(files)} instances) to the node")
         report = send_files(files, Destination("KNEENODE", "127.0.0.1", settings.scp.port),
                             calling_ae="DEMO")
         if not report.ok:

@@ -84,3 +84,14 @@ def test_config_init_writes_a_commented_example_that_documents_every_key(tmp_pat
         assert f"[{section}]" in text or f"{section} =" in text
     again = run_cli("config", "init", str(tmp_path / "kneenode.toml"))
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_settings_toml_round_trips(tmp_path):
+    from kneenode.configfile import settings_toml
+
+    s = Settings(delivery={"destinations": [{"ae_title": "PACS", "host": "10.0.0.2", "port": 104}]},
+                 scp={"peers": [{"ae_title": "MR1", "hosts": ["10.1.0.0/16"], "quiet_seconds": 9}]},
+                 jobs={"stage_time_limits": {"segment": 60.0}})
+    path = tmp_path / "k.toml"
+    path.write_text(settings_toml(s))
+    assert load_settings(path) == s
