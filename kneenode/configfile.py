@@ -129,16 +129,6 @@ def with_settings_table(readme: str) -> str:
     return f"{head}{BEGIN}\n{settings_table()}{END}{tail}"
 
 
-if __name__ == "__main__":  # python -m kneenode.configfile README.md: refresh the table in place
-    import sys
-
-    if len(sys.argv) > 1:
-        target = Path(sys.argv[1])
-        target.write_text(with_settings_table(target.read_text(encoding="utf-8")), encoding="utf-8")
-    else:
-        print(settings_table(), end="")
-
-
 def settings_toml(settings: Settings) -> str:
     """The full settings as a TOML document (None values left out), e.g. to hand a composed
     configuration to child processes that load their settings from a file."""
@@ -164,3 +154,34 @@ def _table(data: dict[str, Any], prefix: str) -> str:
             out += f"\n[[{name}]]\n" + _table(item, name)
     return out
 
+
+
+ERRORS_BEGIN, ERRORS_END = "<!-- errors:begin -->", "<!-- errors:end -->"
+
+
+def errors_table() -> str:
+    """Markdown table of every job error code, whether it is retried, and its hint."""
+    from kneenode.errors import HINTS, PERMANENT, ErrorCode
+
+    lines = ["| code | retried | hint |", "| --- | --- | --- |"]
+    for code in ErrorCode:
+        lines.append(f"| `{code}` | {'no' if code in PERMANENT else 'yes'} | {HINTS[code]} |")
+    return "\n".join(lines) + "\n"
+
+
+def with_generated_tables(readme: str) -> str:
+    """``readme`` with the settings and error-code tables regenerated."""
+    text = with_settings_table(readme)
+    head, _, rest = text.partition(ERRORS_BEGIN)
+    _, _, tail = rest.partition(ERRORS_END)
+    return f"{head}{ERRORS_BEGIN}\n{errors_table()}{ERRORS_END}{tail}"
+
+
+if __name__ == "__main__":  # python -m kneenode.configfile README.md: refresh the table in place
+    import sys
+
+    if len(sys.argv) > 1:
+        target = Path(sys.argv[1])
+        target.write_text(with_generated_tables(target.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        print(settings_table(), end="")

@@ -53,6 +53,7 @@ HINTS: dict[ErrorCode, str] = {
 
 PERMANENT: frozenset[ErrorCode] = frozenset(
     {
+        ErrorCode.TIMEOUT,  # a stage that hit its limit would likely hit it again: retry by hand
         ErrorCode.INVALID_FORMAT,
         ErrorCode.NOT_KNEE,
         ErrorCode.NOT_SELECTED,
