@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -81,7 +81,8 @@ class JobsCollector(Collector):
 
 
 def render(store: JobStore, jobs: JobsSettings) -> bytes:
-    """The Prometheus text exposition of the node's metrics."""
+    """The Prometheus text exposition: node-wide job metrics from redis, then this process's
+    own (the edge's per-C-STORE counters when the SCP runs in this process, e.g. ``serve``)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobsCollector(store, jobs))
-    return generate_latest(registry)
+    return generate_latest(registry) + generate_latest(REGISTRY)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -68,5 +69,9 @@ def test_results_reach_orthanc_after_it_comes_up(node_factory, tmp_path: Path) -
         assert stats["CountInstances"] == len(entries)  # nothing twice, nothing missing
         events = [e["kind"] for e in store.events(final["id"])]
         assert events.count("retry") >= 1
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{serve['http_port']}/metrics").read()
+        text = metrics.decode()
+        assert f'kneenode_edge_instances_total{{outcome="stored"}} {len(paths.dicom_files)}.0' in text
+        assert 'kneenode_jobs{state="done"} 1.0' in text
     finally:
         orthanc.stop()
