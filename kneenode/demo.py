@@ -80,7 +80,7 @@ def run_demo(base: Settings, folder: Path, *, seed: int = 1, timeout: float = 90
         paths = write_phantom(make_phantom(seed, "small"), folder / f"phantom-{time.time_ns()}")
         files = collect_files([paths.dicom_dir])
         study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-        say(f"storing the synthetic knee in Orthanc too (the PACS holds the images it routes)")
+        say("storing the synthetic knee in Orthanc too (the PACS holds the images it routes)")
         stored = send_files(files, Destination.parse(orthanc.destination), calling_ae="DEMO")
         if not stored.ok:
             raise RuntimeError(f"Orthanc did not store the phantom: {stored.error}")

@@ -41,10 +41,17 @@ def write_atomic(path: Path, write: Callable[[str], None], *, suffix: str = "") 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write bytes durably."""
-    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(data)
+
+    write_atomic(path, write)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON (indented, sorted keys, ``str`` for unknown types) durably."""
     text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    write_atomic(path, write)

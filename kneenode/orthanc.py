@@ -108,8 +108,8 @@ def start_orthanc(folder: Path, *, aet: str = "ORTHANC", dicom_port: int = 0, ht
     config = folder / "orthanc.json"
     config.write_text(json.dumps(orthanc_config(folder, aet=aet, dicom_port=dicom_port,
                                                 http_port=http_port), indent=2))
-    log = open(folder / "orthanc.log", "ab")
-    proc = subprocess.Popen(["Orthanc", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    with open(folder / "orthanc.log", "ab") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(["Orthanc", str(config)], stdout=log, stderr=subprocess.STDOUT)
     node = Orthanc(proc, folder, aet, dicom_port, http_port)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -76,7 +76,7 @@ def handle_store(event: events.Event, spool: Spool, settings: Settings) -> int:
     - ``0xC212`` Cannot Understand: Study/Series Instance UID missing or malformed.
     - ``0xC211`` Processing failure: unexpected error (logged); the association stays usable.
     """
-    request = event.request
+    request: Any = event.request
     sop_uid = str(request.AffectedSOPInstanceUID or "")
     blog = log.bind(sop_instance_uid=sop_uid, calling_ae=_calling_ae(event))
     try:

@@ -19,7 +19,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 MAX_CONTEXTS = 128
 _FALLBACKS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -120,8 +120,9 @@ def _make_ae(calling_ae: str, timeout: float) -> AE:
 
 
 def _associate(ae: AE, dest: Destination, tls: ssl.SSLContext | None) -> Association:
+    tls_args = (tls, None) if tls is not None else None  # None: no server hostname check
     return ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                        tls_args=(tls, None) if tls is not None else None)
+                        tls_args=tls_args)  # type: ignore[arg-type]
 
 
 def echo(dest: Destination, *, calling_ae: str = "KNEENODE", timeout: float = 30,

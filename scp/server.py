@@ -11,6 +11,7 @@ import ssl
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom import config as pydicom_config
 from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
@@ -22,7 +23,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from kneenode.logs import get_logger
@@ -67,7 +68,8 @@ def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.scp.ae_title)
     syntaxes = accepted_transfer_syntaxes()
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, syntaxes)
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(cx.abstract_syntax, syntaxes)
     ae.add_supported_context(Verification)
     ae.maximum_associations = settings.scp.max_associations
     ae.acse_timeout = settings.scp.acse_timeout
@@ -119,7 +121,7 @@ def start_scp(settings: Settings, on_complete: OnComplete) -> ScpHandle:
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     tempfile.tempdir = str(spool.tmp)  # pynetdicom's NamedTemporaryFile lands on the spool fs
     ae = build_ae(settings)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_REQUESTED, handle_requested, [settings]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [spool, settings]),
@@ -130,6 +132,8 @@ def start_scp(settings: Settings, on_complete: OnComplete) -> ScpHandle:
         evt_handlers=handlers,
         ssl_context=tls_context(settings.scp.tls),
     )
+    if server is None:  # only with block=True
+        raise RuntimeError("pynetdicom returned no server")
     port = int(server.server_address[1])
     monitor = CompletionMonitor(spool, settings, on_complete)
     monitor.start()

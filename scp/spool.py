@@ -131,14 +131,14 @@ class Spool:
 
     def open_series(self) -> list[SeriesKey]:
         """Series currently receiving (folders under ``incoming/``)."""
-        keys = []
+        keys: list[SeriesKey] = []
         for study in sorted(p for p in self.incoming.iterdir() if p.is_dir()):
             keys.extend(SeriesKey(study.name, s.name) for s in sorted(study.iterdir()) if s.is_dir())
         return keys
 
     def complete_versions(self) -> list[tuple[SeriesKey, int, Path]]:
         """Every complete version folder in the spool."""
-        out = []
+        out: list[tuple[SeriesKey, int, Path]] = []
         for study in sorted(p for p in self.complete.iterdir() if p.is_dir()):
             for series in sorted(p for p in study.iterdir() if p.is_dir()):
                 key = SeriesKey(study.name, series.name)

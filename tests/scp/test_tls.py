@@ -45,3 +45,23 @@ def test_tls_with_client_certificate(node_factory, pki, tmp_path):
     assert echo(Destination("KNEENODE", "127.0.0.1", node.port), timeout=5) is None  # no TLS
     stored = list((node.spool / "incoming").rglob("*.dcm"))
     assert len(stored) == 3
+
+
+def test_delivery_over_tls_to_a_tls_peer(node_factory, pki, tmp_path):
+    """The SCU side: a TLS destination with our client certificate (what delivery uses)."""
+    from kneenode.settings import DestinationSettings
+    from scp.delivery import _target
+    from scp.sender import send_files
+
+    files = mr_series(tmp_path / "s", slices=2)
+    node = node_factory({"scp": {"allow_any": True, "tls": {
+        "enabled": True, "cert": str(pki / "server.crt"), "key": str(pki / "server.key"),
+        "ca": str(pki / "ca.crt"), "require_client_cert": True}}})
+    target = _target(DestinationSettings(ae_title="KNEENODE", host="127.0.0.1", port=node.port,
+                                         tls=True, ca=pki / "ca.crt", cert=pki / "client.crt",
+                                         key=pki / "client.key"))
+    report = send_files(files, target.destination, tls=target.tls, timeout=10)
+    assert report.ok, report
+    no_cert = _target(DestinationSettings(ae_title="KNEENODE", host="127.0.0.1", port=node.port,
+                                          tls=True, ca=pki / "ca.crt"))
+    assert not send_files(files, no_cert.destination, tls=no_cert.tls, timeout=10).ok
