@@ -41,7 +41,7 @@ class NsmModel:
     name: str
     version: str
     demo: bool
-    cache: dict[str, Any] = field(default_factory=dict)  # mean shape per resolution/device
+    cache: dict[Any, Any] = field(default_factory=dict)  # mean shape per resolution
 
     @property
     def n_objects(self) -> int:

@@ -26,7 +26,13 @@ import numpy as np
 import torch
 
 from pipeline.phantom.geometry import DEFAULT_THICKNESS_MM
-from pipeline.shape.decoder import DecoderConfig, build_decoder, config_dict, public_state_dict
+from pipeline.shape.decoder import (
+    DecoderConfig,
+    TriplanarDecoder,
+    build_decoder,
+    config_dict,
+    public_state_dict,
+)
 from pipeline.shape.demo_shapes import FemurShape, canonical_label_map, femur_anatomy
 from pipeline.shape.surfaces import prepare_surfaces, signed_distance
 
@@ -84,7 +90,8 @@ def save_cache(path: Path, data: list[ShapeSamples]) -> None:
     """The generated samples (slow to make on a busy CPU), for ``--resume``."""
     arrays = {f"p{i}": d.points for i, d in enumerate(data)}
     arrays.update({f"s{i}": d.sdf for i, d in enumerate(data)})
-    np.savez(path, oa=np.array([d.oa for d in data]), **arrays)
+    arrays["oa"] = np.array([d.oa for d in data])
+    np.savez(path, **arrays)  # type: ignore[arg-type]
 
 
 def load_cache(path: Path) -> list[ShapeSamples] | None:
@@ -97,7 +104,7 @@ def load_cache(path: Path) -> list[ShapeSamples] | None:
 def train(data: list[ShapeSamples], cfg: DecoderConfig, minutes: float, seed: int,
           batch_shapes: int = 8, points_per_shape: int = 1500,
           resume: tuple[dict, torch.Tensor, int] | None = None,
-          lr_scale: float = 1.0) -> tuple[torch.nn.Module, torch.Tensor, int]:
+          lr_scale: float = 1.0) -> tuple[TriplanarDecoder, torch.Tensor, int]:
     """Auto-decoder training (decoder and one latent per shape) for a wall-clock budget.
 
     ``resume`` = (state dict, latents, steps) continues an earlier run (``--resume``).
@@ -146,7 +153,7 @@ def bscore_constants(latents: np.ndarray, oa: np.ndarray) -> dict[str, object]:
             "std_healthy": float(proj.std(ddof=1))}
 
 
-def write_model(out: Path, name: str, dec: torch.nn.Module, lat: torch.Tensor, cfg: DecoderConfig,
+def write_model(out: Path, name: str, dec: TriplanarDecoder, lat: torch.Tensor, cfg: DecoderConfig,
                 steps: int, n_shapes: int, seed: int) -> Path:
     """Model folder in the public layout (+ ``latent_codes/<steps>.pth``, the training latents)."""
     folder = out / name

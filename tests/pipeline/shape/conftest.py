@@ -13,9 +13,12 @@ ROOT = Path(__file__).resolve().parents[3]
 DEMO = ROOT / "models" / "nsm_demo"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
-    """Small CPU fits are fastest (and steadiest on a shared 2-core runner) on one thread."""
+    """Small CPU fits are fastest (and steadiest on a shared 2-core runner) on one thread.
+
+    Module scope so it is in force before the module-scoped fits are computed (OpenMP threads
+    spinning against each other on a busy 2-core machine made them 10x slower)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
