@@ -101,6 +101,17 @@ def test_postprocess_keeps_largest_component_per_structure():
     assert labels[16, 16, 16] == 1  # input untouched
 
 
+def test_postprocess_keeps_a_structure_split_in_two_halves():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:6, 2:6, 2:6] = 9  # lateral meniscus, anterior half (64 voxels)
+    labels[2:6, 10:14, 2:5] = 9  # posterior half (48 voxels) -> kept (>= 20 % of the largest)
+    labels[15, 15, 15] = 9  # a stray voxel -> removed
+    out = postprocess(labels)
+    assert (out == 9).sum() == 64 + 48 and out[15, 15, 15] == 0
+    strict = postprocess(labels, keep_fraction=0)
+    assert (strict == 9).sum() == 64
+
+
 def test_postprocess_fills_bone_holes_but_not_other_structures():
     labels = np.zeros((20, 20, 20), np.uint8)
     labels[2:12, 2:12, 2:12] = 2
