@@ -2,13 +2,17 @@
 
     unshare --net --pid --kill-child=SIGTERM -- python -m tests.viewer.harness WORK_DIR
 
-``WORK_DIR/config.json`` (written by the test, see objects.write_config) names the studies and
-their files. This process brings up loopback, starts Orthanc (a real PACS: DICOMweb plugin on),
-stores the source series by REST and sends the result objects as the ``deliver`` stage does
-(scp.delivery: durable outbox, C-STORE with the node's own SCU), serves OHIF and a same-origin proxy to Orthanc, runs ``check.mjs`` in
-node (playwright-core driving /usr/bin/chromium) and writes ``WORK_DIR/report.json``: the
-browser's per-step results plus every proxy response >= 400. Everything it starts is stopped by
-PID before it exits, also on SIGTERM.
+``WORK_DIR/config.json`` (written by the test) names the phantom series. This process brings
+up loopback, starts Orthanc (a real PACS: DICOMweb plugin on) and stores the series in it (the
+PACS has it before it routes it), starts ``kneenode serve`` with Orthanc as its delivery
+destination and sends it the series with DCMTK's storescu; the node runs its whole chain
+(prepare, segment with the phantom demo model, quantify, encode, deliver) and C-STOREs SEG, SR,
+overlay series and PDF into Orthanc. What the viewer must show is read from those results
+(objects.node_study); two broken copies of the study go in by REST. Then it serves OHIF with a
+same-origin proxy to Orthanc, runs ``check.mjs`` in node (playwright-core driving
+/usr/bin/chromium) and writes ``WORK_DIR/report.json``: the browser's per-step results, every
+proxy response >= 400, timings. Everything it starts is stopped by PID before it exits, also on
+SIGTERM.
 
 Why namespaces: Orthanc 1.10 binds its HTTP and DICOM ports on all addresses; in a new network
 namespace only loopback exists, so nothing is reachable from outside while the test runs. In a new
@@ -26,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.procs import free_port, wait_for
+from tests.viewer.objects import Study, build_broken, node_study
 from tests.viewer.servers import HERE, OHIF_DIST, ORTHANC_AET, Orthanc, Proxy
 
 NODE_MODULES = HERE / "node_modules"
@@ -49,24 +55,51 @@ def preflight() -> list[str]:
     return missing
 
 
-_SENDING_ORDER = {"seg": 0, "sr": 1, "overlay": 2, "pdf": 3}
+def run_node(work: Path, orthanc: Orthanc, source: list[Path]) -> tuple[list[Path], dict]:
+    """``kneenode serve`` delivering into Orthanc: storescu the series, wait for the job's end.
+
+    Returns the result files the job encoded (what its deliver stage sent) and the job record.
+    """
+    from tests.support.dcmtk import storescu
+    from tests.support.node import Node
+    from workers.broker import make_client
+    from workers.jobstate import JobStore
+
+    node = Node(root=work / "node", command="serve", config={
+        "completion": {"quiet_seconds": 1, "poll_seconds": 0.2},
+        "jobs": {"http_port": free_port(), "gpu_devices": ["cpu"], "optional_stages": [],
+                 "poll_ms": 200},
+        "delivery": {"destinations": [{"ae_title": ORTHANC_AET, "host": "127.0.0.1",
+                                       "port": orthanc.dicom_port}]},
+    })
+    node.root.mkdir(parents=True, exist_ok=True)
+    node.start()
+    try:
+        sent = storescu(node.port, source, aet="MRSCANNER")
+        if sent.returncode != 0:
+            raise RuntimeError(f"storescu to kneenode failed: {sent.stderr[-2000:]}")
+        serve = json.loads((node.data_dir / "serve.json").read_text())
+        store = JobStore(make_client(serve["redis_url"]), "kneenode")
+
+        def job() -> dict:
+            jobs = store.list_jobs()
+            return jobs[0] if jobs else {}
+
+        wait_for(lambda: job().get("state") in ("done", "failed", "ignored"), 300, interval=0.5,
+                 what="the kneenode job to end")
+        record = job()
+        if record.get("state") != "done":
+            raise RuntimeError(f"kneenode job did not finish: {record}\n{node.log()[-3000:]}")
+        files = sorted((Path(record["job_dir"]) / "encode").glob("*/*.dcm"))
+        return files, record
+    finally:
+        node.stop()
 
 
-def deliver(orthanc: Orthanc, files: list[Path], work: Path) -> dict[str, int]:
-    """Send the results to Orthanc the way the ``deliver`` stage does (scp.delivery: outbox,
-    one association, C-STORE with the node's SCU), in its order (SEG before the SR citing it)."""
-    from kneenode.settings import Settings
-    from scp.delivery import deliver as send_pending
-    from scp.delivery import resolve_targets
-
-    settings = Settings.model_validate({"delivery": {"destinations": [
-        {"ae_title": ORTHANC_AET, "host": "127.0.0.1", "port": orthanc.dicom_port}]}})
-    ordered = sorted(files, key=lambda p: (_SENDING_ORDER.get(p.parent.name, 9), p.name))
-    report = send_pending(work / "outbox.json", ordered, resolve_targets(settings, "PACS"),
-                          settings.delivery)
-    if any(report.pending.values()) or report.errors:
-        raise RuntimeError(f"delivery to Orthanc incomplete: {report.pending} {report.errors}")
-    return report.pending
+def build_studies(work: Path, source: list[Path], results: list[Path]) -> list[Study]:
+    """The node's study and the two deliberately broken copies of it."""
+    good, plain_sr = node_study(source, results, work / "objects")
+    return [good, *(build_broken(good, plain_sr, work / "objects", kind) for kind in ("seg", "sr"))]
 
 
 def run(work: Path) -> int:
@@ -81,7 +114,7 @@ def run(work: Path) -> int:
     loopback_up()
     orthanc = Orthanc(work / "orthanc")
     proxy = None
-    node = None
+    browser = None
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -91,42 +124,45 @@ def run(work: Path) -> int:
     try:
         t = time.monotonic()
         orthanc.start()
-        timings["orthanc_start_s"] = time.monotonic() - t
+        source = [Path(p) for p in config["source"]]
+        orthanc.upload(source)  # the PACS holds the series before it is routed to the node
+        timings["orthanc_s"] = time.monotonic() - t
         t = time.monotonic()
-        for study in config["studies"]:
-            # What was in the PACS before (the source series, the broken copies) by REST; the
-            # results as the deliver stage sends them, by C-STORE (about 0.1 s per instance into
-            # Orthanc 1.10, 10x slower than REST).
-            orthanc.upload([Path(p) for p in study.pop("files")])
-            delivered = [Path(p) for p in study.pop("deliver", [])]
-            if delivered:
-                deliver(orthanc, delivered, work)
-        timings["store_s"] = time.monotonic() - t
+        results, job = run_node(work, orthanc, source)
+        timings["kneenode_job_s"] = time.monotonic() - t
+        t = time.monotonic()
+        studies = build_studies(work, source, results)
+        for study in studies[1:]:  # the broken copies go in by REST
+            orthanc.upload([*study.files, *study.delivered])
+        timings["broken_copies_s"] = time.monotonic() - t
         proxy = Proxy(OHIF_DIST, orthanc.url).start()
-        check = {**config, "base": proxy.url, "report": str(work / "browser.json"), "tmp": str(work)}
+        check = {**config, "studies": [s.config() for s in studies], "studies_in_pacs": len(studies),
+                 "base": proxy.url, "report": str(work / "browser.json"), "tmp": str(work)}
         (work / "check.json").write_text(json.dumps(check))
         t = time.monotonic()
-        env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
         with open(work / "browser.log", "wb") as log:
-            node = subprocess.Popen(["node", str(HERE / "check.mjs"), str(work / "check.json")],
-                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE,
-                                    start_new_session=True)
-            rc = node.wait(timeout=config.get("browser_timeout_s", 300))
+            browser = subprocess.Popen(["node", str(HERE / "check.mjs"), str(work / "check.json")],
+                                       stdout=log, stderr=subprocess.STDOUT, cwd=HERE,
+                                       start_new_session=True)
+            rc = browser.wait(timeout=config.get("browser_timeout_s", 300))
         timings["browser_s"] = time.monotonic() - t
-        browser = json.loads((work / "browser.json").read_text()) if (work / "browser.json").exists() else {}
+        got = json.loads((work / "browser.json").read_text()) if (work / "browser.json").exists() else {}
         report = {
             "node_rc": rc,
-            "steps": browser.get("steps", []),
+            "steps": got.get("steps", []),
             "proxy_errors": [h.__dict__ for h in proxy.errors()],
             "proxy_requests": len(proxy.hits),
             "timings": timings,
+            "job": {k: job.get(k) for k in ("id", "state", "job_dir")},
+            "results": [str(p) for p in results],
+            "studies": [s.config() for s in studies],
         }
         report_path.write_text(json.dumps(report, indent=1))
         return 0
     finally:
-        if node is not None and node.poll() is None:
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait(10)
+        if browser is not None and browser.poll() is None:
+            os.killpg(browser.pid, signal.SIGKILL)
+            browser.wait(10)
         if proxy is not None:
             proxy.stop()
         orthanc.stop()

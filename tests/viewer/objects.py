@@ -1,22 +1,22 @@
-"""The DICOM objects the browser test opens: a `small` phantom study and our result objects.
+"""The studies the browser test opens: the node's own results, and two broken copies.
 
-The results are produced by the node's own encoders (``pipeline.encode.encode_results``, which
-adds the SR's viewer outlines of :mod:`pipeline.encode.sr_viewer`) from the phantom's truth label
-map and truth measurements, exactly as the ``encode`` stage calls them. Two deliberately broken variants prove that the
-browser check can fail, each in a study of its own (a copy of the good study with new UIDs):
+:func:`node_study` reads what ``kneenode serve`` delivered (SEG, SR, overlay series, PDF) and
+derives from it what the viewer must show: segment names, the slices and voxels of every segment
+(the SEG's own label map), one probe voxel, every SR value as OHIF prints it. Two deliberately
+broken variants prove that the browser check can fail, each in a study of its own (a copy of the
+node's study with new UIDs):
 
 - ``broken-seg``: the SEG's frames shifted by one slice (positions and source references agree
   with each other, so the SEG is self-consistent but lies one slice off the anatomy);
-- ``broken-sr``: the SR as :func:`pipeline.encode.sr.encode_sr` alone writes it, without the
-  viewer outlines: volumetric groups that reference only SEG segments (the layout stock OHIF 3.13
-  crashes on, issue 9).
+- ``broken-sr``: the node's SR without the viewer outlines (what :func:`pipeline.encode.sr.encode_sr`
+  alone writes): volumetric groups that reference only SEG segments, the layout stock OHIF 3.13
+  crashes on (issue 9).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import json
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -27,12 +27,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from kneenode.settings import EncodeSettings
-from pipeline.encode import encode_results, write_results
+from pipeline.encode import EncodedResults
 from pipeline.encode.common import TISSUES, load_source
-from pipeline.encode.sr import encode_sr
 
-DEMO_MODEL = {"algorithm_name": "kneenode-phantom-demo", "algorithm_version": "0.1.0", "is_demo": True}
 ALL_STEPS = ["list", "mr", "seg", "sr", "overlay", "pdf"]
 
 
@@ -40,8 +37,7 @@ ALL_STEPS = ["list", "mr", "seg", "sr", "overlay", "pdf"]
 class Study:
     """One study to open: its files, the steps to run on it and what the viewer must show.
 
-    ``delivered`` are the files the node sends (C-STORE, as its ``deliver`` stage does); the other
-    files are put into the PACS beforehand (the source series is there before the node runs).
+    ``files`` are the source series, ``delivered`` the node's result objects.
     """
 
     name: str
@@ -54,14 +50,6 @@ class Study:
     def config(self) -> dict[str, Any]:
         """This study's entry in the browser check's config (check.mjs)."""
         return {"name": self.name, "uid": self.study_uid, "steps": self.steps, "expect": self.expect}
-
-
-def phantom_results(truth: dict[str, Any]) -> dict[str, Any]:
-    """results.json of a phantom job, from its truth (volumes, thickness, T2, side)."""
-    results: dict[str, Any] = {"side": truth["side"]}
-    for part in ("volumes_ml", "thickness_mm", "t2_ms"):
-        results.update(truth.get(part, {}))
-    return results
 
 
 def ohif_number(value: float) -> str:
@@ -97,8 +85,8 @@ def _expectations(labels: np.ndarray, source: list[Dataset], encoded: Any) -> di
         hits = np.flatnonzero((labels == label).any(axis=(1, 2)))
         slices[name] = [int(hits.min()), int(hits.max())] if hits.size else None
         voxels[name] = int((labels == label).sum())
-    # A voxel inside the femoral cartilage on its middle slice, and its patient position.
-    k = (slices["Femoral cartilage"][0] + slices["Femoral cartilage"][1]) // 2
+    # A voxel inside the femoral cartilage on its largest slice, and its patient position.
+    k = int(np.argmax((labels == 4).reshape(len(labels), -1).sum(axis=1)))
     rows, cols = np.nonzero(labels[k] == 4)
     r, c = int(rows[len(rows) // 2]), int(cols[len(cols) // 2])
     ds = source[k]
@@ -128,30 +116,57 @@ def _expectations(labels: np.ndarray, source: list[Dataset], encoded: Any) -> di
     }
 
 
-def build_good(root: Path, *, options: EncodeSettings | None = None, seed: int = 11) -> tuple[Study, Path]:
-    """Phantom MR series + SEG, SR, overlay series and PDF, as the ``encode`` stage writes them.
+def seg_label_map(seg: Dataset, source: list[Dataset]) -> np.ndarray:
+    """The canonical label map a SEG encodes (tissue segments), aligned to ``source``."""
+    import highdicom as hd
 
-    Returns the study and the path of the same SR (same UIDs) as :func:`encode_sr` alone writes
-    it, without the viewer outlines that :func:`encode_results` adds (for ``broken-sr``).
+    from pipeline.encode import segment_numbers
+
+    numbers = segment_numbers(include_subregions=False)  # canonical label -> segment number
+    doc = hd.seg.Segmentation.from_dataset(seg, copy=False)
+    combined = doc.get_pixels_by_source_instance(
+        source_sop_instance_uids=[str(d.SOPInstanceUID) for d in source],
+        segment_numbers=list(numbers.values()), combine_segments=True, skip_overlap_checks=True)
+    labels = np.zeros(combined.shape, np.uint8)
+    for label, number in numbers.items():
+        labels[combined == number] = label
+    return labels
+
+
+def strip_measurement_sources(sr: Dataset) -> Dataset:
+    """The SR without the viewer outlines: what :func:`encode_sr` alone writes (in place)."""
+    imaging = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    for group in imaging.ContentSequence:
+        for num in (i for i in group.ContentSequence if i.ValueType == "NUM"):
+            kept = [c for c in num.get("ContentSequence", [])
+                    if not (c.ValueType == "SCOORD" and c.ConceptNameCodeSequence[0].CodeValue == "121112")]
+            if kept:
+                num.ContentSequence = kept
+            elif "ContentSequence" in num:
+                del num.ContentSequence
+    return sr
+
+
+def node_study(source_files: list[Path], result_files: list[Path], root: Path) -> tuple[Study, Path]:
+    """The study as ``kneenode serve`` left it in the PACS: expectations read from its results.
+
+    Returns the study (nothing left to send: the source was stored and the node delivered the
+    results) and a copy of the node's SR without the outlines (for ``broken-sr``).
     """
-    from pipeline.phantom import make_phantom, write_phantom
-
-    ph = make_phantom(seed, "small", side="right", orientation="sagittal")
-    paths = write_phantom(ph, root / "phantom")
-    results = phantom_results(json.loads(paths.truth_json.read_text()))
-    source = load_source(list(paths.dicom_files), pixels=True)
-    encoded = encode_results(source=source, labels=ph.labels, results=results, model=DEMO_MODEL,
-                             options=options or EncodeSettings())
-    out = write_results(encoded, root / "results")
-    plain_sr = encode_sr(source=source, seg=encoded.seg, results=results, model=DEMO_MODEL,
-                         options=options)
-    plain_sr.SeriesInstanceUID = encoded.sr.SeriesInstanceUID
-    plain_sr.SOPInstanceUID = plain_sr.file_meta.MediaStorageSOPInstanceUID = encoded.sr.SOPInstanceUID
+    source = load_source(list(source_files), pixels=False)
+    kinds: dict[str, list[Path]] = {}
+    for path in result_files:
+        kinds.setdefault(path.parent.name, []).append(path)
+    seg = pydicom.dcmread(kinds["seg"][0])
+    sr = pydicom.dcmread(kinds["sr"][0])
+    overlay = pydicom.dcmread(kinds["overlay"][0], stop_before_pixels=True)
+    pdf = pydicom.dcmread(kinds["pdf"][0], stop_before_pixels=True)
+    encoded = EncodedResults(seg=seg, sr=sr, overlay=[overlay], pdf=pdf)
+    study = Study("good", str(source[0].StudyInstanceUID), list(source_files), delivered=list(result_files))
+    study.expect = _expectations(seg_label_map(seg, source), source, encoded)
+    root.mkdir(parents=True, exist_ok=True)
     plain = root / "plain-sr.dcm"
-    plain_sr.save_as(plain, enforce_file_format=True)
-    study = Study("good", str(source[0].StudyInstanceUID), list(paths.dicom_files), delivered=out)
-    study.expect = _expectations(ph.labels, source, encoded)
-    study.expect["results"] = results
+    strip_measurement_sources(copy.deepcopy(sr)).save_as(plain, enforce_file_format=True)
     return study, plain
 
 
@@ -214,8 +229,3 @@ def _shift_seg(ds: Dataset, sop_uids: list[str]) -> None:
         target = nxt.get(uid, sop_uids[0])  # the last slice wraps to the first
         src.ReferencedSOPInstanceUID = target
         frame.PlanePositionSequence[0].ImagePositionPatient = copy.deepcopy(positions[target])
-
-
-def write_config(path: Path, studies: list[Study], **extra: Any) -> None:
-    """The browser check's config file (JSON)."""
-    path.write_text(json.dumps({**extra, "studies": [s.config() for s in studies]}, indent=1))

@@ -1,9 +1,10 @@
 """Our result objects open cleanly in stock OHIF 3.13.2, in a real (headless) chromium (issue 9).
 
-One module-scoped run does all the browser work (about a minute): a `small` phantom study with
-the SEG, SR, overlay series and PDF our encoders produce is sent by C-STORE into a real Orthanc,
-and check.mjs drives OHIF through it (study list, MR, SEG, SR, overlay, PDF), plus two studies
-with a deliberately broken SEG and SR that the same checks must reject. The tests below only read
+One module-scoped run does all the work (1.5-2 minutes): a `small` phantom series goes into a real
+Orthanc and, by storescu, into ``kneenode serve``, which segments it with the phantom demo model,
+measures, encodes and delivers SEG, SR, overlay series and PDF into that Orthanc; check.mjs then
+drives OHIF through the study (study list, MR, SEG, SR, overlay, PDF), plus two copies of it with
+a deliberately broken SEG and SR that the same checks must reject. The tests below only read
 the report. See tests/viewer/harness.py for the processes and docs/viewer.md for the viewer bugs
 the SR works around.
 """
@@ -23,7 +24,8 @@ import pytest
 
 from pipeline.encode import read_sr_measurements
 from pipeline.encode.sr_viewer import outlines_by_key
-from tests.viewer.objects import ALL_STEPS, build_broken, build_good, write_config
+from pipeline.phantom import make_phantom, write_phantom
+from tests.viewer.objects import ALL_STEPS
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -33,25 +35,18 @@ ARTIFACTS = Path(os.environ.get("KNEENODE_VIEWER_ARTIFACTS", HERE / "artifacts")
 @pytest.fixture(scope="module")
 def viewer_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("viewer")
-    good, plain_sr = build_good(work / "objects")
-    broken = [build_broken(good, plain_sr, work / "objects", kind) for kind in ("seg", "sr")]
-    studies = [good, *broken]
+    phantom = write_phantom(make_phantom(11, "small", side="right", orientation="sagittal"),
+                            work / "phantom")
     shots = work / "screenshots"
-    config = {"out": str(shots), "studies_in_pacs": len(studies), "browser_timeout_s": 240}
-    write_config(work / "config.json", studies, **config)
-    # The study's files are listed for the harness (it C-STOREs them); keep them out of check.mjs.
-    data = json.loads((work / "config.json").read_text())
-    for entry, study in zip(data["studies"], studies):
-        entry["files"] = [str(p) for p in study.files]
-        entry["deliver"] = [str(p) for p in study.delivered]
-    (work / "config.json").write_text(json.dumps(data))
+    config = {"out": str(shots), "browser_timeout_s": 240,
+              "source": [str(p) for p in phantom.dicom_files]}
+    (work / "config.json").write_text(json.dumps(config))
     proc = subprocess.run(
         # Own network namespace (only loopback) and PID namespace (whatever the browser leaves
         # behind dies with the harness, which is its PID 1).
         ["unshare", "--net", "--pid", "--kill-child=SIGTERM", "--", sys.executable, "-m",
-         "tests.viewer.harness",
-         str(work)],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=420)
+         "tests.viewer.harness", str(work)],
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
     report = json.loads((work / "report.json").read_text()) if (work / "report.json").exists() else {}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for path in [*shots.glob("*.png"), work / "report.json", work / "browser.log"]:
@@ -61,7 +56,8 @@ def viewer_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert proc.returncode == 0 and "steps" in report, (
         f"harness rc={proc.returncode}\n{report.get('setup_problems', '')}\n"
         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{browser_log[-3000:]}")
-    return {"report": report, "good": good, "broken": broken, "work": work, "log": browser_log}
+    report["by_name"] = {s["name"]: s for s in report["studies"]}
+    return {"report": report, "work": work, "log": browser_log}
 
 
 def _step(run: dict[str, Any], study: str, step: str) -> dict[str, Any]:
@@ -90,7 +86,8 @@ def test_broken_seg_is_rejected(viewer_run):
     result = _step(viewer_run, "broken-seg", "seg")
     assert not result["ok"]
     misplaced = [p for p in result["problems"] if "on slices" in p]
-    assert len(misplaced) == len(viewer_run["good"].expect["segment_names"]), result["problems"]
+    names = viewer_run["report"]["by_name"]["good"]["expect"]["segment_names"]
+    assert len(misplaced) == len(names), result["problems"]
 
 
 def test_broken_sr_is_rejected(viewer_run):
@@ -102,10 +99,15 @@ def test_broken_sr_is_rejected(viewer_run):
     assert "ReferencedSOPSequence" in text or "error boundary" in text.lower(), result
 
 
-def test_sr_shown_is_the_sr_sent(viewer_run):
-    """The SR the viewer showed still reads back to results.json and carries an outline per group."""
-    good = viewer_run["good"]
-    sr = next(pydicom.dcmread(p) for p in good.delivered if p.parent.name == "sr")
-    assert read_sr_measurements(sr) == {k: v for k, v in good.expect["results"].items()}
-    outlines = outlines_by_key(sr)
-    assert set(outlines) == set(good.expect["sr_values"])
+def test_the_node_delivered_what_the_viewer_showed(viewer_run):
+    """The job ran through kneenode serve and its SR (the one OHIF showed) carries the outlines."""
+    report = viewer_run["report"]
+    assert report["job"]["state"] == "done"
+    kinds = sorted({Path(p).parent.name for p in report["results"]})
+    assert kinds == ["overlay", "pdf", "seg", "sr"]
+    outbox = json.loads((Path(report["job"]["job_dir"]) / "outbox.json").read_text())
+    assert all(e["state"] == "sent" for d in outbox["destinations"].values() for e in d.values())
+    sr = pydicom.dcmread(next(p for p in report["results"] if Path(p).parent.name == "sr"))
+    assert read_sr_measurements(sr)  # a TID 1500 reader still reads it
+    expected = report["by_name"]["good"]["expect"]["sr_values"]
+    assert set(outlines_by_key(sr)) == set(expected)
