@@ -283,7 +283,8 @@ const steps = {
         if (k === undefined) { problems.push(`${s.label}: drawn on an image outside the MR series (${sop})`); continue; }
         lo = lo === null ? k : Math.min(lo, k); hi = hi === null ? k : Math.max(hi, k); voxels += n;
       }
-      if (!want || lo !== want[0] || hi !== want[1]) problems.push(`${s.label}: on slices ${lo}-${hi}, expected ${want}`);
+      const [wantLo, wantHi] = want || [null, null];  // null: an empty segment
+      if (lo !== wantLo || hi !== wantHi) problems.push(`${s.label}: on slices ${lo}-${hi}, expected ${want}`);
       if (voxels !== e.segment_voxels[s.label]) problems.push(`${s.label}: ${voxels} voxels, expected ${e.segment_voxels[s.label]}`);
     }
     const probeIndex = got.segments.find(s => s.label === e.probe.segment)?.index;
