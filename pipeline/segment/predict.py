@@ -171,7 +171,7 @@ def device_preprocess(
     transposed_spacing = [float(spacing[i]) for i in order]
     if tuple(int(n) for n in compute_new_shape(shape, transposed_spacing, cm.spacing)) != shape:
         return None
-    std = torch.clamp(crop.std(unbiased=False), min=1e-8)
+    std = torch.clamp(crop.std(correction=0), min=1e-8)
     data = ((crop - crop.mean()) / std)[None].contiguous()
     props = {
         "spacing": [float(v) for v in spacing],
