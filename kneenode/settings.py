@@ -355,9 +355,9 @@ class EncodeSettings(Section):
     pdf_key_slices: int = Field(default=3, ge=1, le=6, description="Key slices shown in the PDF report.")
     sr_source_images: bool = Field(
         default=False,
-        description="In each SR measurement group, list the source slices of its segment (IMAGE "
-        "items) instead of referencing the source series: viewers that need an image reference in "
-        "a group (stock OHIF 3.13, issue 9) then find one; the SR grows.",
+        description="In each SR measurement group, also list the source slices of its segment "
+        "(IMAGE items); the SR grows. Not needed for OHIF: the outlines on key slices (always "
+        "written) are what it needs (docs/viewer.md).",
     )
 
 
