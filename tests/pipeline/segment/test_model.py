@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 
 import numpy as np
@@ -213,9 +214,20 @@ def test_non_3d_input_is_invalid_format(tiny_model):
     assert err.value.code == ErrorCode.INVALID_FORMAT
 
 
-def test_loader_never_imports_timm(tiny_model):
-    load_model(settings_for(tiny_model))
-    assert "timm" not in sys.modules
+def test_loader_never_imports_trainer_modules(tiny_model):
+    """No trainer lookup: nnU-Net's recursive search would import primus_trainers (timm)."""
+    code = (
+        "import sys\n"
+        "from kneenode.settings import SegmentSettings\n"
+        "from pipeline.segment import load_model\n"
+        f"load_model(SegmentSettings(model_dir={str(tiny_model)!r}, device='cpu'))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('nnunetv2.training.nnUNetTrainer')"
+        " or m.startswith('timm') or m.endswith('primus')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("transpose", [[0, 1, 2], [2, 0, 1]])
