@@ -29,7 +29,7 @@ def demo_settings(**kw) -> NsmSettings:
     """Settings for the demo bone+cartilage model, sized for CPU tests."""
     base = {"bone_cart_model": DEMO / "femur_bone_cart", "bone_cart_bscore": DEMO / "bscore_bone_cart",
                 "bone_only_model": DEMO / "femur_bone", "bone_only_bscore": DEMO / "bscore_bone",
-                "device": "cpu", "iterations": 300, "points": 4000, "mean_shape_resolution": 64,
-                "recon_resolution": 128}
+                "device": "cpu", "iterations": 200, "points": 3000, "mean_shape_resolution": 64,
+                "recon_resolution": 96}
     base.update(kw)
     return NsmSettings(**base)
