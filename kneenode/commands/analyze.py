@@ -47,18 +47,10 @@ def read_input(path: Path) -> tuple[Any, str]:
 
 
 def _read_dicom_folder(path: Path) -> Any:
-    """The project's series reader (geometry from IPP/IOP, qDESS echoes combined)."""
-    import SimpleITK as sitk
+    """The project's series reader (geometry from IPP/IOP, qDESS echoes combined by RSS)."""
+    from pipeline.series import read_series
 
-    try:
-        from pipeline.series import read_series
-    except ImportError:  # the reader lands with issue 4 point 2; SimpleITK's GDCM reader until then
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
-        if not files:
-            raise NodeError(ErrorCode.INVALID_FORMAT, f"no DICOM series in {path}") from None
-        return sitk.Cast(sitk.ReadImage(files), sitk.sitkFloat32)
-    volume = read_series(path)
-    return getattr(volume, "image", volume)
+    return read_series(path).image
 
 
 def _geometry(image: Any) -> dict[str, Any]:
