@@ -174,7 +174,11 @@ class SegmentSettings(Section):
         default="checkpoint_final.pth",
         description="Checkpoint file in each fold folder (the old pipeline used checkpoint_best.pth).",
     )
-    tta: bool = Field(default=False, description="Mirroring test-time augmentation (8 flips in 3-D).")
+    tta: bool = Field(
+        default=False,
+        description="Mirroring test-time augmentation over the checkpoint's allowed axes "
+        "(up to 8 flips in 3-D).",
+    )
     tile_step_size: float = Field(
         default=0.5, gt=0, le=1, description="Sliding-window step as a fraction of the patch size."
     )
@@ -191,7 +195,8 @@ class SegmentSettings(Section):
     )
     postprocess: bool = Field(
         default=True,
-        description="Keep the largest connected component per structure; fill holes in bones.",
+        description="Per structure keep the largest connected component (and pieces >= 20 % of "
+        "its size, e.g. a meniscus split by the voxel grid); fill holes in bones.",
     )
     allow_pickle: bool = Field(
         default=False,
