@@ -23,6 +23,7 @@ from scipy.spatial import cKDTree
 from skimage import measure
 
 FEMUR, FEM_CART, MED_TIB_CART, LAT_TIB_CART = 1, 4, 5, 6
+FEM_SUBREGIONS = (11, 15)  # femoral cartilage split into subregions counts as femoral cartilage
 CLIP_RATIO = 0.7
 SHORT_KEEP = 0.95
 
@@ -77,8 +78,12 @@ def knee_side(labels: np.ndarray, geom: Geometry) -> str:
     Pure function shared with quantification (issue 5). Raises ``ValueError`` when a tibial
     cartilage label is missing.
     """
-    med = voxel_centroid(labels == MED_TIB_CART, geom)
-    lat = voxel_centroid(labels == LAT_TIB_CART, geom)
+    med_mask, lat_mask = labels == MED_TIB_CART, labels == LAT_TIB_CART
+    if not (med_mask.any() and lat_mask.any()):
+        raise ValueError("cannot tell the knee side: medial (5) or lateral (6) tibial cartilage "
+                         "label is missing; pass the side explicitly")
+    med = voxel_centroid(med_mask, geom)
+    lat = voxel_centroid(lat_mask, geom)
     return "right" if med[0] > lat[0] else "left"
 
 
@@ -119,18 +124,23 @@ def _voxel_z(shape: tuple[int, ...], geom: Geometry) -> np.ndarray:
 def mask_surface(mask: np.ndarray, geom: Geometry, sigma_vox: float = float(np.sqrt(0.5))) -> Surface:
     """Marching cubes (level 0.5) on the Gaussian-smoothed mask, vertices in LPS mm.
 
-    The mask is zero-padded by two voxels so a surface cut by the clip or the field of view is
-    closed (a watertight mesh has a well-defined inside).
+    Only the mask's bounding box (zero-padded by three voxels) is smoothed: fast on a clinical
+    grid, and a surface cut by the clip or the field of view is closed (a watertight mesh has a
+    well-defined inside). The occupancy kept for :func:`inside` is that padded crop.
     """
     if not mask.any():
         raise ValueError("empty mask has no surface")
-    pad = 2
-    occ = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), pad), sigma_vox)
+    pad = 3
+    nz = np.argwhere(mask)
+    lo, hi = nz.min(axis=0), nz.max(axis=0) + 1  # [k, j, i] bounding box: smooth only the crop
+    crop = np.pad(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32), pad)
+    occ = ndimage.gaussian_filter(crop, sigma_vox)
     verts, faces, _, _ = measure.marching_cubes(occ, level=0.5)
-    ijk = verts[:, ::-1] - pad
-    occ_unpadded = occ[pad:-pad, pad:-pad, pad:-pad]
-    return Surface(vertices=geom.to_lps(ijk), faces=faces.astype(np.int64)[:, ::-1].copy(),
-                   occupancy=occ_unpadded, geometry=geom)
+    corner = lo[::-1].astype(np.float64) - pad  # (i, j, k) index of the padded crop's voxel 0
+    crop_geom = Geometry(spacing=geom.spacing, origin=tuple(geom.to_lps(corner[None])[0]),  # type: ignore[arg-type]
+                         direction=geom.direction)
+    return Surface(vertices=crop_geom.to_lps(verts[:, ::-1]),
+                   faces=faces.astype(np.int64)[:, ::-1].copy(), occupancy=occ, geometry=crop_geom)
 
 
 def inside(surface: Surface, points: np.ndarray) -> np.ndarray:
@@ -187,7 +197,7 @@ def prepare_surfaces(labels: np.ndarray, geom: Geometry, *, with_cartilage: bool
     """
     side = side or knee_side(labels, geom)
     femur = labels == FEMUR
-    cart = labels == FEM_CART
+    cart = (labels == FEM_CART) | ((labels >= FEM_SUBREGIONS[0]) & (labels <= FEM_SUBREGIONS[1]))
     femur, (cart,), z_cut = clip_masks(femur, [cart], geom)
     bone = mask_surface(femur, geom)
     cartilage = mask_surface(cart, geom) if with_cartilage else None

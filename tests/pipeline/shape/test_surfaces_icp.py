@@ -88,3 +88,17 @@ def test_similarity_icp_registers_a_femur_surface():
     assert reg.scale == pytest.approx(20.0, rel=2e-3)
     # one-way correspondences alone stall a few degrees off about the condyle axis
     assert reg.rms < 0.7  # mm: nearest-vertex spacing of a 0.7 mm voxel mesh
+
+
+def test_subregion_labels_and_missing_side_labels():
+    labels, geom = posed_label_map(femur_anatomy(FemurShape(), 0.42), side="left",
+                                   rotation_deg=(3.0, 2.0, -4.0))
+    plain = prepare_surfaces(labels, geom, with_cartilage=True)
+    split = labels.copy()
+    split[(labels == 4) & (np.indices(labels.shape)[2] % 2 == 0)] = 12  # some voxels as subregion
+    np.testing.assert_array_equal(prepare_surfaces(split, geom, with_cartilage=True).cartilage.vertices,
+                                  plain.cartilage.vertices)
+    no_tibial = np.where(np.isin(labels, (5, 6)), 0, labels)
+    with pytest.raises(ValueError, match="knee side"):
+        prepare_surfaces(no_tibial, geom, with_cartilage=True)
+    assert prepare_surfaces(no_tibial, geom, with_cartilage=True, side="left").mirrored
