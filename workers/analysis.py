@@ -135,6 +135,29 @@ def quantify(ctx: StageContext) -> None:
     merge_results(ctx.job_dir, read_json(ctx.work_dir / RESULTS_FILE))
 
 
+_SHAPE_MODELS: dict[str, Any] = {}
+
+
+def shape(ctx: StageContext) -> None:
+    """NSM fit of the femur and BScore (optional; skipped when ``nsm`` is not active)."""
+    from pipeline.shape.stage import load_shape_models, shape_stage
+
+    nsm = ctx.settings.nsm
+    if not nsm.active():
+        return
+    key = nsm.model_dump_json()
+    if key not in _SHAPE_MODELS:  # loaded once per worker process, kept warm between jobs
+        _SHAPE_MODELS[key] = load_shape_models(nsm.model_copy(update={"device": ctx.device})
+                                               if ctx.device != "cpu" else nsm)
+    labels = load_labels(ctx)
+    results = read_json(ctx.job_dir / RESULTS)
+    side = results.get("side") if results.get("side") in ("left", "right") else None
+    out = shape_stage(sitk.GetArrayFromImage(labels), labels.GetSpacing(), labels.GetDirection(),
+                      labels.GetOrigin(), models=_SHAPE_MODELS[key], settings=nsm, side=side)
+    write_json_atomic(ctx.work_dir / "shape.json", out)
+    merge_results(ctx.job_dir, {k: v for k, v in out.items() if k != "nsm_fits"})
+
+
 def encode(ctx: StageContext) -> None:
     """SEG, SR, overlay series and PDF (as configured) into ``encode/<kind>/``."""
     from pipeline.encode import encode_results, write_results
@@ -192,6 +215,7 @@ def node_chain(settings: Settings) -> list[Stage]:
         Stage("prepare", "cpu", prepare),
         Stage("segment", "gpu", segment),
         Stage("quantify", "cpu", quantify),
+        Stage("shape", "gpu", shape, optional=True),
         Stage("encode", "cpu", encode),
         Stage("deliver", "io", deliver),
     ]
