@@ -144,3 +144,15 @@ def test_bone_only_and_both(models):
     bone = res["nsm_fits"]["bone_only"]
     assert bone["assd_cart_mm"] is None and len(bone["latent"]) == 16 and np.isfinite(bone["bscore"])
     assert res["bscore"] == res["nsm_fits"]["bone_and_cart"]["bscore"]
+
+
+def test_generated_phantom_label_map(models, settings):
+    """The phantom generator's own label map (its symmetric default femur, a left knee)."""
+    from pipeline.phantom import make_phantom
+
+    ph = make_phantom(seed=3, preset="small", side="left")
+    res = shape_stage(ph.labels, ph.grid.spacing, ph.grid.direction, ph.grid.origin, models=models,
+                      settings=settings)
+    assert res["knee_side"] == "left" and res["nsm_mirrored"]
+    assert res["nsm_assd_bone_mm"] <= ASSD_BONE_MAX_MM
+    assert res["nsm_assd_cart_mm"] <= ASSD_CART_MAX_MM
