@@ -22,8 +22,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, write: Callable[[str], None], *, suffix: str = "") -> None:
-    """Let ``write(tmp_path)`` produce the file, then fsync and rename it to ``path``."""
+def write_atomic(path: Path, write: Callable[[str], None], *, suffix: str = "",
+                 sync_dir: bool = True) -> None:
+    """Let ``write(tmp_path)`` produce the file, then fsync and rename it to ``path``.
+
+    ``sync_dir=False`` leaves the folder's fsync to the caller (one for many files).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
@@ -33,7 +37,8 @@ def write_atomic(path: Path, write: Callable[[str], None], *, suffix: str = "") 
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if sync_dir:
+            fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -47,11 +52,15 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, write)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON (indented, sorted keys, ``str`` for unknown types) durably."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text durably."""
 
     def write(tmp: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
     write_atomic(path, write)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON (indented, sorted keys, ``str`` for unknown types) durably."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -76,7 +76,8 @@ class Orthanc:
 def orthanc_config(folder: Path, *, aet: str, dicom_port: int, http_port: int,
                    modalities: dict[str, list[Any]] | None = None, dicomweb: bool = True
                    ) -> dict[str, Any]:
-    """The configuration of a private Orthanc under ``folder`` (pure)."""
+    """The configuration of a private Orthanc under ``folder`` (pure): loopback-only REST, no
+    authentication, stores from any AE, DICOMweb on when the plugin is installed."""
     config: dict[str, Any] = {
         "Name": "kneenode-orthanc",
         "StorageDirectory": str(folder / "storage"),

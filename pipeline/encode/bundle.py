@@ -7,10 +7,9 @@ The jobs layer calls :func:`encode_results` with what earlier stages left in the
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from kneenode.errors import ErrorCode, NodeError
+from kneenode.fsio import fsync_dir, write_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import EncodeSettings
 from pipeline.encode.common import AlgorithmInfo, knee_side, load_source
@@ -134,6 +134,10 @@ def encode_results(
     return out
 
 
+def _save(ds: Dataset, path: str) -> None:
+    ds.save_as(path, enforce_file_format=True)
+
+
 def write_results(encoded: EncodedResults, out_dir: Path) -> list[Path]:
     """Write every instance as ``<kind>/<SOPInstanceUID>.dcm`` (temp file, fsync, rename)."""
     written = []
@@ -141,15 +145,8 @@ def write_results(encoded: EncodedResults, out_dir: Path) -> list[Path]:
         folder = Path(out_dir) / kind
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{ds.SOPInstanceUID}.dcm"
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                ds.save_as(fh, enforce_file_format=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, partial(_save, ds), sync_dir=False)
         written.append(path)
+    for folder in {p.parent for p in written}:  # one directory fsync per kind, not per file
+        fsync_dir(folder)
     return written

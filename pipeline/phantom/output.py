@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.uid import ExplicitVRLittleEndian
 
+from kneenode.fsio import write_text_atomic
 from pipeline.phantom.build import Phantom
 from pipeline.phantom.dicom_writer import write_dicom_series
 from pipeline.phantom.pose import ImageGrid
@@ -39,19 +38,6 @@ def grid_image(array: np.ndarray, grid: ImageGrid) -> sitk.Image:
     return img
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_phantom(
     phantom: Phantom, out_dir: str | Path, *, transfer_syntax: str = ExplicitVRLittleEndian
 ) -> PhantomPaths:
@@ -77,6 +63,6 @@ def write_phantom(
         "instances": len(files),
     }
     truth_json = truth_dir / "truth.json"
-    _atomic_write_text(truth_json, json.dumps(truth, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(truth_json, json.dumps(truth, indent=2, sort_keys=False) + "\n")
     return PhantomPaths(root=root, dicom_dir=dicom_dir, dicom_files=tuple(files), labels=labels,
                         subregions=subregions, truth_json=truth_json, t2_map=t2_path)

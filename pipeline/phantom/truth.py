@@ -16,21 +16,12 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from pipeline.labels import TISSUE_KEYS
 from pipeline.phantom import geometry as g
 from pipeline.phantom.pose import ImageGrid
 
 #: Canonical labels (DESIGN.md) -> result-key prefix (as the encoders and results.json use).
-LABEL_KEYS: dict[int, str] = {
-    1: "femur",
-    2: "tibia",
-    3: "patella",
-    4: "fem_cart",
-    5: "med_tib_cart",
-    6: "lat_tib_cart",
-    7: "pat_cart",
-    8: "med_men",
-    9: "lat_men",
-}
+LABEL_KEYS: dict[int, str] = TISSUE_KEYS
 
 _LABEL_OF_MATERIAL = np.zeros(g.N_MATERIALS, dtype=np.uint8)
 for _c in range(1, 10):

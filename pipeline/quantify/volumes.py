@@ -8,20 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.labels import TISSUE_KEYS as _TISSUE_KEYS
 from pipeline.quantify.geometry import Boxes, Geometry, label_boxes
 
 #: Canonical label -> result key prefix (the encoders' TISSUES and the phantom truth use the same).
-TISSUE_KEYS: dict[int, str] = {
-    1: "femur",
-    2: "tibia",
-    3: "patella",
-    4: "fem_cart",
-    5: "med_tib_cart",
-    6: "lat_tib_cart",
-    7: "pat_cart",
-    8: "med_men",
-    9: "lat_men",
-}
+TISSUE_KEYS: dict[int, str] = _TISSUE_KEYS
 
 
 def tissue_volumes(labels: np.ndarray, geom: Geometry, boxes: Boxes | None = None) -> dict[str, float]:

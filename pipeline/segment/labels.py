@@ -16,19 +16,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from kneenode.errors import ErrorCode, NodeError
+from pipeline.labels import TISSUE_NAMES
 
 #: Canonical labels (DESIGN.md).
-CANONICAL: dict[int, str] = {
-    1: "femur",
-    2: "tibia",
-    3: "patella",
-    4: "femoral cartilage",
-    5: "medial tibial cartilage",
-    6: "lateral tibial cartilage",
-    7: "patellar cartilage",
-    8: "medial meniscus",
-    9: "lateral meniscus",
-}
+CANONICAL: dict[int, str] = TISSUE_NAMES
 
 #: Canonical labels of the three bones (holes are filled in post-processing).
 BONES: tuple[int, ...] = (1, 2, 3)

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from kneenode.orthanc import orthanc_config as base_orthanc_config
 from tests.support.procs import free_port, port_open, start, stop, wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -33,18 +34,13 @@ ORTHANC_AET = "ORTHANC"
 
 
 def orthanc_config(root: Path, http_port: int, dicom_port: int) -> dict:
-    """Orthanc's JSON configuration: loopback-only access, DICOMweb on, no authentication."""
+    """Orthanc's JSON configuration: the node's private Orthanc (loopback-only access, DICOMweb
+    on, no authentication) with what the viewer needs on top."""
     return {
+        **base_orthanc_config(root, aet=ORTHANC_AET, dicom_port=dicom_port, http_port=http_port),
         "Name": "kneenode-viewer-test",
         "StorageDirectory": str(root / "db"),
         "IndexDirectory": str(root / "db"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": ORTHANC_AET,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomAlwaysAllowStore": True,
-        "DicomCheckCalledAet": False,
         "UnknownSopClassAccepted": True,
         "StableAge": 1,
         "HttpCompressionEnabled": False,
