@@ -139,7 +139,7 @@ def shape_measurements(results: Mapping[str, Any]) -> list[hd.sr.Measurement]:
         if value is not None:
             out.append(_measurement(BSCORE, value, "1"))
             break
-    for key, code in (("assd_bone_mm", ASSD_BONE), ("assd_cart_mm", ASSD_CART)):
+    for key, code in (("nsm_assd_bone_mm", ASSD_BONE), ("nsm_assd_cart_mm", ASSD_CART)):
         value = finite_float(results, key)
         if value is not None:
             out.append(_measurement(code, value, "mm"))
@@ -245,7 +245,7 @@ def encode_sr(
         The SEG from :func:`pipeline.encode.seg.encode_seg` (segments found by tracking ID).
     results
         results.json of the job (keys as in knee-pipeline-facts.md, ``<tissue>_ml``, ``side``,
-        ``bscore``, ``assd_bone_mm``, ``assd_cart_mm``).
+        ``bscore``, ``nsm_assd_bone_mm``, ``nsm_assd_cart_mm`` from the shape stage).
     model
         Model card (``ModelCard.as_dict()``) or :class:`AlgorithmInfo`.
     labels
@@ -362,8 +362,8 @@ def _key(prefix: str, m: hd.sr.Measurement) -> str:
         return t2_key(prefix, layers[0] if layers else None, str(stat))
     by_code = {
         BSCORE.value: "bscore",
-        ASSD_BONE.value: "assd_bone_mm",
-        ASSD_CART.value: "assd_cart_mm",
+        ASSD_BONE.value: "nsm_assd_bone_mm",
+        ASSD_CART.value: "nsm_assd_cart_mm",
     }
     if code in by_code:
         return by_code[code]

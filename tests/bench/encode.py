@@ -60,8 +60,8 @@ def phantom_inputs(
     results: dict[str, Any] = {
         "side": truth["side"],
         "bscore": 0.42,
-        "assd_bone_mm": 0.6,
-        "assd_cart_mm": 0.4,
+        "nsm_assd_bone_mm": 0.6,
+        "nsm_assd_cart_mm": 0.4,
     }
     for part in ("volumes_ml", "thickness_mm", "t2_ms"):
         results.update(truth.get(part, {}))

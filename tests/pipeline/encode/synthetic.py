@@ -87,8 +87,8 @@ def make_results() -> dict[str, object]:
     res: dict[str, object] = {
         "side": "right",
         "bscore": 1.234567,
-        "assd_bone_mm": 0.61,
-        "assd_cart_mm": 0.42,
+        "nsm_assd_bone_mm": 0.61,
+        "nsm_assd_cart_mm": 0.42,
     }
     regions = [
         "ant_fem_cart",
