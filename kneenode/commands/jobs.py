@@ -175,6 +175,8 @@ def retry_cmd(
         raise fail(f"no job {job_id}")
     if job["state"].split(":")[0] not in TERMINAL - {"ignored"}:
         raise fail(f"job {job_id} is {job['state']}: only failed, cancelled or done jobs retry")
+    if job.get("purged"):
+        raise fail(f"job {job_id}'s folders were removed (purged): send the series again")
     queues = {s.name: s.queue for s in load_chain(settings)}
     chain: list[str] = job.get("chain") or []
     stage = from_stage or (job.get("stage") if job["state"] == "failed" else None) or chain[0]

@@ -115,3 +115,6 @@ def test_purge_cli(store, tmp_path):
     assert done.returncode == 0, done.stderr
     assert not failed[1].exists() and not failed[2].exists()
     assert store.get(failed[0])["purged"]
+    retry = subprocess.run([KNEENODE, "retry", failed[0]], capture_output=True, text=True,
+                           env=env, timeout=60)
+    assert retry.returncode == 1 and "purged" in retry.stderr
