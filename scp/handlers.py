@@ -23,7 +23,6 @@ from scp.status import StoreStatus
 
 log = get_logger(__name__)
 
-DUL_LOOP_DELAY = 0.0001
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
 _HEADER_TAG_NUMBERS = [0x00080016, 0x00080018, 0x0020000D, 0x0020000E]
 _LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
@@ -49,10 +48,6 @@ def handle_requested(event: events.Event, settings: Settings) -> None:
         event.assoc.acse.send_reject(0x01, 0x01, int(decision.diagnostic))
         event.assoc.kill()  # as pynetdicom's own rejections do: flushes the A-ASSOCIATE-RJ
         return
-    # pynetdicom's DUL thread sleeps 1 ms whenever a loop found nothing to do; each C-STORE
-    # response waits for that sleep. 0.1 ms cuts the per-instance latency at a small CPU cost
-    # while the association is open (measured in tests/bench/ingest.py).
-    event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY
     log.info("association accepted", calling_ae=calling, peer=requestor.address,
              rule=decision.reason)
 
