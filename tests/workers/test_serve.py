@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -52,6 +53,17 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
     return proc.wait(60)
 
 
+def _client(root: Path, info: dict) -> Any:
+    """A job-submitting helper on the served node's redis (the tests' Cluster, without workers)."""
+    from tests.workers.conftest import Cluster
+
+    settings = load_settings()
+    store = JobStore(make_client(info["redis_url"]), settings.jobs.namespace)
+    creator = JobCreator(settings, store, make_broker(info["redis_url"], settings.jobs),
+                         load_chain(settings))
+    return Cluster(root, settings, root / "kneenode.toml", None, store, creator)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     jobs = {k: v for k, v in FAST_JOBS.items() if k != "redis_url"}
@@ -74,13 +86,8 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_serve_sigterm_requeues_running_stage_and_http_reports(served) -> None:
     start, root = served
     proc, info = start()
-    settings = load_settings()
-    store = JobStore(make_client(info["redis_url"]), settings.jobs.namespace)
-    creator = JobCreator(settings, store, make_broker(info["redis_url"], settings.jobs),
-                         load_chain(settings))
-    from tests.workers.conftest import Cluster
-
-    helper = Cluster(root, settings, root / "kneenode.toml", None, store, creator)  # type: ignore[arg-type]
+    helper = _client(root, info)
+    settings, store = helper.settings, helper.store
     done_id = helper.submit()
     helper.wait(done_id, {"done"})
     failed_id = helper.submit({"s3": "permanent"})
@@ -143,13 +150,8 @@ def test_serve_without_redis_server_says_so(tmp_path: Path) -> None:
 def test_serve_restarts_its_redis_after_kill_9(served) -> None:
     start, root = served
     proc, info = start()
-    settings = load_settings()
-    store = JobStore(make_client(info["redis_url"]), settings.jobs.namespace)
-    creator = JobCreator(settings, store, make_broker(info["redis_url"], settings.jobs),
-                         load_chain(settings))
-    from tests.workers.conftest import Cluster
-
-    helper = Cluster(root, settings, root / "kneenode.toml", None, store, creator)  # type: ignore[arg-type]
+    helper = _client(root, info)
+    store = helper.store
     before = helper.submit()
     helper.wait(before, {"done"})
     time.sleep(1.5)  # appendfsync everysec
@@ -173,13 +175,8 @@ def test_restart_after_whole_node_killed_resumes_at_once(served) -> None:
     requeues what the dead workers held without waiting for the 60 s heartbeat timeout."""
     start, root = served
     proc, info = start()
-    settings = load_settings()
-    store = JobStore(make_client(info["redis_url"]), settings.jobs.namespace)
-    creator = JobCreator(settings, store, make_broker(info["redis_url"], settings.jobs),
-                         load_chain(settings))
-    from tests.workers.conftest import Cluster
-
-    helper = Cluster(root, settings, root / "kneenode.toml", None, store, creator)  # type: ignore[arg-type]
+    helper = _client(root, info)
+    settings, store = helper.settings, helper.store
     job_id = helper.submit({"s2": "sleep:60"})
     helper.wait(job_id, {"running:s2"})
     summary = Path(store.get(job_id)["series_path"]) / "summary.json"
