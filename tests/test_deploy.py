@@ -19,7 +19,7 @@ VENV_BIN = Path(sys.executable).parent
 def test_compose_file_is_valid():
     done = subprocess.run(["docker-compose", "-f", str(DEPLOY / "docker-compose.yml"),
                            "--profile", "demo", "config", "--services"],
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert set(done.stdout.split()) == {"redis", "node", "gpu-worker", "orthanc"}
 
@@ -36,7 +36,7 @@ def test_systemd_units_verify(unit, tmp_path):
     name = unit.replace("@.service", "@0.service")
     (tmp_path / name).write_text(text)
     done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)],
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "kneenode" in text and "ExecStart=" in text
 

@@ -26,14 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from kneenode.settings import load_settings  # noqa: E402
-from tests.workers.conftest import Cluster, write_config  # noqa: E402
-from workers.broker import make_broker, make_client  # noqa: E402
-from workers.intake import JobCreator  # noqa: E402
-from workers.jobstate import JobStore  # noqa: E402
-from workers.redisproc import start_redis  # noqa: E402
-from workers.stages import load_chain  # noqa: E402
-from workers.supervisor import ChildSpec  # noqa: E402
+from kneenode.settings import load_settings
+from tests.workers.conftest import Cluster, write_config
+from workers.broker import make_broker, make_client
+from workers.intake import JobCreator
+from workers.jobstate import JobStore
+from workers.redisproc import start_redis
+from workers.stages import load_chain
+from workers.supervisor import ChildSpec
 
 
 def pct(values: list[float], p: float) -> float:

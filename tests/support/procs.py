@@ -38,9 +38,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def start(cmd: Sequence[str], *, log: Path, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen:
     """Start a process in its own session (so its children can be stopped with it)."""
-    fh = open(log, "ab")
-    return subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                            start_new_session=True)
+    with open(log, "ab") as fh:  # the child keeps its own descriptor
+        return subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:

@@ -16,7 +16,6 @@ from workers.jobstate import JobStore
 from workers.redisproc import start_redis
 from workers.retention import DAY, apply, plan_emergency, plan_manual, run_retention
 
-
 KNEENODE = str(Path(sys.executable).with_name("kneenode"))
 
 
@@ -103,7 +102,7 @@ def test_purge_cli(store, tmp_path):
                KNEENODE_JOBS__REDIS_URL=f"redis://{url['host']}:{url['port']}/0")
 
     def purge(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([KNEENODE, "purge", *args], capture_output=True, text=True,
+        return subprocess.run([KNEENODE, "purge", *args], check=False, capture_output=True, text=True,
                               env=env, timeout=60)
 
     dry = purge("--state", "failed", "--dry-run")
@@ -115,6 +114,6 @@ def test_purge_cli(store, tmp_path):
     assert done.returncode == 0, done.stderr
     assert not failed[1].exists() and not failed[2].exists()
     assert store.get(failed[0])["purged"]
-    retry = subprocess.run([KNEENODE, "retry", failed[0]], capture_output=True, text=True,
+    retry = subprocess.run([KNEENODE, "retry", failed[0]], check=False, capture_output=True, text=True,
                            env=env, timeout=60)
     assert retry.returncode == 1 and "purged" in retry.stderr
