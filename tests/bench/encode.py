@@ -159,34 +159,10 @@ def main() -> None:
 def _baseline(
     src: list[pydicom.Dataset], lab: np.ndarray, card: dict[str, Any], runs: int
 ) -> float:
-    import highdicom as hd
-
-    from pipeline.encode.common import AlgorithmInfo
-    from pipeline.encode.seg import segment_descriptions
-
-    tissues = lab.copy()
-    tissues[tissues >= 11] = 4
-    descs = segment_descriptions(
-        info=AlgorithmInfo.from_card(card), include_subregions=False, side=None
-    )
+    from tests.pipeline.encode.synthetic import highdicom_reference_seg
 
     def build() -> None:
-        seg = hd.seg.Segmentation(
-            source_images=src,
-            pixel_array=tissues,
-            segmentation_type="BINARY",
-            segment_descriptions=descs,
-            series_instance_uid=hd.UID(),
-            series_number=1,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="x",
-            manufacturer_model_name="x",
-            software_versions="x",
-            device_serial_number="x",
-            omit_empty_frames=False,
-        )
-        seg.save_as(io.BytesIO())
+        highdicom_reference_seg(src, lab, card).save_as(io.BytesIO())
 
     return timed(build, max(1, runs // 2))[0]
 

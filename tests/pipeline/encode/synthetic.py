@@ -131,3 +131,31 @@ def make_card(demo: bool = True) -> dict[str, object]:
         "algorithm_version": "0.1.0",
         "is_demo": demo,
     }
+
+
+def highdicom_reference_seg(source: list[Dataset], labels: np.ndarray, card: dict) -> Dataset:
+    """The BINARY SEG highdicom's own ``Segmentation`` writes for ``labels`` (no subregions):
+    the reference our fast SEG path is compared with (tests) and timed against (benchmark)."""
+    import highdicom as hd
+
+    from pipeline.encode.common import AlgorithmInfo
+    from pipeline.encode.seg import segment_descriptions
+
+    tissues = labels.copy()
+    tissues[(tissues >= 11) & (tissues <= 15)] = 4  # femoral cartilage covers its subregions
+    info = AlgorithmInfo.from_card(card)
+    return hd.seg.Segmentation(
+        source_images=source,
+        pixel_array=tissues,
+        segmentation_type="BINARY",
+        segment_descriptions=segment_descriptions(info=info, include_subregions=False, side=None),
+        series_instance_uid=hd.UID(),
+        series_number=1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="x",
+        manufacturer_model_name="x",
+        software_versions="x",
+        device_serial_number="x",
+        omit_empty_frames=False,
+    )

@@ -13,9 +13,9 @@ from pydicom.sr.codedict import codes
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.settings import EncodeSettings
-from pipeline.encode.common import AlgorithmInfo
-from pipeline.encode.seg import encode_seg, seg_bytes, segment_descriptions, segment_numbers
+from pipeline.encode.seg import encode_seg, seg_bytes, segment_numbers
 from tests.pipeline.encode.conftest import dciodvfy
+from tests.pipeline.encode.synthetic import highdicom_reference_seg
 
 
 def _reread(ds: Dataset, tmp_path: Path) -> hd.seg.Segmentation:
@@ -67,23 +67,8 @@ def test_subregion_segments(series, labels, card, tmp_path):
 
 def test_fast_path_matches_highdicom(series, labels, card):
     """Per-frame items and pixel data equal what highdicom.seg.Segmentation writes itself."""
-    info = AlgorithmInfo.from_card(card)
     ours = encode_seg(source=series, labels=labels, model=card)
-    ref = hd.seg.Segmentation(
-        source_images=series,
-        pixel_array=_tissues(labels),
-        segmentation_type="BINARY",
-        segment_descriptions=segment_descriptions(info=info, include_subregions=False, side=None),
-        series_instance_uid=hd.UID(),
-        series_number=1,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="x",
-        manufacturer_model_name="x",
-        software_versions="x",
-        device_serial_number="x",
-        omit_empty_frames=False,
-    )
+    ref = highdicom_reference_seg(series, labels, card)
     assert int(ours.NumberOfFrames) == int(ref.NumberOfFrames)
     assert ours.PixelData == ref.PixelData
     for a, b in zip(
