@@ -54,20 +54,21 @@ def postprocess(
     """
     out = np.asarray(labels, dtype=np.uint8).copy()
     for label in structures:
-        mask = out == label
-        if not mask.any():
-            continue
-        objects = ndimage.find_objects(mask.astype(np.uint8))[0]
-        sub = mask[objects]
-        keep = main_components(sub, keep_fraction)
-        region = out[objects]
-        region[sub & ~keep] = 0
+        region = _label_box(out, label)
+        if region is not None:
+            sub = region == label
+            region[sub & ~main_components(sub, keep_fraction)] = 0
     for label in fill_holes_in:
-        mask = out == label
-        if not mask.any():
-            continue
-        objects = ndimage.find_objects(mask.astype(np.uint8))[0]
-        region = out[objects]
-        filled = ndimage.binary_fill_holes(region == label)
-        region[filled & (region == 0)] = label
+        region = _label_box(out, label)
+        if region is not None:
+            filled = ndimage.binary_fill_holes(region == label)
+            region[filled & (region == 0)] = label
     return out
+
+
+def _label_box(labels: np.ndarray, label: int) -> np.ndarray | None:
+    """A writable view of ``labels`` cropped to ``label``'s bounding box (None when absent)."""
+    mask = labels == label
+    if not mask.any():
+        return None
+    return labels[ndimage.find_objects(mask.astype(np.uint8))[0]]
