@@ -37,6 +37,9 @@ from pipeline.segment.model import LoadedModel
 
 #: progress(done, total) called after each batch of tiles.
 Progress = Callable[[int, int], None]
+#: on_logits(logits) sees the final stage's logits (classes, *spatial) on the model's grid, e.g.
+#: to summarise the softmax (:mod:`pipeline.segment.softmax`) without keeping the maps.
+LogitsTap = Callable[[torch.Tensor], None]
 
 
 def tile_slices(shape: Sequence[int], patch: Sequence[int], step: float) -> list[tuple[slice, ...]]:
@@ -210,6 +213,7 @@ def predict_native(
     image: np.ndarray,
     spacing: Sequence[float],
     progress: Progress | None = None,
+    on_logits: LogitsTap | None = None,
 ) -> np.ndarray:
     """Native labels for ``image`` (z, y, x as SimpleITK gives it; ``spacing`` in that order).
 
@@ -219,7 +223,7 @@ def predict_native(
     if image.ndim != 3:
         raise NodeError(ErrorCode.INVALID_FORMAT, f"expected a 3-D volume, got shape {image.shape}")
     with cpu_threads(model):
-        return _predict_native(model, image, spacing, progress)
+        return _predict_native(model, image, spacing, progress, on_logits)
 
 
 @contextmanager
@@ -242,6 +246,7 @@ def _predict_native(
     image: np.ndarray,
     spacing: Sequence[float],
     progress: Progress | None,
+    on_logits: LogitsTap | None = None,
 ) -> np.ndarray:
     previous = None
     if model.previous is not None:
@@ -249,4 +254,6 @@ def _predict_native(
     fast = device_preprocess(model, image, spacing) if previous is None else None
     data, props = fast if fast is not None else preprocess(model, image, spacing, previous)
     logits = sliding_window_logits(model, data, progress)
+    if on_logits is not None:
+        on_logits(logits)
     return logits_to_native(model, logits, props)
