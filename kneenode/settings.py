@@ -549,17 +549,17 @@ class QcSettings(Section):
         description="A voxel whose winning class probability is below this is uncertain.",
     )
     warn_mean_confidence: float = Field(
-        default=0.9, ge=0, le=1, description="Mean foreground probability below this warns."
+        default=0.95, ge=0, le=1, description="Mean foreground probability below this warns."
     )
     fail_mean_confidence: float = Field(
-        default=0.75, ge=0, le=1, description="Mean foreground probability below this fails."
+        default=0.9, ge=0, le=1, description="Mean foreground probability below this fails."
     )
     warn_uncertain: float = Field(
-        default=0.25, ge=0, le=1,
+        default=0.15, ge=0, le=1,
         description="Share of a structure's voxels that are uncertain above which it warns.",
     )
     fail_uncertain: float = Field(
-        default=0.5, ge=0, le=1,
+        default=0.35, ge=0, le=1,
         description="Share of a structure's voxels that are uncertain above which it fails.",
     )
 
