@@ -144,22 +144,19 @@ def report_maps(points: Mapping[str, np.ndarray] | None,
         out.append(_with_means(ReportMap(
             "Femoral cartilage (unrolled)", values, regions, extent,
             "lateral  <-  mm  ->  medial", "posterior  <-  mm  ->  anterior")))
-    tib = _plate(points, "tibia", (5, 6))
-    if tib is not None:
-        p, area, t, region = tib
+    flat_plates = (  # plate, its codes, title, the plane's vertical axis, axis labels
+        ("tibia", (5, 6), "Tibial cartilage (from above)", ap, "posterior  <-  ->  anterior"),
+        ("patella", (7,), "Patellar cartilage (from behind)", si, "inferior  <-  ->  superior"),
+    )
+    for bone, codes, title, vertical, y_label in flat_plates:
+        plate = _plate(points, bone, codes)
+        if plate is None:
+            continue
+        p, area, t, region = plate
         d = p - centre
-        values, regions, extent = splat(d @ ml, d @ ap, area, t, region)
-        out.append(_with_means(ReportMap(
-            "Tibial cartilage (from above)", values, regions, extent,
-            "lateral  <-  mm  ->  medial", "posterior  <-  ->  anterior")))
-    pat = _plate(points, "patella", (7,))
-    if pat is not None:
-        p, area, t, region = pat
-        d = p - centre
-        values, regions, extent = splat(d @ ml, d @ si, area, t, region)
-        out.append(_with_means(ReportMap(
-            "Patellar cartilage (from behind)", values, regions, extent,
-            "lateral  <-  ->  medial", "inferior  <-  ->  superior")))
+        values, regions, extent = splat(d @ ml, d @ vertical, area, t, region)
+        out.append(_with_means(ReportMap(title, values, regions, extent,
+                                         "lateral  <-  mm  ->  medial", y_label)))
     return out
 
 
