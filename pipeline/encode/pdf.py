@@ -28,6 +28,7 @@ from matplotlib import rc_context
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.transforms import Bbox
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, EncapsulatedPDFStorage, ExplicitVRLittleEndian
 
@@ -56,6 +57,7 @@ from pipeline.encode.overlay import colorize, source_volume, window_to_uint8
 from pipeline.encode.report_maps import MAP_RANGE_MM, ReportMap, map_from_grid, report_maps
 from pipeline.encode.sr import BSCORE_KEYS
 
+_FULL_AXES = Bbox.from_bounds(0, 0, 1, 1)  # a table filling its axes
 _CMAP = "turbo"  # continuous, high contrast between 1 and 3 mm where cartilage lies
 DISCLAIMER = (
     "NOT FOR DIAGNOSTIC USE. Automated research measurements of knee bone and cartilage computed "
@@ -185,15 +187,15 @@ def _table(fig: Figure, top: float, results: Mapping[str, Any]) -> float:
     ax = fig.add_axes((0.06, top - height, 0.88, height))
     ax.axis("off")
     table = ax.table(cellText=[["", *r] for r in rows], colLabels=cols, loc="upper center",
-                     cellLoc="center", colWidths=widths, bbox=(0, 0, 1, 1))
+                     cellLoc="center", colWidths=widths, bbox=_FULL_AXES)
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     names = {text: label for label, (_, text) in (*TISSUES.items(), *SUBREGIONS.items())}
     for i, r in enumerate(rows, start=1):
         colour = COLORS.get(names.get(r[0], 0))
         if colour is not None:
-            table[i, 0].set_facecolor(tuple(c / 255 for c in colour))
-        table[i, 1].get_text().set_ha("left")
+            table[i, 0].set_facecolor((colour[0] / 255, colour[1] / 255, colour[2] / 255))
+        table[i, 1].get_text().set_horizontalalignment("left")
         table[i, 1].PAD = 0.02
     for j in range(len(cols)):
         table[0, j].set_facecolor("#e8e8e8")
@@ -293,7 +295,7 @@ def _qc_details(fig: Figure, top: float, qc: Any) -> None:
     height = 0.0165 * (len(rows) + 1)
     ax = fig.add_axes((0.06, top - 0.01 - height, 0.88, height))
     ax.axis("off")
-    table = ax.table(cellText=rows, colLabels=cols, cellLoc="center", bbox=(0, 0, 1, 1),
+    table = ax.table(cellText=rows, colLabels=cols, cellLoc="center", bbox=_FULL_AXES,
                      colWidths=[0.3, 0.12, 0.12, 0.12, 0.11, 0.12, 0.11])
     table.auto_set_font_size(False)
     table.set_fontsize(7.5)
@@ -360,8 +362,9 @@ def render_report(
     font_log.setLevel(logging.ERROR)  # "weight normal not found for Helvetica, using medium"
     try:
         meta = {"Title": "Knee MRI quantitative report", "Creator": "kneenode"}
-        rc = {"pdf.use14corefonts": True, "axes.unicode_minus": False}  # core fonts lack U+2212
-        with rc_context(rc), PdfPages(buf, metadata=meta) as pdf:
+        # core fonts lack the minus sign U+2212: plain hyphens on the map axes
+        with rc_context({"pdf.use14corefonts": True, "axes.unicode_minus": False}), \
+                PdfPages(buf, metadata=meta) as pdf:
             pdf.savefig(_page_one(first, results, info, maps))
             pdf.savefig(_page_two(rgb_slices, results, info))
     finally:

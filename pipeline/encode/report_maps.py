@@ -115,13 +115,13 @@ def _plate(points: Mapping[str, np.ndarray], bone: str, codes: tuple[int, ...]
 
 
 def _with_means(m: ReportMap) -> ReportMap:
-    ys, xs = np.indices(m.regions.shape)
     x0, x1, y0, y1 = m.extent
     sx, sy = (x1 - x0) / m.regions.shape[1], (y1 - y0) / m.regions.shape[0]
-    for code in np.unique(m.regions):
+    for code in (int(c) for c in np.unique(m.regions)):
         if code > 0:
-            sel = m.regions == code
-            m.means[int(code)] = (x0 + (xs[sel].mean() + 0.5) * sx, y0 + (ys[sel].mean() + 0.5) * sy)
+            rows, cols = np.nonzero(m.regions == code)
+            m.means[code] = (x0 + (float(cols.mean()) + 0.5) * sx,
+                             y0 + (float(rows.mean()) + 0.5) * sy)
     return m
 
 
