@@ -8,7 +8,8 @@ cascade's one-hot input (``convert_labelmap_to_one_hot``) and the export back to
 (``segment.tile_batch_size``, TTA flips included), logits accumulate in
 float32 on the device, fp16 autocast on CUDA, one network per fold kept on the device (no
 ``load_state_dict`` per case), and the when the preprocessing reduces to crop + z-score (no resampling) it runs on the device too
-(:func:`device_preprocess`), as do the argmax and the crop reversal.
+(:func:`device_preprocess`), as do the argmax and the crop reversal; the export's linear
+resampling of the logits is torch's trilinear interpolation (:func:`linear_resample_logits`).
 Nothing is written to disk.
 """
 
@@ -29,7 +30,10 @@ from nnunetv2.inference.sliding_window_prediction import (
     compute_gaussian,
     compute_steps_for_sliding_window,
 )
-from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+from nnunetv2.preprocessing.resampling.default_resampling import (
+    compute_new_shape,
+    determine_do_sep_z_and_axis,
+)
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 
 from kneenode.errors import ErrorCode, NodeError
@@ -186,8 +190,41 @@ def device_preprocess(
     return data, props
 
 
+def linear_resample_logits(model: LoadedModel, logits: torch.Tensor, props: dict
+                           ) -> torch.Tensor | None:
+    """The logits resampled to the cropped input shape with torch's trilinear interpolation.
+
+    Equal to nnU-Net's export resampling (``resample_data_or_seg_to_shape``, order 1, no separate
+    z axis: skimage's linear resize samples at pixel centres with edge clamping, as
+    ``interpolate(align_corners=False)`` does) at a fraction of its CPU time (the full phantom
+    preset: ~10 s instead of ~100 s). None when the plans ask for anything else.
+    """
+    cm, pm = model.configuration_manager, model.plans_manager
+    conf = cm.configuration
+    kwargs = conf.get("resampling_fn_probabilities_kwargs", {})
+    if (conf.get("resampling_fn_probabilities") != "resample_data_or_seg_to_shape"
+            or kwargs.get("order") != 1 or kwargs.get("is_seg") or logits.ndim != 4):
+        return None
+    target = [int(n) for n in props["shape_after_cropping_and_before_resampling"]]
+    new_spacing = [float(props["spacing"][i]) for i in pm.transpose_forward]
+    separate, _ = determine_do_sep_z_and_axis(kwargs.get("force_separate_z"), list(cm.spacing),
+                                              new_spacing)
+    if separate or len(target) != 3:
+        return None
+    out = torch.empty((logits.shape[0], *target), dtype=torch.float32, device=logits.device)
+    for c in range(logits.shape[0]):  # one class at a time: the peak memory stays one volume
+        out[c] = torch.nn.functional.interpolate(
+            logits[c][None, None].float(), size=target, mode="trilinear", align_corners=False)[0, 0]
+    return out
+
+
 def logits_to_native(model: LoadedModel, logits: torch.Tensor, props: dict) -> np.ndarray:
     """Native label map on the input grid (undo resampling, cropping and transpose)."""
+    if (tuple(logits.shape[1:]) != tuple(props["shape_after_cropping_and_before_resampling"])
+            and not model.label_manager.has_regions):
+        resampled = linear_resample_logits(model, logits, props)
+        if resampled is not None:
+            logits = resampled
     if tuple(logits.shape[1:]) == tuple(props["shape_after_cropping_and_before_resampling"]):
         # no resampling: argmax, crop reversal and transpose on the device (integer labels only:
         # region-based models are refused when the labels are mapped)
