@@ -120,7 +120,9 @@ def qc(ctx: StageContext) -> None:
     recorded ``policy``: :mod:`workers.review` after this stage, ``encode`` for ``pdf_only``.
     """
     from pipeline.qc import evaluate_qc
+    from workers.review import DECISION_FILE
 
+    (ctx.job_dir / DECISION_FILE).unlink(missing_ok=True)  # a new result needs a new decision
     settings = ctx.settings.qc
     if not settings.enabled:
         return

@@ -274,7 +274,7 @@ class JobMiddleware(Middleware):
         names = [s.name for s in chain]
         progress = (names.index(task.stage) + 1) / len(names)
         nxt = next_stage(chain, task.stage)
-        if task.stage == QC_STAGE and not task.already_done and after_qc(
+        if task.stage == QC_STAGE and after_qc(
                 store, task.job_id, task.run, task.job_dir, nxt.name if nxt else None):
             return  # held for review (workers.review): the operator releases or discards it
         if nxt is None:

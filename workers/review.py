@@ -37,10 +37,23 @@ def read_qc(job_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def decision(job_dir: Path) -> str | None:
+    """``released`` / ``discarded`` once an operator decided on this QC result, else None."""
+    try:
+        return str(json.loads((Path(job_dir) / DECISION_FILE).read_text("utf-8"))["decision"])
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
+
 def after_qc(store: JobStore, job_id: str, run: int, job_dir: Path, next_stage: str | None) -> bool:
-    """Record the QC outcome in the job; True when the job is now held in ``review``."""
+    """Record the QC outcome in the job; True when the job is now held in ``review``.
+
+    Also called for a redelivered message of a committed qc stage (a crash between the stage's
+    marker and the hold must not let the result out); a released result is not held again. The
+    qc stage itself forgets an earlier decision when it evaluates a new result.
+    """
     qc = read_qc(job_dir)
-    if qc is None:
+    if qc is None or decision(job_dir) == "released":
         return False
     reasons = [r["message"] for r in qc.get("reasons", [])]
     store.update(job_id, qc=qc["outcome"])
