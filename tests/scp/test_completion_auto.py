@@ -7,6 +7,8 @@ Real senders only (DCMTK storescu, Orthanc, pynetdicom as an SCU). The quiet tim
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 import urllib.request
@@ -18,7 +20,10 @@ from pynetdicom import AE
 from kneenode.orthanc import start_orthanc
 from tests.support.dcmtk import storescu
 from tests.support.mr import mr_series
-from tests.support.procs import kill9, wait_for
+from tests.support.node import KNEENODE
+from tests.support.procs import free_port, kill9, wait_for
+from workers.broker import make_client
+from workers.jobstate import JobStore
 
 LONG = 30.0
 AUTO = {"scp": {"allow_any": True}, "completion": {"quiet_seconds": LONG, "poll_seconds": 0.2}}
@@ -189,3 +194,46 @@ def test_restart_between_last_instance_and_release_completes_once(node_factory, 
     assert s["closed_by"] == "timer" and s["instance_count"] == 10
     assert len(node.versions(*ids(files[0]))) == 1
     assert not list((node.spool / "incoming").iterdir())  # nothing left open to close again
+
+
+def test_early_close_overrun_shows_in_jobs_cli_and_metrics(node_factory, tmp_path):
+    """``kneenode serve`` with the no-op stage chain: the jobs, the CLI and /metrics."""
+    node = node_factory({**AUTO, "jobs": {"http_port": free_port(), "gpu_devices": ["cpu"],
+                                          "chain": "tests.workers.chains:noop_chain",
+                                          "optional_stages": [], "poll_ms": 200}},
+                        command="serve")
+    files = mr_series(tmp_path / "s", slices=10)
+    serve = json.loads((node.data_dir / "serve.json").read_text())
+    store = JobStore(make_client(serve["redis_url"]), "kneenode")
+    series_uid = ids(files[0])[1]
+
+    def jobs() -> list[dict]:
+        return sorted((j for j in store.list_jobs() if j["series_uid"] == series_uid),
+                      key=lambda j: j["version"])
+
+    assert storescu(node.port, files).returncode == 0
+    wait_for(lambda: [j["state"] for j in jobs()] == ["done"], 60, what="the v1 job done")
+    assert storescu(node.port, files[:4]).returncode == 0
+    wait_for(lambda: len(jobs()) == 2 and jobs()[0].get("more_after_close") == "4", 60,
+             what="the v2 job and the mark on v1")
+    v1, v2 = jobs()
+    assert v1["closed_by"] == v2["closed_by"] == "release+geometry"
+    message = "v1 closed early by release+geometry, then received 4 more"
+    assert [e["message"] for e in store.events(v2["id"]) if e["kind"] == "after_early_close"] == [
+        message]
+    overrun = [e for e in store.events(v1["id"]) if e["kind"] == "early_close_overrun"]
+    assert overrun and overrun[0]["next_job"] == v2["id"]
+    env = {**os.environ, "KNEENODE_CONFIG": str(node.config_path), "COLUMNS": "250"}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([KNEENODE, *args], env=env, capture_output=True, text=True,
+                              timeout=60, check=True)
+        return done.stdout
+
+    assert "release+geometry +4 late" in cli("jobs")
+    shown = cli("job", v1["id"])
+    assert "early_close_overrun" in shown and "then received 4 more" in shown
+    text = urllib.request.urlopen(f"http://127.0.0.1:{serve['http_port']}/metrics").read().decode()
+    assert 'kneenode_edge_early_close_overruns_total{closed_by="release+geometry"} 1.0' in text
+    assert 'kneenode_edge_series_closed_total{closed_by="release+geometry"} 2.0' in text
+    assert 'kneenode_edge_completion_wait_seconds_count{closed_by="release+geometry"} 2.0' in text
