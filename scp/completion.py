@@ -1,4 +1,9 @@
-"""Series completion: a series is complete after a quiet period with no new instance.
+"""Series completion: a series is complete after a quiet period with no new instance, or earlier.
+
+Earlier means policy ``auto``: :mod:`scp.early` examines the series of an association that
+ended and calls :meth:`CompletionMonitor.close_now` for those provably whole. Both paths close
+through :func:`scp.closing.close_version` (which records ``closed_by`` and the wait) under the
+series lock, so one batch of instances never becomes two versions.
 
 The monitor is a thread of the SCP process. Each poll it (1) finishes any complete version that
 lacks its summary or announcement (a crash between the steps), then (2) closes every open series
