@@ -105,6 +105,7 @@ class EarlyCompletion:
     # -- examination ------------------------------------------------------------------------
     def _examine(self, peer: Peer, keys: set[SeriesKey], ended: float) -> None:
         try:
+            self._prune()
             self._examine_keys(peer, keys, ended)
         except Exception:  # the quiet timer still covers these series
             log.exception("examining series on release failed; the quiet timer will close them")
@@ -195,6 +196,19 @@ class EarlyCompletion:
                 append_event(folder, "not_closed_on_release", reason=reason)
         log.info("series left to the quiet timer", study_uid=key.study_uid,
                  series_uid=key.series_uid, reason=reason)
+
+    def _prune(self) -> None:
+        """Drop what is remembered about series no longer open (closed by the timer, say)."""
+        with self._exam_lock:
+            gone = [k for k in set(self._headers) | set(self._declined)
+                    if not self.spool.incoming_dir(k).is_dir()]
+            for key in gone:
+                self._forget(key)
+        with self._lock:
+            for peer, keys in list(self._deferred.items()):
+                keys -= set(gone)
+                if not keys:
+                    del self._deferred[peer]
 
     def _forget(self, key: SeriesKey) -> None:
         self._headers.pop(key, None)
