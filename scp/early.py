@@ -81,9 +81,8 @@ class EarlyCompletion:
         try:
             with self._lock:
                 rec = self._assocs.get(event.assoc)
-                if rec is None:
-                    rec = self._assocs[event.assoc] = _Assoc(_peer(event), time.time())
-                rec.series.add(key)
+                if rec is not None:  # None: its connection already closed (the timer decides)
+                    rec.series.add(key)
         except Exception:  # tracking must never fail an acknowledged store
             log.exception("could not record the series of an association")
 

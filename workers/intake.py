@@ -61,7 +61,7 @@ class JobCreator:
         if created:
             self.store.incr("series_completed")
             self.store.incr("instances_received", int(fields["instance_count"]))
-            self._record_completion(job_id, job, s)
+            self._record_early_close(job_id, job, s)
         decision = select(s, rules_for(self.settings.jobs.selection, series.calling_ae), series.path)
         if not decision.selected:
             self.store.update(job_id, job_dir=str(job_dir))
@@ -81,11 +81,8 @@ class JobCreator:
         bound.info("job queued", stage=first.name)
         return job_id
 
-
-    def _record_completion(self, job_id: str, job: dict[str, Any], summary: dict[str, Any]) -> None:
-        """How the series was closed, and whether it followed an early close (on both jobs)."""
-        self.store.event(job_id, "series_complete", closed_by=summary.get("closed_by"),
-                         wait_s=summary.get("completion_wait_seconds"))
+    def _record_early_close(self, job_id: str, job: dict[str, Any], summary: dict[str, Any]) -> None:
+        """A version that followed an early close says so, on its job and on the earlier one."""
         for e in summary.get("events") or []:
             if e.get("event") != "after_early_close":
                 continue
