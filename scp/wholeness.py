@@ -166,11 +166,14 @@ def _expected(headers: Sequence[SliceHeader], stacks: int) -> tuple[int | None, 
     if len(slices) == 1 and None not in slices:
         n = next(iter(slices)) or 0
         temporal = max((h.temporal_positions or 1) for h in headers)
-        numbers = {h.echo_number for h in headers}
+        numbers = [h.echo_number for h in headers if h.echo_number is not None]
         # Echo Numbers 1..k say k echoes even before the last echo arrived; else count echo times
-        echoes = max(numbers) if None not in numbers else len({h.echo_time for h in headers})
+        if len(numbers) == len(headers):
+            echoes = max(numbers)
+        else:
+            echoes = len({h.echo_time for h in headers})
         if n:
-            return int(n) * int(temporal) * int(echoes), "number_of_slices"
+            return n * temporal * echoes, "number_of_slices"
     return None, None
 
 
