@@ -13,12 +13,14 @@ file, not one per file per association):
   for re-examination when that peer's next association ends.
 
 Anything else is left to the quiet timer, which also covers a restart (this state is only in
-memory; the spool is the truth). Closing goes through
+memory; the spool is the truth). A background thread reads the headers of ``auto`` series
+while they arrive, so the examination at the release reads only the last few. Closing goes through
 :meth:`scp.completion.CompletionMonitor.close_now`, which closes only what was examined.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,6 +62,9 @@ class EarlyCompletion:
         self._headers: dict[SeriesKey, dict[str, tuple[tuple[int, int], SliceHeader]]] = {}
         self._declined: dict[SeriesKey, str] = {}
         self._exam_lock = threading.Lock()  # one examination reads headers at a time
+        self._prefetch: queue.Queue[SeriesKey] = queue.Queue()
+        threading.Thread(target=self._prefetch_loop, name="completion-headers",
+                         daemon=True).start()
 
     def handlers(self) -> list[tuple[Any, Any]]:
         """The notification handlers to bind on the server (``evt_handlers``)."""
@@ -83,6 +88,8 @@ class EarlyCompletion:
                 rec = self._assocs.get(event.assoc)
                 if rec is not None:  # None: its connection already closed (the timer decides)
                     rec.series.add(key)
+            if rec is not None and completion_policy_for(self.settings, rec.peer[0]) == "auto":
+                self._prefetch.put(key)
         except Exception:  # tracking must never fail an acknowledged store
             log.exception("could not record the series of an association")
 
@@ -149,6 +156,17 @@ class EarlyCompletion:
         with self._lock:
             if any(key in a.series for a in self._assocs.values()):
                 return None  # still arriving on another association: its end examines it
+        snapshot = self._refresh(key)
+        if snapshot is None:
+            return None
+        cache = self._headers[key]
+        return snapshot, assess([cache[n][1] for n in sorted(snapshot)])
+
+    def _refresh(self, key: SeriesKey) -> dict[str, tuple[int, int]] | None:
+        """Read the headers not yet cached; the folder's snapshot, or None once it is closed.
+
+        The caller holds ``_exam_lock``.
+        """
         folder = self.spool.incoming_dir(key)
         if not folder.is_dir():
             self._forget(key)
@@ -164,7 +182,23 @@ class EarlyCompletion:
                     return None
         for name in set(cache) - set(snapshot):
             del cache[name]
-        return snapshot, assess([cache[n][1] for n in sorted(snapshot)])
+        return snapshot
+
+    def _prefetch_loop(self) -> None:
+        """Read headers while a series is still arriving, so the release has little left to do."""
+        while not self.monitor.stopping(0):
+            try:
+                keys = {self._prefetch.get(timeout=0.5)}
+            except queue.Empty:
+                continue
+            while not self._prefetch.empty():
+                keys.add(self._prefetch.get_nowait())
+            for key in keys:
+                try:
+                    with self._exam_lock:
+                        self._refresh(key)
+                except Exception:  # noqa: BLE001 - read again, and reported, at the release
+                    log.debug("header prefetch failed", series_uid=key.series_uid)
 
     def _peer_busy(self, peer: Peer, ended: float, key: SeriesKey) -> str | None:
         """Why the peer may still be sending after its release, or None."""
