@@ -98,6 +98,8 @@ def test_seg_references_the_frames_of_the_first_echo(job):
     assert [int(v) for v in seg.SourceImageSequence[0].ReferencedFrameNumber] == list(range(1, n + 1))
     classic = pydicom.dcmread(job["classic"]["seg"][0])
     assert seg.PixelData == classic.PixelData  # same frames, same bits as the classic series
+    # the template's single-frame stand-in leaves no trace: no MR Image Storage anywhere
+    assert b"1.2.840.10008.5.1.4.1.1.4\x00" not in job["out"]["seg"][0].read_bytes()
 
 
 @pytest.mark.parametrize("kind", ["seg", "sr", "overlay", "pdf"])
