@@ -57,7 +57,10 @@ def image_reference(ds: Dataset, *, frames: Sequence[int] | None = None) -> Data
     item = Dataset()
     item.ReferencedSOPClassUID = ds.SOPClassUID
     item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-    numbers = list(frames) if frames is not None else [n for n in [frame_number(ds)] if n]
+    if frames is None:
+        own = frame_number(ds)
+        frames = [own] if own is not None else []
+    numbers = list(frames)
     if numbers:
         item.ReferencedFrameNumber = numbers if len(numbers) > 1 else numbers[0]
     return item
