@@ -168,3 +168,41 @@ def test_bad_frame_numbers_are_refused(job):
     assert err.value.code == ErrorCode.DICOM_ERROR and "outside" in err.value.message
     with pytest.raises(NodeError, match="frame numbers for"):
         load_source([job["source"]] * 2, pixels=False, frames=[1])
+
+
+def test_compressed_and_legacy_converted_sources(tmp_path):
+    """An RLE-compressed Enhanced MR object and a Legacy Converted Enhanced MR object (highdicom,
+    from the classic files) give the same SEG bits and overlay pictures as the plain one."""
+    from pipeline.encode import encode_overlay, encode_seg
+
+    ph = make_phantom(5, "small", orientation="axial", qdess=True)
+    plain = write_phantom(ph, tmp_path / "plain", enhanced=True).dicom_files[0]
+    rle = write_phantom(ph, tmp_path / "rle", enhanced=True,
+                        transfer_syntax="1.2.840.10008.1.2.5").dicom_files[0]
+    legacy = hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy_datasets=[pydicom.dcmread(p) for p in write_phantom(ph, tmp_path / "c").dicom_files],
+        series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(), instance_number=1)
+    legacy_path = tmp_path / "legacy.dcm"
+    legacy.save_as(legacy_path)
+    seg_bits, pictures = [], []
+    for path in (plain, rle, legacy_path):
+        seg = encode_seg(source=[path], labels=ph.labels, model=MODEL)
+        errors, _ = dciodvfy(seg, tmp_path, name=f"seg-{path.stem}.dcm")
+        assert errors == [], (path, errors)
+        seg_bits.append(seg.PixelData)
+        overlay = encode_overlay(source=[path], labels=ph.labels, model=MODEL)
+        assert len(overlay) == ph.grid.size[2]
+        pictures.append(overlay[10].PixelData)
+        frames = {int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+                  for f in seg.PerFrameFunctionalGroupsSequence}
+        echo1 = {i + 1 for i, item in enumerate(pydicom.dcmread(path).PerFrameFunctionalGroupsSequence)
+                 if _echo_time(item) == pytest.approx(ph.echo_times_ms[0])}
+        assert frames == echo1  # the first echo's frames, wherever the object puts them
+    assert seg_bits[0] == seg_bits[1] == seg_bits[2]
+    assert pictures[0] == pictures[1] == pictures[2]
+
+
+def _echo_time(item: pydicom.Dataset) -> float:
+    if "MREchoSequence" in item:
+        return float(item.MREchoSequence[0].EffectiveEchoTime)
+    return float(item.UnassignedPerFrameConvertedAttributesSequence[0].EchoTime)
