@@ -18,6 +18,7 @@ import pydicom
 from pynetdicom import AE
 
 from kneenode.orthanc import start_orthanc
+from pipeline.phantom import make_phantom, write_phantom
 from tests.support.dcmtk import storescu
 from tests.support.mr import mr_series
 from tests.support.node import KNEENODE
@@ -52,6 +53,15 @@ def test_one_association_with_a_count_completes_within_a_second_of_release(node_
     assert s["closed_by"] == "release+count" and s["instance_count"] == 30
     assert s["completion"]["basis"] == "images_in_acquisition"
     assert s["completion_wait_seconds"] <= 1.0  # last instance -> complete, release included
+
+
+def test_enhanced_mr_single_object_completes_by_its_frames(node_factory, tmp_path):
+    paths = write_phantom(make_phantom(5, "small", qdess=True), tmp_path / "mf", enhanced=True)
+    node = node_factory(AUTO)
+    assert storescu(node.port, paths.dicom_files).returncode == 0
+    (s,) = wait_versions(node, paths.dicom_files, timeout=10)
+    assert s["closed_by"] == "release+count" and s["completion"]["basis"] == "enhanced_frames"
+    assert s["completion_wait_seconds"] <= 1.0
 
 
 def test_one_association_without_a_count_closes_by_geometry_after_the_grace(node_factory, tmp_path):
