@@ -62,6 +62,7 @@ def encode_results(
     thickness_map: np.ndarray | None = None,
     software_version: str = "kneenode",
     thickness_points: Mapping[str, np.ndarray] | None = None,
+    frames: Sequence[int | None] | None = None,
 ) -> EncodedResults:
     """Encode the objects that ``options`` enables (the SR needs the SEG it references).
 
@@ -84,6 +85,9 @@ def encode_results(
         Software Versions written into the SEG.
     thickness_points
         The quantify stage's per-vertex thickness (``thickness_points.npz``) for the PDF maps.
+    frames
+        For a multi-frame (Enhanced MR) source: the frame number of each ``source`` slice (the
+        reader's ``volume.json`` ``frames``); every object then references those frames.
     """
     if options.sr and not options.seg:
         raise NodeError(
@@ -91,7 +95,7 @@ def encode_results(
         )
     info = AlgorithmInfo.from_card(model)
     side = knee_side(results)
-    datasets = load_source(source, pixels=options.overlay or options.pdf)
+    datasets = load_source(source, pixels=options.overlay or options.pdf, frames=frames)
     out = EncodedResults()
     if options.seg:
         out.seg = encode_seg(
