@@ -8,11 +8,11 @@ Every exception becomes a wire status here and nowhere else.
 from __future__ import annotations
 
 import zlib
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom.errors import InvalidDicomError
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import events
@@ -206,7 +206,7 @@ def _check_received(event: events.Event, received: Path, registry: ReceiveRegist
 def _read_inflated(prefix: bytes) -> tuple[Any, str]:
     """Decode the header from the first inflated bytes of a deflated data set."""
     try:
-        ds = read_dataset(DicomBytesIO(prefix), False, True, stop_when=_past_identifiers,
+        ds = read_dataset(BytesIO(prefix), False, True, stop_when=_past_identifiers,
                           defer_size=4096, specific_tags=_HEADER_TAG_NUMBERS)
         for tag in _HEADER_TAGS:
             getattr(ds, tag, None)

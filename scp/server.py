@@ -148,6 +148,7 @@ def start_scp(settings: Settings, on_complete: OnComplete) -> ScpHandle:
         server_class=EdgeServer,
         request_handler=EdgeRequestHandler,
     )
+    assert isinstance(server, EdgeServer)
     server.guard = guard
     threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
     port = int(server.server_address[1])
