@@ -16,6 +16,7 @@ import struct
 import tempfile
 import threading
 import time
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +34,22 @@ class ReceiveFile:
     """One incoming data set's temp file (the subset of the file API pynetdicom uses)."""
 
     def __init__(self, registry: ReceiveRegistry, limit: int) -> None:
-        fd, self.name = tempfile.mkstemp(suffix=".dcm")  # tempfile.tempdir is spool/tmp
-        # unbuffered: a failed write leaves nothing pending; closed by close() (pynetdicom)
-        self._fh = open(fd, "wb", buffering=0)  # noqa: SIM115
         self.file = self  # pynetdicom calls ``.file.flush()`` after each fragment
         self.limit = limit
         self.size = 0
         self.error = ""
         self.too_large = False
         self._registry = registry
+        self._fh: Any = None
+        try:
+            fd, self.name = tempfile.mkstemp(suffix=".dcm")  # tempfile.tempdir is spool/tmp
+        except OSError as exc:  # no inode, read-only: a name that never exists, failed already
+            self.name = os.path.join(tempfile.gettempdir(), f"unwritable-{uuid.uuid4().hex}.dcm")
+            self.error = f"{type(exc).__name__}: {exc}"
+            edgehealth.record_write_failure(self.error)
+            return
+        # unbuffered: a failed write leaves nothing pending; closed by close() (pynetdicom)
+        self._fh = open(fd, "wb", buffering=0)  # noqa: SIM115
 
     @property
     def failed(self) -> bool:
@@ -75,7 +83,8 @@ class ReceiveFile:
     def close(self) -> None:
         """Close the descriptor and forget the file (pynetdicom unlinks it afterwards)."""
         try:
-            self._fh.close()
+            if self._fh is not None:
+                self._fh.close()
         except OSError:
             pass
         self._registry.forget(self.name)
@@ -83,7 +92,8 @@ class ReceiveFile:
     def _discard(self) -> None:
         """Free the space and the name now: nothing partial stays behind, even on an abort."""
         try:
-            os.ftruncate(self._fh.fileno(), 0)
+            if self._fh is not None:
+                os.ftruncate(self._fh.fileno(), 0)
         except OSError:
             pass
         Path(self.name).unlink(missing_ok=True)

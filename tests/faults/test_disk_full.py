@@ -28,11 +28,13 @@ from tests.support.procs import wait_for
 from tests.workers.conftest import FAST_JOBS
 
 
-@pytest.fixture
-def tmpfs_spool(tmp_path: Path) -> Iterator[Path]:
+@pytest.fixture(params=["blocks", "inodes"])
+def tmpfs_spool(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """The spool on a 16 MiB tmpfs; "inodes": one with few inodes, to run out of them instead."""
     spool = tmp_path / "node" / "data" / "spool"
     spool.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(spool)],
+    options = "size=16m" if request.param == "blocks" else "size=16m,nr_inodes=400"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(spool)],
                              capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip("a tmpfs cannot be mounted here (needs root or CAP_SYS_ADMIN): "
@@ -41,10 +43,17 @@ def tmpfs_spool(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(spool)], check=False)
 
 
-def _fill(folder: Path) -> Path:
-    """Write a filler file until the filesystem refuses even 4 KiB."""
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as fh:
+def _fill(folder: Path, inodes: bool) -> list[Path]:
+    """Write until not even 4 KiB fits or, with ``inodes``, create files until no inode is left."""
+    if inodes:
+        fillers: list[Path] = []
+        try:
+            while True:
+                (folder / f"filler-{len(fillers)}").touch()
+                fillers.append(folder / f"filler-{len(fillers)}")
+        except OSError:
+            return fillers
+    with open(folder / "filler", "wb", buffering=0) as fh:
         for size in (1 << 20, 1 << 12):
             block = b"\xff" * size
             try:
@@ -52,7 +61,15 @@ def _fill(folder: Path) -> Path:
                     fh.write(block)
             except OSError:
                 continue
-    return filler
+    return [folder / "filler"]
+
+
+def _mount_options(path: Path) -> str:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(path):
+            return fields[3]
+    return ""
 
 
 def _health(base: str) -> tuple[int, dict]:
@@ -71,7 +88,7 @@ def test_full_spool_answers_a701_keeps_nothing_partial_and_recovers(node_factory
     src = node.root.parent / "src"
     first = send_acknowledged(node.port, mr_series(src / "a", slices=3))
     later = mr_series(src / "b", slices=2, rows=256, columns=256, seed=7)
-    filler = _fill(tmpfs_spool)
+    fillers = _fill(tmpfs_spool, inodes="nr_inodes" in _mount_options(tmpfs_spool))
 
     assert send_raw(node.port, later) == [0xA701, 0xA701]
     assert "write failed while receiving" in node.log()  # ENOSPC in the receive, answered
@@ -82,7 +99,8 @@ def test_full_spool_answers_a701_keeps_nothing_partial_and_recovers(node_factory
     assert any("spool not writable" in r for r in doc["spool"]["reasons"]), doc["spool"]
     assert "No space left on device" in doc["spool"]["last_write_failure"]["error"]
 
-    filler.unlink()  # space returns
+    for f in fillers:  # space returns
+        f.unlink()
     wait_for(lambda: _health(base)[0] == 200, 30, what="/health ok again")
     assert _health(base)[1]["status"] == "ok"
     assert send_raw(node.port, later) == [0x0000, 0x0000]
