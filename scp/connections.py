@@ -199,9 +199,9 @@ class GuardedSocket(AssociationSocket):
         if pdu_type not in _PDU_TYPES:
             return head  # pynetdicom answers an unknown PDU type itself (A-ABORT)
         if length > c.limits.max_declared_pdu:
-            metrics.ASSOCIATIONS_REJECTED.inc()
             self._give_up(ABORT_INVALID_PARAMETER, f"PDU type 0x{pdu_type:02X} declares {length} "
-                          f"bytes, over scp.max_declared_pdu ({c.limits.max_declared_pdu})")
+                          f"bytes, over scp.max_declared_pdu ({c.limits.max_declared_pdu})",
+                          "declared_pdu")
             return bytearray()  # a short read: pynetdicom treats it as a closed connection
         c.body_left, c.pdu_type, c.pdu_deadline = length, pdu_type, deadline
         return head
@@ -236,9 +236,13 @@ class GuardedSocket(AssociationSocket):
             self.socket.settimeout(self.edge.limits.pdu_timeout)
         super().send(bytestream)
 
-    def _give_up(self, reason: int, why: str) -> None:
+    def _give_up(self, reason: int, why: str, kind: str = "deadline") -> None:
         """Tell the peer (A-ABORT, best effort) and shut the transport; pynetdicom then ends."""
+        if self.edge.phase is Phase.DONE:
+            return
+        self.edge.phase = Phase.DONE  # holds no slot from here on
         log.warning("connection aborted by the edge", peer=self.edge.address, reason=why)
+        metrics.CONNECTIONS_ABORTED.labels(reason=kind).inc()
         raw = self.socket
         if raw is None:
             return
@@ -253,15 +257,21 @@ class GuardedSocket(AssociationSocket):
             pass
 
     def crashed(self, exc: BaseException) -> None:
-        """A pynetdicom state-machine action raised: abort the association promptly."""
-        log.error("association aborted: pynetdicom failed on what the peer sent",
-                  peer=self.edge.address, error=f"{type(exc).__name__}: {exc}")
+        """A pynetdicom state-machine action raised: abort the association promptly.
+
+        After the edge's own abort, pynetdicom may still trip over the closed transport; that
+        is not the peer's doing and is only logged at debug level.
+        """
         assoc = self.edge.assoc
-        self._give_up(ABORT_INVALID_PARAMETER, "malformed PDU or DIMSE message")
+        if self.edge.phase is Phase.DONE:
+            log.debug("pynetdicom error after the edge aborted", error=str(exc))
+        else:
+            log.error("association aborted: pynetdicom failed on what the peer sent",
+                      peer=self.edge.address, error=f"{type(exc).__name__}: {exc}")
+            self._give_up(ABORT_INVALID_PARAMETER, "malformed PDU or DIMSE message", "malformed")
         if assoc is not None:
             assoc.is_aborted, assoc.is_established = True, False
             assoc.dul.kill_dul()
-        self.edge.phase = Phase.DONE
 
 
 class EdgeRequestHandler(RequestHandler):

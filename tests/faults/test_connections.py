@@ -70,8 +70,19 @@ def test_sixteen_half_open_connections_do_not_lock_out_a_sender(node_factory, tm
         s.close()
     ended = time.monotonic() - t0
     assert ended < 4 + 10, f"half-open connections ended only after {ended:.1f} s"
-    assert "no complete A-ASSOCIATE-RQ within 4 s" in node.log()
+    assert node.log().count("at the deadline") == 16 and "scp.negotiation_timeout" in node.log()
     assert_kept(node.spool, first + one)
+
+
+def test_a_silent_connection_is_ended_at_the_negotiation_deadline(node_factory, tmp_path):
+    node = node_factory(edge_config(negotiation_timeout=2))
+    s = connect(node.port)  # sends nothing at all
+    took, got = answer_after(s, timeout=30)
+    assert got is None or got[0] == 0x07, got
+    assert 1.5 < took < 12, f"ended after {took:.1f} s"
+    assert "no complete A-ASSOCIATE-RQ within 2 s" in node.log()
+    s.close()
+    assert echoscu(node.port).returncode == 0
 
 
 def test_per_address_cap_rejects_at_once_and_other_addresses_still_get_in(node_factory, tmp_path):
