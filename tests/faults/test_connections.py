@@ -174,3 +174,20 @@ def test_a_pdu_trickled_past_its_deadline_is_aborted(node_factory, tmp_path):
     s.close()
     assert echoscu(node.port).returncode == 0
     assert_kept(node.spool, first)
+
+
+def test_stalled_tls_handshakes_do_not_block_the_accept_loop(node_factory, pki, tmp_path):
+    """TCP connections to the TLS port that never send a ClientHello, then a real TLS sender."""
+    node = node_factory(edge_config(negotiation_timeout=20, tls={
+        "enabled": True, "cert": str(pki / "server.crt"), "key": str(pki / "server.key"),
+        "ca": str(pki / "ca.crt"), "require_client_cert": True}))
+    stalled = [connect(node.port) for _ in range(3)]
+    files = mr_series(tmp_path / "a", slices=2)
+    took, done = elapsed(storescu, node.port, files, timeout=60, extra=[
+        "+tls", str(pki / "client.key"), str(pki / "client.crt"), "+cf", str(pki / "ca.crt")])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert took < 5.0, f"the TLS sender waited {took:.1f} s behind stalled handshakes"
+    assert all(_still_open(s) for s in stalled)
+    for s in stalled:
+        s.close()
+    assert_kept(node.spool, files)
