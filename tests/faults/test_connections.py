@@ -76,6 +76,7 @@ def test_sixteen_half_open_connections_do_not_lock_out_a_sender(node_factory, tm
 
 def test_a_silent_connection_is_ended_at_the_negotiation_deadline(node_factory, tmp_path):
     node = node_factory(edge_config(negotiation_timeout=2))
+    first = send_acknowledged(node.port, mr_series(tmp_path / "a", slices=2))
     s = connect(node.port)  # sends nothing at all
     took, got = answer_after(s, timeout=30)
     assert got is None or got[0] == 0x07, got
@@ -83,6 +84,7 @@ def test_a_silent_connection_is_ended_at_the_negotiation_deadline(node_factory, 
     assert "no complete A-ASSOCIATE-RQ within 2 s" in node.log()
     s.close()
     assert echoscu(node.port).returncode == 0
+    assert_kept(node.spool, first)
 
 
 def test_per_address_cap_rejects_at_once_and_other_addresses_still_get_in(node_factory, tmp_path):
@@ -134,6 +136,7 @@ def test_pending_cap_answers_a_rejection_at_once(node_factory, tmp_path):
 
 def test_idle_association_is_aborted_after_network_timeout(node_factory, tmp_path):
     node = node_factory(edge_config(network_timeout=2))
+    first = send_acknowledged(node.port, mr_series(tmp_path / "a", slices=2))
     s = connect(node.port)
     s.sendall(associate_rq([(1, VERIFICATION, ["1.2.840.10008.1.2"])]))
     ac = read_pdu(s, timeout=30)
@@ -143,6 +146,7 @@ def test_idle_association_is_aborted_after_network_timeout(node_factory, tmp_pat
     assert 1.5 < took < 15, f"idle association ended after {took:.1f} s"
     s.close()
     assert echoscu(node.port).returncode == 0
+    assert_kept(node.spool, first)
 
 
 def test_a_pdu_trickled_past_its_deadline_is_aborted(node_factory, tmp_path):

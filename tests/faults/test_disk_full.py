@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kneenode.settings import Settings
+from scp.edgehealth import spool_health
 from tests.faults.common import (
     assert_kept,
     edge_config,
@@ -106,3 +108,15 @@ def test_full_spool_answers_a701_keeps_nothing_partial_and_recovers(node_factory
     assert send_raw(node.port, later) == [0x0000, 0x0000]
     assert_kept(node.spool, first + later)
     assert tmp_files(node.spool) == []
+
+
+def test_health_reports_the_watermark_and_returns_to_ok(tmp_path):
+    """The spool part of /health on the real filesystem: below the watermark, then not."""
+    (tmp_path / "spool" / "tmp").mkdir(parents=True)
+    low = Settings(data_dir=tmp_path, spool={"min_free_bytes": 2**62})
+    doc = spool_health(low)
+    assert doc["status"] == "degraded"
+    assert any("below free-space watermark" in r and "0xA700" in r for r in doc["reasons"])
+    ok = Settings(data_dir=tmp_path, spool={"min_free_bytes": 0, "min_free_percent": 0})
+    again = spool_health(ok)
+    assert again["status"] == "ok" and again["reasons"] == []
