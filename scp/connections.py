@@ -117,7 +117,10 @@ class ConnectionGuard:
     def counts(self, address: str) -> dict[str, int]:
         """Pending and associated connections, in all and from ``address``."""
         with self.lock:
-            conns = list(self._prune())
+            return self._counts(address)
+
+    def _counts(self, address: str) -> dict[str, int]:
+        conns = self._prune()
         pending = [c for c in conns if c.phase in (Phase.PENDING, Phase.REQUESTED) and c.connected()]
         assoc = [c for c in conns if c.phase is Phase.ASSOCIATED]
         return {"pending": len(pending), "pending_here": sum(c.address == address for c in pending),
@@ -125,27 +128,26 @@ class ConnectionGuard:
 
     def open(self, address: str) -> tuple[Connection | None, str]:
         """A new TCP connection: its record, or None and why it is refused."""
-        n = self.counts(address)
-        if n["pending"] >= self.limits.max_pending_connections:
-            return None, f"{n['pending']} connections still negotiating (scp.max_pending_connections)"
-        if n["pending_here"] >= self.limits.max_pending_per_address:
-            return None, (f"{n['pending_here']} connections from {address} still negotiating "
-                          "(scp.max_pending_per_address)")
-        conn = Connection(address=address, limits=self.limits)
         with self.lock:
+            n = self._counts(address)
+            if n["pending"] >= self.limits.max_pending_connections:
+                return None, (f"{n['pending']} connections still negotiating "
+                              "(scp.max_pending_connections)")
+            if n["pending_here"] >= self.limits.max_pending_per_address:
+                return None, (f"{n['pending_here']} connections from {address} still negotiating "
+                              "(scp.max_pending_per_address)")
+            conn = Connection(address=address, limits=self.limits)
             self._conns.append(conn)
         return conn, ""
 
     def admit(self, conn: Connection) -> str:
         """The A-ASSOCIATE-RQ is in: take an association slot, or say why not ("" = admitted)."""
         with self.lock:
-            conns = self._prune()
-            assoc = [c for c in conns if c.phase is Phase.ASSOCIATED]
-            here = sum(c.address == conn.address for c in assoc)
-            if len(assoc) >= self.limits.max_associations:
-                return f"{len(assoc)} associations open (scp.max_associations)"
-            if here >= self.limits.max_associations_per_address:
-                return (f"{here} associations open from {conn.address} "
+            n = self._counts(conn.address)
+            if n["associated"] >= self.limits.max_associations:
+                return f"{n['associated']} associations open (scp.max_associations)"
+            if n["associated_here"] >= self.limits.max_associations_per_address:
+                return (f"{n['associated_here']} associations open from {conn.address} "
                         "(scp.max_associations_per_address)")
             conn.phase = Phase.ASSOCIATED
             return ""
