@@ -153,6 +153,21 @@ class ConnectionGuard:
             return ""
 
 
+    def end(self, why: str, *, pending_only: bool) -> int:
+        """Abort connections (all, or those still negotiating); how many. For shutdown: a
+        connection blocked reading a PDU would otherwise hold the stop until its deadline."""
+        with self.lock:
+            conns = [c for c in self._prune() if c.assoc is not None
+                     and (not pending_only or c.phase in (Phase.PENDING, Phase.REQUESTED))]
+        ended = 0
+        for c in conns:
+            sock = c.assoc.dul.socket
+            if isinstance(sock, GuardedSocket):
+                sock._give_up(ABORT_NOT_SPECIFIED, why, "shutdown")
+                ended += 1
+        return ended
+
+
 def connection_of(assoc: Any) -> Connection | None:
     """The guard's record of an association's connection (None outside :class:`EdgeServer`)."""
     sock = getattr(assoc.dul, "socket", None)

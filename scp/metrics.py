@@ -23,7 +23,7 @@ ASSOCIATIONS_REJECTED = Counter(
 )
 CONNECTIONS_ABORTED = Counter(
     "kneenode_edge_connections_aborted_total",
-    "Connections the edge aborted, by reason (deadline, declared_pdu, malformed).",
+    "Connections the edge aborted, by reason (deadline, declared_pdu, malformed, shutdown).",
     ["reason"],
 )
 SERIES_COMPLETED = Counter(

@@ -103,11 +103,16 @@ class ScpHandle:
             return
         self._stopped = True
         self.server.shutdown()  # closes the listening socket; running associations continue
+        guard = getattr(self.server, "guard", None)
+        if guard is not None:  # connections still negotiating have nothing to finish
+            guard.end("the node is stopping", pending_only=True)
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline and any(
             a.is_established for a in self.server.active_associations
         ):
             time.sleep(0.05)
+        if guard is not None:  # wakes any still blocked reading a PDU
+            guard.end("the node is stopping", pending_only=False)
         for assoc in self.server.active_associations:
             if assoc.is_established:  # still busy after the grace period
                 log.warning("aborting association still open at shutdown",

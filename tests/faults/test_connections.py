@@ -195,3 +195,16 @@ def test_stalled_tls_handshakes_do_not_block_the_accept_loop(node_factory, pki, 
     for s in stalled:
         s.close()
     assert_kept(node.spool, files)
+
+
+def test_stop_is_prompt_with_connections_holding_part_of_a_pdu(node_factory, tmp_path):
+    node = node_factory(edge_config(negotiation_timeout=120, pdu_timeout=120))
+    first = send_acknowledged(node.port, mr_series(tmp_path / "a", slices=2))
+    socks = _half_open(node.port, 3, 3)
+    assert echoscu(node.port).returncode == 0  # served beside them (and they have been read)
+    took, code = elapsed(node.stop)
+    assert code == 0, node.log()[-2000:]  # a graceful exit, not the KILL after 20 s
+    assert took < 10, f"stopping took {took:.1f} s"
+    for s in socks:
+        s.close()
+    assert_kept(node.spool, first)
