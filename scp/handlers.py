@@ -8,6 +8,7 @@ Every exception becomes a wire status here and nowhere else.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,16 @@ def handle_echo(event: events.Event) -> int:
     return 0x0000
 
 
+OnStored = Callable[[events.Event, SeriesKey], None]
+
+
 def handle_store(event: events.Event, spool: Spool, settings: Settings,
+                 on_stored: OnStored | None = None,
                  registry: ReceiveRegistry | None = None) -> int:
     """C-STORE: spool the instance as received, durably, then answer.
+
+    ``on_stored(event, key)`` is told of each spooled instance's series (the release-time
+    completion of :mod:`scp.early` needs to know which series an association carried).
 
     Statuses (see :class:`scp.status.StoreStatus`):
 
@@ -118,7 +126,7 @@ def handle_store(event: events.Event, spool: Spool, settings: Settings,
     sop_uid = str(request.AffectedSOPInstanceUID or "")
     blog = log.bind(sop_instance_uid=sop_uid, calling_ae=_calling_ae(event))
     try:
-        return _store(event, spool, settings, blog, registry)
+        return _store(event, spool, settings, blog, on_stored, registry)
     except Exception:  # noqa: BLE001 - the boundary: every error becomes a status
         blog.exception("unexpected error storing instance")
         metrics.INSTANCES_FAILED.labels(reason="processing_failure").inc()
@@ -126,7 +134,7 @@ def handle_store(event: events.Event, spool: Spool, settings: Settings,
 
 
 def _store(event: events.Event, spool: Spool, settings: Settings, blog: Any,
-           registry: ReceiveRegistry | None) -> int:
+           on_stored: OnStored | None = None, registry: ReceiveRegistry | None = None) -> int:
     request = event.request
     received = Path(event.dataset_path)
     refused, inflated = _check_received(event, received, registry, settings, blog)
@@ -162,6 +170,8 @@ def _store(event: events.Event, spool: Spool, settings: Settings, blog: Any,
         metrics.INSTANCES_FAILED.labels(reason="write_failed").inc()
         return StoreStatus.OUT_OF_RESOURCES_WRITE
     metrics.INSTANCES_RECEIVED.labels(outcome=outcome.value).inc()
+    if on_stored is not None:
+        on_stored(event, key)
     if outcome is StoreOutcome.REPLACED:
         blog.warning("same SOP Instance UID with different bytes: both kept, newest used")
     elif outcome is StoreOutcome.DUPLICATE:

@@ -32,6 +32,7 @@ from kneenode.settings import Settings, TlsSettings
 from scp.announce import OnComplete
 from scp.completion import CompletionMonitor
 from scp.connections import ConnectionGuard, EdgeRequestHandler, EdgeServer
+from scp.early import EarlyCompletion
 from scp.handlers import handle_echo, handle_requested, handle_store
 from scp.pynetdicom_hooks import TESTED_WITH, install_receive_file_factory, version_supported
 from scp.receive import ReceiveRegistry, TmpSweeper
@@ -140,11 +141,14 @@ def start_scp(settings: Settings, on_complete: OnComplete) -> ScpHandle:
     registry = ReceiveRegistry(settings.scp.max_instance_bytes)
     install_receive_file_factory(registry.new_file)
     ae = build_ae(settings)
+    monitor = CompletionMonitor(spool, settings, on_complete)
+    early = EarlyCompletion(spool, settings, monitor)  # completion.policy "auto", on release
     guard = ConnectionGuard(settings.scp)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, handle_requested, [settings, guard]),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, settings, registry]),
+        (evt.EVT_C_STORE, handle_store, [spool, settings, early.stored, registry]),
+        *early.handlers(),
     ]
     server = ae.make_server(
         (settings.scp.host, settings.scp.port),
@@ -157,7 +161,6 @@ def start_scp(settings: Settings, on_complete: OnComplete) -> ScpHandle:
     server.guard = guard
     threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
     port = int(server.server_address[1])
-    monitor = CompletionMonitor(spool, settings, on_complete)
     monitor.start()
     sweeper = TmpSweeper(registry, spool.tmp, settings.spool.tmp_sweep_seconds,
                          settings.spool.tmp_grace_seconds)
