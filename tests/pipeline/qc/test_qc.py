@@ -168,3 +168,19 @@ def test_ratio_out_of_range_fails():
     tight = QcSettings(ratios={"tibia/femur": (5.0, 9.0)})
     record = evaluate_qc(ph.labels, _spacing(ph), tight)
     assert record.outcome == "fail" and record.reasons[0].check == "ratio"
+
+
+def test_demo_model_on_a_full_size_phantom(tmp_path):
+    """Issue 16's case: the demo model on the real-size preset. A model trained on the small
+    preset only segments it badly (Dice 0.05-0.64): QC must fail it, so it is never delivered as
+    valid; a model trained on both presets must pass."""
+    from pipeline.segment import load_model
+
+    card = load_model(SegmentSettings(device="cpu", cpu_threads=1)).card.extra
+    ph = make_phantom(77111, "full", side="right", orientation="sagittal")
+    record, _ = _segment_and_qc(grid_image(ph.image.astype(np.float32), ph.grid), tmp_path)
+    if card.get("training", {}).get("phantom_preset") == "small":
+        assert record.outcome == "fail", record.reasons
+        assert len([r for r in record.reasons if r.severity == "fail"]) >= 3
+    else:
+        assert record.outcome == "pass", record.reasons
