@@ -25,7 +25,7 @@ from pipeline.qc import evaluate_qc
 from pipeline.quantify.stage import POINTS_FILE, quantify_to_folder
 from pipeline.series import read_series
 
-LONG = "X" * 20 + " very long description of this series " + "Y" * 20  # 64 characters (LO)
+LONG = "X" * 12 + " very long description of this series " + "Y" * 14  # 64 characters (LO)
 CARD = {"algorithm_name": ("kneenode PHANTOM DEMO knee segmentation NOT FOR CLINICAL USE " * 2)[:64],
         "algorithm_version": "phantom-demo-2.0-" + "9" * 47, "is_demo": True}
 PAGE = (595.0, 842.0)  # A4 in points, as pdftotext reports it
