@@ -85,7 +85,7 @@ def run_node(work: Path, orthanc: Orthanc, source: list[Path]) -> tuple[list[Pat
             jobs = store.list_jobs()
             return jobs[0] if jobs else {}
 
-        wait_for(lambda: job().get("state") in ("done", "failed", "ignored"), 300, interval=0.5,
+        wait_for(lambda: job().get("state") in ("done", "failed", "ignored"), 360, interval=0.5,
                  what="the kneenode job to end")
         record = job()
         if record.get("state") != "done":

@@ -9,22 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from workers.broker import make_client
 from workers.jobstate import JobStore
-from workers.redisproc import start_redis
 
 KNEENODE = str(Path(sys.executable).with_name("kneenode"))
-
-
-@pytest.fixture
-def store(tmp_path):
-    child = start_redis(tmp_path / "redis")
-    try:
-        yield JobStore(make_client(child.url), "kntest")
-    finally:
-        child.stop()
 
 
 def _jobs(store: JobStore) -> list[str]:
