@@ -43,7 +43,7 @@ def uids(path: Path) -> tuple[str, str, str]:
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
 
 
-def wait_complete(node, study: str, series: str, versions: int = 1, timeout: float = 30) -> list[Path]:
+def wait_complete(node, study: str, series: str, versions: int = 1, timeout: float = 60) -> list[Path]:
     wait_for(lambda: len([v for v in node.versions(study, series) if (v / "announced").exists()])
              >= versions, timeout, what=f"{versions} complete version(s)")
     return node.versions(study, series)
