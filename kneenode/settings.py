@@ -487,7 +487,11 @@ class RetentionSettings(Section):
 class LoggingSettings(Section):
     """Logs: structured, with UIDs and job IDs, never patient names or IDs."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description="Log level of the node's own logs; third-party libraries (highdicom, "
+        "dramatiq, ...) log below WARNING only at DEBUG.",
+    )
     format: Literal["console", "json"] = Field(default="console", description="Human or JSON lines.")
 
 
