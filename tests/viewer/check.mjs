@@ -260,9 +260,11 @@ const steps = {
     await page.goto(`${cfg.base}/`);
     const row = page.getByText(study.expect.patient_name_shown, { exact: false }).first();
     await row.waitFor({ timeout: T.boot });
-    const text = await page.locator('body').innerText();
+    // the list fills in row by row: wait for all of them (or the deadline), then count
+    const name = new RegExp(study.expect.patient_name_shown.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'g');
+    const count = async () => ((await page.locator('body').innerText()).match(name) || []).length;
     const problems = [];
-    const rows = (text.match(new RegExp(study.expect.patient_name_shown.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'g')) || []).length;
+    const rows = await settle(count, n => n >= cfg.studies_in_pacs);
     if (rows < cfg.studies_in_pacs) problems.push(`study list shows ${rows} rows, expected ${cfg.studies_in_pacs}`);
     return { problems, details: { rows } };
   },
