@@ -390,7 +390,8 @@ const steps = {
         || (v.image === target && (v.renders[target] || 0) > (before.renders[target] || 0)));
     }
     const firsts = groups.map(id => e.sr_values[id][0]);
-    const drawn = new Set(await settle(drawnText, texts => firsts.every(f => texts.some(t => t.includes(f)))));
+    const drawn = new Set(problems.length ? await drawnText()  // already failed: no more waiting
+      : await settle(drawnText, texts => firsts.every(f => texts.some(t => t.includes(f)))));
     for (const id of groups) {
       const first = e.sr_values[id][0];
       if (![...drawn].some(t => t.includes(first))) problems.push(`SR group ${id}: "${first}" never drawn on the image`);
