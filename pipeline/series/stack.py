@@ -29,13 +29,8 @@ class Stack:
     origin: tuple[float, float, float]
     spacing: tuple[float, float, float]  # (columns i, rows j, slices k)
     direction: tuple[float, ...]  # row-major 3x3, columns = i, j, k directions (SimpleITK)
-    offsets: tuple[float, ...] | None = None  # slice distances from the first (mm) when not uniform
+    offsets: tuple[float, ...] | None = None  # slice distances from the first (mm); None: uniform
     warning: str | None = None  # why the stack is resampled onto the uniform grid
-
-    @property
-    def uniform(self) -> bool:
-        """True when the slices lie on the uniform grid (no resampling needed)."""
-        return self.offsets is None
 
 
 def _where(fr: Frame) -> str:
@@ -94,6 +89,8 @@ def build_stack(frames: Sequence[Frame], limits: ReaderSettings) -> Stack:
 
     Errors: 2-D input (one slice), too few slices, duplicate positions, slices off the common
     normal line, missing slices (a gap that is a multiple of the usual gap) and uneven spacing.
+    Slices within the tolerances but off the uniform grid get ``offsets`` and a ``warning``
+    (:func:`resample_uniform` then puts the pixels on the grid).
     """
     ori = np.array(frames[0].orientation)
     row, col = ori[:3], ori[3:]
