@@ -1,10 +1,11 @@
 """The ``kneenode jobs`` table: readable in an 80-column terminal, complete in a wide one.
 
-Why two layouts: a full job ID (``20261201-083412-a1b2c3``), the series UID tail, the error code
-and a full time stamp need about 150 columns; rich folds them into four-line rows at 80. In a
-narrower terminal (:func:`jobs_table` measures) the table shows the short ID (the random tail,
-which ``kneenode job``, ``retry`` and ``cancel`` accept), merges progress and error code into the
-state column, and cuts the description rather than wrapping anything.
+Why two layouts: a full job ID (``20261201-083412-a1b2c3``), the series UID tail, how the series
+was closed, the error code and a full time stamp need about 150 columns; rich folds them into
+four-line rows at 80. In a narrower terminal (:func:`jobs_table` measures) the table shows the
+short ID (the random tail, which ``kneenode job``, ``retry``, ``cancel`` and ``purge`` accept),
+merges progress and error code into the state column, and cuts the description rather than
+wrapping anything.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _error_code(job: dict[str, Any]) -> str:
 
 
 _COMPACT = ("id", "state", "description", "from", "updated")
-_FULL = ("id", "state", "progress", "series", "v", "description", "from", "error", "updated")
+_FULL = ("id", "state", "progress", "series", "v", "description", "from", "closed", "error",
+         "updated")
 
 
 def _compact_row(job: dict[str, Any]) -> tuple[str, ...]:
@@ -56,11 +58,18 @@ def _compact_row(job: dict[str, Any]) -> tuple[str, ...]:
             ae if len(ae) <= 10 else ae[:9] + "…", when(job.get("updated"), compact=True))
 
 
+def closed_text(job: dict[str, Any]) -> str:
+    """How the job's series was closed, and ``+N late`` when more came after an early close."""
+    text = str(job.get("closed_by") or "")
+    more = job.get("more_after_close")
+    return f"{text} +{more} late" if more else text
+
+
 def _full_row(job: dict[str, Any]) -> tuple[str, ...]:
     return (str(job["id"]), str(job.get("state", "")), f"{100 * float(job.get('progress', 0)):.0f}%",
             "..." + str(job.get("series_uid", ""))[-12:], str(job.get("version", "")),
             str(job.get("series_description", "")), str(job.get("calling_ae", "")),
-            _error_code(job), when(job.get("updated")))
+            closed_text(job), _error_code(job), when(job.get("updated")))
 
 
 def _widths(names: Sequence[str], rows: Sequence[tuple[str, ...]], width: int) -> list[int]:

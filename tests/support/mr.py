@@ -23,6 +23,7 @@ def mr_series(
     description: str = "SAG 3D DESS KNEE",
     spacing: float = 0.7,
     seed: int = 0,
+    images_in_acquisition: int | None = None,
     orientation: Sequence[float] = (0, 1, 0, 0, 0, -1),
     positions: Sequence[Sequence[float]] | None = None,
 ) -> list[Path]:
@@ -30,6 +31,7 @@ def mr_series(
 
     Sagittal slices ``spacing`` apart by default; ``orientation`` and ``positions`` (one
     ImagePositionPatient per slice, written as given) describe any other geometry.
+    ``images_in_acquisition`` writes that header (as GE does), an expected count for completion.
     """
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
@@ -57,6 +59,8 @@ def mr_series(
         ds.MRAcquisitionType, ds.ScanningSequence, ds.SequenceVariant = "3D", "GR", "SS"
         ds.ScanOptions, ds.EchoTime, ds.RepetitionTime = "", 6.0, 20.0
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        if images_in_acquisition is not None:
+            ds.AcquisitionNumber, ds.ImagesInAcquisition = 1, images_in_acquisition
         ds.ImageOrientationPatient = [f"{v:.6g}" for v in orientation]
         ds.ImagePositionPatient = ([f"{v:.6g}" for v in positions[i]] if positions is not None
                                    else [round(i * spacing, 4), -50.0, 50.0])
