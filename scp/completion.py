@@ -20,6 +20,7 @@ from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from scp import metrics
 from scp.announce import CompletedSeries, OnComplete
+from scp.routing import Origin, quiet_seconds_for
 from scp.spool import SeriesKey, Spool, read_events
 from scp.summary import summarize_series
 
@@ -27,14 +28,6 @@ log = get_logger(__name__)
 
 SUMMARY = "summary.json"
 ANNOUNCED = "announced"
-
-
-def quiet_seconds_for(settings: Settings, calling_ae: str) -> float:
-    """The quiet period for a series from ``calling_ae`` (per-peer override or the default)."""
-    for peer in settings.scp.peers:
-        if peer.ae_title == calling_ae and peer.quiet_seconds is not None:
-            return peer.quiet_seconds
-    return settings.completion.quiet_seconds
 
 
 def _read_json(path: Path) -> dict:
@@ -97,7 +90,7 @@ class CompletionMonitor:
             if not folder.is_dir():
                 return None
             source = _read_json(folder / "source.json")
-            quiet = quiet_seconds_for(self.settings, str(source.get("calling_ae", "")))
+            quiet = quiet_seconds_for(self.settings, Origin.of(source))
             if now - max(self.spool.last_activity(key), self.started) < quiet:
                 return None
             version, dest = self.spool.close_series(key)

@@ -39,17 +39,17 @@ def handle_requested(event: events.Event, settings: Settings) -> None:
     calling = _ae_str(requestor.primitive.calling_ae_title if requestor.primitive else "")
     called = _ae_str(requestor.primitive.called_ae_title if requestor.primitive else "")
     decision = check_association(
-        settings.scp, calling_ae=calling, called_ae=called, address=requestor.address
+        settings, calling_ae=calling, called_ae=called, address=requestor.address
     )
     if not decision.allowed:
         metrics.ASSOCIATIONS_REJECTED.inc()
-        log.warning("association rejected", calling_ae=calling, peer=requestor.address,
-                    reason=decision.reason)
+        log.warning("association rejected", calling_ae=calling, called_ae=called,
+                    peer=requestor.address, reason=decision.reason)
         event.assoc.acse.send_reject(0x01, 0x01, int(decision.diagnostic))
         event.assoc.kill()  # as pynetdicom's own rejections do: flushes the A-ASSOCIATE-RJ
         return
-    log.info("association accepted", calling_ae=calling, peer=requestor.address,
-             rule=decision.reason)
+    log.info("association accepted", calling_ae=calling, called_ae=called,
+             peer=requestor.address, rule=decision.reason)
 
 
 def handle_echo(event: events.Event) -> int:
@@ -103,7 +103,7 @@ def _store(event: events.Event, spool: Spool, settings: Settings, blog: Any) -> 
     blog = blog.bind(study_uid=key.study_uid, series_uid=key.series_uid)
     source = {
         "calling_ae": _calling_ae(event),
-        "called_ae": _ae_str(event.assoc.acceptor.ae_title),
+        "called_ae": _called_ae(event),
         "address": event.assoc.requestor.address,
     }
     try:
@@ -155,6 +155,12 @@ def _check_identifiers(header: Any, request: Any) -> tuple[StoreStatus, str]:
 
 def _calling_ae(event: events.Event) -> str:
     return _ae_str(event.assoc.requestor.ae_title)
+
+
+def _called_ae(event: events.Event) -> str:
+    """The AE title the peer called (one of the node's virtual AEs), not our own title."""
+    primitive = event.assoc.requestor.primitive
+    return _ae_str(primitive.called_ae_title if primitive else event.assoc.acceptor.ae_title)
 
 
 def _ae_str(value: Any) -> str:

@@ -72,7 +72,7 @@ def declare_actors(broker: RedisBroker, runtime: WorkerRuntime) -> None:
             series_path=Path(task.series_path),
             work_dir=task.work_dir,
             summary=task.summary,
-            settings=runtime.settings,
+            settings=task.settings or runtime.settings,
             device=runtime.device if runtime.chain[stage].queue == "gpu" else "cpu",
             attempt=task.attempt,
             cancelled=task.cancelled,

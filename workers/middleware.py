@@ -29,10 +29,19 @@ from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.logs import get_logger
-from kneenode.settings import Settings
+from kneenode.settings import JobsSettings, Settings
 from workers.actors import STAGE_ACTORS, enqueue_stage, time_limit_s
+from workers.jobconfig import job_chain, job_settings
 from workers.jobstate import TERMINAL, JobStore, now
-from workers.stages import Stage, StageCancelled, fresh_work_dir, is_done, mark_done, next_stage
+from workers.stages import (
+    Stage,
+    StageCancelled,
+    chain_for,
+    fresh_work_dir,
+    is_done,
+    mark_done,
+    next_stage,
+)
 
 log = get_logger(__name__)
 REDELIVERIES = 10
@@ -56,10 +65,14 @@ class Task:
     work_dir: Path = Path()
     requeued: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
+    settings: Settings | None = None  # the job's settings (its snapshot over the worker's)
+    chain: list[Stage] = field(default_factory=list)  # the job's chain
 
 
 class WorkerRuntime:
-    """What one worker process knows: its settings, chain, store, device and running tasks."""
+    """What one worker process knows: its settings, the stages it can run, store, device and
+    running tasks. ``chain`` holds every declared stage; each job brings its own chain and
+    settings (its snapshot, :mod:`workers.jobconfig`)."""
 
     def __init__(
         self, settings: Settings, chain: list[Stage], store: JobStore, *, worker_id: str,
@@ -91,7 +104,7 @@ class WorkerRuntime:
         self._local.task = task
         if task.already_done:
             return
-        limit = time_limit_s(self.settings.jobs, task.stage)
+        limit = time_limit_s((task.settings or self.settings).jobs, task.stage)
         entry = {
             "job_id": task.job_id, "stage": task.stage, "queue": self.chain[task.stage].queue,
             "deadline": now() + limit, "limit_s": limit, "run": task.run,
@@ -182,12 +195,22 @@ class JobMiddleware(Middleware):
         if job is None or int(job["run"]) != run or job["state"].split(":")[0] in TERMINAL:
             log.info("stale stage message skipped", job_id=job_id, stage=stage)
             raise SkipMessage()
-        if stage not in self.rt.chain:
+        config = job.get("config")
+        try:
+            settings = job_settings(self.rt.settings, config)
+        except ValueError as exc:  # a snapshot this worker's code cannot read
             store.fail(job_id, stage, NodeError(
-                ErrorCode.CONFIG_ERROR, f"stage '{stage}' is not in this worker's chain "
-                f"({self.jobs.chain})").as_dict())
+                ErrorCode.CONFIG_ERROR, f"the job's configuration snapshot is invalid: {exc}"[:500],
+                hint="reprocess the series with `kneenode reprocess`").as_dict())
+            raise SkipMessage() from None
+        chain = job_chain(self.rt.chain, config, chain_for(self.rt.chain_list, self.rt.settings))
+        missing = [n for n in job.get("chain") or [stage] if n not in self.rt.chain]
+        if stage not in self.rt.chain or missing:
+            store.fail(job_id, stage, NodeError(
+                ErrorCode.CONFIG_ERROR, f"stage(s) {missing or [stage]} of the job are not in "
+                f"this worker's chain ({self.jobs.chain})").as_dict())
             raise SkipMessage()
-        ttl = time_limit_s(self.jobs, stage) + self.jobs.watchdog_grace_s + 60
+        ttl = time_limit_s(settings.jobs, stage) + self.jobs.watchdog_grace_s + 60
         if not store.acquire_lease(job_id, stage, message.message_id, ttl):
             log.info("duplicate stage message skipped", job_id=job_id, stage=stage)
             raise SkipMessage()
@@ -199,7 +222,7 @@ class JobMiddleware(Middleware):
         task = Task(
             job_id=job_id, stage=stage, run=run, message=message, job_dir=job_dir,
             series_path=job["series_path"], summary=_summary(job["series_path"]),
-            already_done=is_done(job_dir, stage),
+            already_done=is_done(job_dir, stage), settings=settings, chain=chain,
         )
         if not task.already_done:
             task.attempt = store.stage_started(job_id, stage, run, self.rt.worker_id)
@@ -269,7 +292,7 @@ class JobMiddleware(Middleware):
             store.stage_update(task.job_id, task.stage, state="done", end=now(), duration=duration)
             store.observe_stage(task.stage, duration)
             store.event(task.job_id, "end", stage=task.stage, duration=round(duration, 4))
-        chain = self.rt.chain_list
+        chain = task.chain
         names = [s.name for s in chain]
         progress = (names.index(task.stage) + 1) / len(names)
         nxt = next_stage(chain, task.stage)
@@ -280,7 +303,7 @@ class JobMiddleware(Middleware):
         if not store.transition(task.job_id, task.run, state="queued", stage=nxt.name,
                                 progress=progress):
             return  # cancelled (or retried) while this stage ran: no next stage
-        enqueue_stage(broker, self.jobs, job_id=task.job_id, stage=nxt.name, queue=nxt.queue,
+        enqueue_stage(broker, _jobs(task), job_id=task.job_id, stage=nxt.name, queue=nxt.queue,
                       run=task.run)
 
     def _error(self, broker: Broker, task: Task, exc: BaseException) -> None:
@@ -289,7 +312,7 @@ class JobMiddleware(Middleware):
             store.stage_update(task.job_id, task.stage, state="cancelled", end=now())
             store.event(task.job_id, "stage_cancelled", stage=task.stage)
             return
-        err = classify(exc, task.stage, time_limit_s(self.jobs, task.stage))
+        err = classify(exc, task.stage, time_limit_s(_jobs(task), task.stage))
         info = err.as_dict()
         duration = time.monotonic() - task.started
         store.stage_update(task.job_id, task.stage, state="error", end=now(), duration=duration,
@@ -297,14 +320,14 @@ class JobMiddleware(Middleware):
         attempts = store.stage_attempts(task.job_id, task.stage)
         log.warning("stage failed", job_id=task.job_id, stage=task.stage, code=info["code"],
                     error=info["message"], attempt=attempts)
-        max_retries, min_s, max_s = retry_policy(self.rt.settings, task.stage)
+        max_retries, min_s, max_s = retry_policy(task.settings or self.rt.settings, task.stage)
         if err.retryable and attempts <= max_retries:
             delay = backoff_s(attempts, min_s, max_s)
             if not store.transition(task.job_id, task.run, state="retry_wait", error=info):
                 return
             store.event(task.job_id, "retry", stage=task.stage, attempt=attempts,
                         delay_s=round(delay, 3), code=info["code"], message=info["message"])
-            enqueue_stage(broker, self.jobs, job_id=task.job_id, stage=task.stage,
+            enqueue_stage(broker, _jobs(task), job_id=task.job_id, stage=task.stage,
                           queue=self.rt.chain[task.stage].queue, run=task.run,
                           delay_ms=int(delay * 1000))
             return
@@ -312,6 +335,12 @@ class JobMiddleware(Middleware):
             return
         if self.rt.chain[task.stage].queue == "io" or task.stage == "deliver":
             store.incr("delivery_failures")
+
+
+def _jobs(task: Task) -> JobsSettings:
+    """The job's ``jobs`` settings (time limits, retries) from its snapshot."""
+    assert task.settings is not None  # set for every task that ran
+    return task.settings.jobs
 
 
 def _summary(series_path: str) -> dict[str, Any]:
