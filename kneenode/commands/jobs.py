@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kneenode.cli_app import CliState, app, fail, settings_for
-from kneenode.errors import ErrorCode, NodeError
+from kneenode.errors import NodeError
 from kneenode.profiles import parse_sets
 from kneenode.settings import Settings
 from scp.routing import match_series
@@ -65,8 +65,7 @@ def serve_cmd(
     try:
         serve(settings, state.config, with_scp=not no_scp)
     except NodeError as exc:
-        code = 2 if exc.code is ErrorCode.CONFIG_ERROR else 1
-        raise fail(f"{exc.code}: {exc.message}. {exc.hint}", code) from None
+        raise fail(f"{exc.code}: {exc.message}. {exc.hint}") from None
 
 
 @app.command("worker")
