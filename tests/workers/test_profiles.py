@@ -123,6 +123,7 @@ def test_serve_refuses_to_start_and_starts_nothing(tmp_path):
     line = " ".join(done.stderr.split())
     assert re.search(r"CONFIG_ERROR: profile 'research': segment.configuration: "
                      r"'3d_cascade_fullres' is not in .*plans.json", line), line
+    assert "fix segment.configuration in [profiles.research]" in line  # markup-safe
     assert "Traceback" not in done.stderr
     assert not data.exists()  # no spool, no redis folder, no serve.json: nothing half-started
 
