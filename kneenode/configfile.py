@@ -69,6 +69,7 @@ def _emit(model: type[BaseModel], instance: BaseModel, prefix: str, out: list[st
             out.append('# hosts = ["10.0.0.0/24"]')
             out.append('# profile = "default"')
             out.append("# quiet_seconds = 30")
+            out.append('# completion_policy = "auto"')
         elif isinstance(value, dict) and not value and name == "profiles":
             out.append("# profiles = {}")
             out.append("# e.g. (one table per profile; docs/profiles.md):")

@@ -53,13 +53,17 @@ def in_networks(address: str, networks: Sequence[str]) -> bool:
 
 
 def _origin_reasons(route: RouteSettings, origin: Origin) -> list[str] | None:
-    """The criteria on the association that held (None when one fails)."""
+    """The criteria on the association that held (None when one fails).
+
+    An empty ``origin.called_ae`` means not known (the completion tracker knows only the calling
+    AE and address): the route's ``called_ae`` is then not checked.
+    """
     held = []
     if route.calling_ae:
         if origin.calling_ae not in route.calling_ae:
             return None
         held.append(f"calling_ae={origin.calling_ae}")
-    if route.called_ae:
+    if route.called_ae and origin.called_ae:
         if origin.called_ae not in route.called_ae:
             return None
         held.append(f"called_ae={origin.called_ae}")
@@ -127,3 +131,12 @@ def quiet_seconds_for(settings: Settings, origin: Origin) -> float:
     if settings.default_route.quiet_seconds is not None:
         return settings.default_route.quiet_seconds
     return settings.completion.quiet_seconds
+
+
+def completion_policy_for(settings: Settings, origin: Origin) -> str:
+    """The completion policy (``auto`` / ``timer``): the first route matching the origin that
+    sets one, else ``[default_route]``'s, else ``completion.policy``."""
+    for route in origin_routes(settings, origin):
+        if route.completion_policy is not None:
+            return route.completion_policy
+    return settings.default_route.completion_policy or settings.completion.policy

@@ -42,6 +42,8 @@ def job_fields(summary: Mapping[str, Any], match: RouteMatch) -> dict[str, Any]:
         "modality": str(summary.get("modality") or ""),
         "series_description": str(summary.get("series_description") or ""),
         "instance_count": int(summary.get("instance_count") or 0),
+        "closed_by": str(summary.get("closed_by") or ""),
+        "completion_wait_s": summary.get("completion_wait_seconds") or 0.0,
         "route": match.name,
         "route_reason": match.reason,
         "profile": match.target.profile if match.target.action == "process" else "",
@@ -101,6 +103,7 @@ class JobCreator:
         if created:
             self.store.incr("series_completed")
             self.store.incr("instances_received", int(fields["instance_count"]))
+            self._record_early_close(job_id, job, s)
         if match.target.action == "ignore":
             self.store.update(job_id, job_dir=str(job_dir))
             self.store.ignore(job_id, str(ErrorCode.NOT_SELECTED),
@@ -124,6 +127,19 @@ class JobCreator:
                  int(job.get("run", 1)))
         bound.info("job queued", stage=config.chain[0].name, profile=config.profile)
         return job_id
+
+    def _record_early_close(self, job_id: str, job: dict[str, Any], summary: dict[str, Any]) -> None:
+        """A version that followed an early close says so, on its job and on the earlier one."""
+        for e in summary.get("events") or []:
+            if e.get("event") != "after_early_close":
+                continue
+            self.store.event(job_id, "after_early_close", message=e.get("message"),
+                             more_instances=e.get("more_instances"))
+            previous = str(job.get("previous_job") or "")
+            if previous:
+                self.store.event(previous, "early_close_overrun", message=e.get("message"),
+                                 next_job=job_id)
+                self.store.update(previous, more_after_close=int(e.get("more_instances") or 0))
 
 
 def make_on_complete(settings: Settings, store: JobStore, broker: RedisBroker,

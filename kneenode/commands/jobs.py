@@ -50,6 +50,13 @@ def _when(ts: Any) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _closed(job: dict[str, Any]) -> str:
+    """How the job's series was closed, and ``+N late`` when more came after an early close."""
+    text = str(job.get("closed_by") or "")
+    more = job.get("more_after_close")
+    return f"{text} +{more} late" if more else text
+
+
 @app.command("serve")
 def serve_cmd(
     ctx: typer.Context,
@@ -115,7 +122,7 @@ def jobs_cmd(
         return
     table = Table(title=f"{len(jobs)} job(s)")
     for col in ("id", "state", "progress", "series", "v", "description", "from", "route",
-                "profile", "error", "updated"):
+                "profile", "closed", "error", "updated"):
         table.add_column(col, overflow="fold")
     for j in jobs:
         err = j.get("error") or {}
@@ -123,8 +130,8 @@ def jobs_cmd(
             j["id"], j.get("state", ""), f"{100 * float(j.get('progress', 0)):.0f}%",
             "..." + str(j.get("series_uid", ""))[-12:], str(j.get("version", "")),
             j.get("series_description", ""), j.get("calling_ae", ""), j.get("route", ""),
-            j.get("profile", ""), str(err.get("code", "")) if isinstance(err, dict) else "",
-            _when(j.get("updated")),
+            j.get("profile", ""), _closed(j),
+            str(err.get("code", "")) if isinstance(err, dict) else "", _when(j.get("updated")),
         )
     console.print(table)
 
@@ -145,8 +152,9 @@ def job_cmd(
     head = Table(show_header=False, title=f"job {job_id}")
     for key in ("state", "stage", "progress", "run", "attempts", "study_uid", "series_uid",
                 "version", "calling_ae", "called_ae", "address", "route", "route_reason",
-                "profile", "modality", "series_description", "instance_count", "previous_job",
-                "reprocess_of", "reprocessed_as", "reason", "job_dir", "series_path"):
+                "profile", "modality", "series_description", "instance_count", "closed_by",
+                "completion_wait_s", "more_after_close", "previous_job", "reprocess_of",
+                "reprocessed_as", "reason", "job_dir", "series_path"):
         head.add_row(key, str(job.get(key, "")))
     config = job.get("config")
     if isinstance(config, dict):
