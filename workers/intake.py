@@ -23,7 +23,7 @@ from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from scp.announce import CompletedSeries, OnComplete
 from scp.routing import RouteMatch, match_series
-from workers.actors import enqueue_stage
+from workers.dispatch import enqueue_stage
 from workers.jobconfig import JobConfig, build_config, job_settings
 from workers.jobstate import JobStore
 from workers.selection import rules_for, select

@@ -26,7 +26,8 @@ from kneenode.settings import Settings, load_settings
 from workers.actors import declare_actors
 from workers.broker import make_broker, make_client
 from workers.jobstate import JobStore, now
-from workers.middleware import JobMiddleware, WorkerRuntime
+from workers.middleware import JobMiddleware
+from workers.runtime import WorkerRuntime
 from workers.stages import load_stages
 
 log = get_logger(__name__)

@@ -18,8 +18,8 @@ from kneenode.errors import NodeError
 from kneenode.profiles import parse_sets
 from kneenode.settings import Settings
 from scp.routing import match_series
-from workers.actors import enqueue_stage
 from workers.broker import make_broker, make_client, resolve_redis_url
+from workers.dispatch import enqueue_stage
 from workers.intake import dispatch, job_fields
 from workers.jobconfig import build_config, job_settings, startup_stages
 from workers.jobstate import TERMINAL, JobStore

@@ -10,8 +10,8 @@ import pytest
 from kneenode.errors import ErrorCode, NodeError
 from workers.broker import make_client
 from workers.jobstate import JobStore
-from workers.middleware import backoff_s, classify
 from workers.redisproc import running_endpoint, start_redis
+from workers.retries import backoff_s, classify
 
 
 @pytest.fixture
