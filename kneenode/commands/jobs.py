@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +14,7 @@ from rich.table import Table
 
 from kneenode.cli_app import CliState, app, fail, settings_for
 from kneenode.errors import NodeError
+from kneenode.joblist import jobs_table, when
 from kneenode.profiles import parse_sets
 from kneenode.settings import Settings
 from scp.routing import match_series
@@ -37,24 +37,24 @@ def _store(settings: Settings) -> tuple[JobStore, str]:
     return JobStore(make_client(url), settings.jobs.namespace), url
 
 
-def _job(store: JobStore, job_id: str) -> dict[str, Any]:
+def resolve_job_id(store: JobStore, given: str) -> str:
+    """The full job ID for a full or short ID (as ``kneenode jobs`` shows it at 80 columns)."""
+    found = store.match_ids(given)
+    if not found:
+        raise fail(f"no job {given}")
+    if len(found) > 1:
+        raise fail(f"{len(found)} jobs match '{given}' ({', '.join(found[:4])}...): give more "
+                   "of the ID")
+    return found[0]
+
+
+def _job(store: JobStore, given: str) -> tuple[str, dict[str, Any]]:
+    """The full ID and record of a job given by its full or short ID."""
+    job_id = resolve_job_id(store, given)
     job = store.get(job_id)
     if job is None:
         raise fail(f"no job {job_id}")
-    return job
-
-
-def _when(ts: Any) -> str:
-    if not ts:
-        return ""
-    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _closed(job: dict[str, Any]) -> str:
-    """How the job's series was closed, and ``+N late`` when more came after an early close."""
-    text = str(job.get("closed_by") or "")
-    more = job.get("more_after_close")
-    return f"{text} +{more} late" if more else text
+    return job_id, job
 
 
 @app.command("serve")
@@ -114,37 +114,28 @@ def jobs_cmd(
     limit: Annotated[int, typer.Option(min=1, help="At most this many (newest first).")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first.
+
+    Below about 150 columns the table is compact: short IDs (which job, retry, cancel and purge
+    accept), progress or error code next to the state, the description cut to fit.
+    """
     store, _ = _store(settings_for(ctx))
     jobs = store.list_jobs(state, limit)
     if as_json:
         typer.echo(json.dumps(jobs, indent=2, default=str))
         return
-    table = Table(title=f"{len(jobs)} job(s)")
-    for col in ("id", "state", "progress", "series", "v", "description", "from", "route",
-                "profile", "closed", "error", "updated"):
-        table.add_column(col, overflow="fold")
-    for j in jobs:
-        err = j.get("error") or {}
-        table.add_row(
-            j["id"], j.get("state", ""), f"{100 * float(j.get('progress', 0)):.0f}%",
-            "..." + str(j.get("series_uid", ""))[-12:], str(j.get("version", "")),
-            j.get("series_description", ""), j.get("calling_ae", ""), j.get("route", ""),
-            j.get("profile", ""), _closed(j),
-            str(err.get("code", "")) if isinstance(err, dict) else "", _when(j.get("updated")),
-        )
-    console.print(table)
+    console.print(jobs_table(jobs, console.width))
 
 
 @app.command("job")
 def job_cmd(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    job_id: Annotated[str, typer.Argument(help="Job ID, full or short (as `jobs` lists it).")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
 ) -> None:
     """Show one job: record, stages and events."""
     store, _ = _store(settings_for(ctx))
-    job = _job(store, job_id)
+    job_id, job = _job(store, job_id)
     events = store.events(job_id)
     if as_json:
         typer.echo(json.dumps({**job, "events": events}, indent=2, default=str))
@@ -167,7 +158,7 @@ def job_cmd(
     if isinstance(err, dict):
         for key in ("code", "message", "hint"):
             head.add_row(f"error.{key}", str(err.get(key, "")))
-    head.add_row("created", _when(job.get("created")))
+    head.add_row("created", when(job.get("created")))
     console.print(head)
     stages = Table(title="stages")
     for col in ("stage", "state", "attempts", "start", "duration s", "worker"):
@@ -175,7 +166,7 @@ def job_cmd(
     for name, st in job["stages"].items():
         dur = st.get("duration")
         stages.add_row(name, str(st.get("state", "")), str(st.get("attempts", "")),
-                       _when(st.get("start")), f"{dur:.3f}" if dur is not None else "",
+                       when(st.get("start")), f"{dur:.3f}" if dur is not None else "",
                        str(st.get("worker", "")))
     console.print(stages)
     ev = Table(title="events")
@@ -183,21 +174,21 @@ def job_cmd(
         ev.add_column(col, overflow="fold")
     for e in events:
         details = {k: v for k, v in e.items() if k not in ("t", "kind")}
-        ev.add_row(_when(e["t"]), e["kind"], json.dumps(details, default=str) if details else "")
+        ev.add_row(when(e["t"]), e["kind"], json.dumps(details, default=str) if details else "")
     console.print(ev)
 
 
 @app.command("retry")
 def retry_cmd(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    job_id: Annotated[str, typer.Argument(help="Job ID, full or short (as `jobs` lists it).")],
     from_stage: Annotated[str | None, typer.Option(help="Redo from this stage (default: the "
                                                    "failed stage, else the first).")] = None,
 ) -> None:
     """Run an ended job again (failed, cancelled or done), from a stage on."""
     settings = settings_for(ctx)
     store, url = _store(settings)
-    job = _job(store, job_id)
+    job_id, job = _job(store, job_id)
     if job["state"].split(":")[0] not in TERMINAL - {"ignored"}:
         raise fail(f"job {job_id} is {job['state']}: only failed, cancelled or done jobs retry")
     if job.get("purged"):
@@ -230,7 +221,7 @@ def reprocess_cmd(
     """Make a new job, linked to JOB_ID, from the same spooled series with today's config."""
     settings = settings_for(ctx)
     store, url = _store(settings)
-    job = _job(store, job_id)
+    job_id, job = _job(store, job_id)
     series_path = Path(str(job.get("series_path", "")))
     if job.get("purged") or not (series_path / "summary.json").is_file():
         raise fail(f"job {job_id}'s spooled series is gone ({series_path}): send the series again")
@@ -259,11 +250,11 @@ def reprocess_cmd(
 @app.command("cancel")
 def cancel_cmd(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    job_id: Annotated[str, typer.Argument(help="Job ID, full or short (as `jobs` lists it).")],
 ) -> None:
     """Cancel a job: no further stage starts; a running stage may finish or stop early."""
     store, _ = _store(settings_for(ctx))
-    job = _job(store, job_id)
+    job_id, job = _job(store, job_id)
     if not store.cancel(job_id):
         raise fail(f"job {job_id} already ended ({job['state']})")
     console.print(f"job {job_id} cancelled")
