@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kneenode.logs import configure_logging
 from kneenode.settings import Settings, SettingsError, load_settings
@@ -50,7 +51,7 @@ def settings_for(ctx: typer.Context, *, configure_logs: bool = True) -> Settings
     try:
         settings = load_settings(state.config)
     except SettingsError as exc:
-        err_console.print(f"[bold red]configuration error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]configuration error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     if configure_logs:
         configure_logging(settings.logging)
@@ -59,5 +60,5 @@ def settings_for(ctx: typer.Context, *, configure_logs: bool = True) -> Settings
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print an error for the operator and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # may hold [keys]
     return typer.Exit(code)

@@ -63,12 +63,20 @@ def _emit(model: type[BaseModel], instance: BaseModel, prefix: str, out: list[st
             out.append(f"# {name}: unset by default")
         elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
             out.append(f"# {name}: see the documentation")
-        elif isinstance(value, list) and not value and name == "peers":
-            out.append("# [[scp.peers]]  (repeat per peer)")
-            out.append('# ae_title = "PACS"')
+        elif isinstance(value, list) and not value and name == "routes":
+            out.append("# [[routes]]  (repeat per route; docs/profiles.md)")
+            out.append('# name = "pacs"')
+            out.append('# calling_ae = ["PACS"]')
             out.append('# hosts = ["10.0.0.0/24"]')
+            out.append('# profile = "default"')
             out.append("# quiet_seconds = 30")
             out.append('# completion_policy = "auto"')
+        elif isinstance(value, dict) and not value and name == "profiles":
+            out.append("# profiles = {}")
+            out.append("# e.g. (one table per profile; docs/profiles.md):")
+            out.append("#   [profiles.research]")
+            out.append('#   segment = {configuration = "3d_cascade_fullres"}')
+            out.append('#   nsm = {enabled = true, type = "both"}')
         else:
             out.append(f"# {name} = {_toml_value(value)}")
         out.append("")
@@ -102,12 +110,31 @@ def _rows(model: type[BaseModel], instance: BaseModel, prefix: str) -> list[tupl
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows.extend(_rows(ann, getattr(instance, name), key))
             continue
+        item = _item_model(ann) if name in ("routes", "profiles") and not prefix else None
+        if item is not None:  # [[routes]] / [profiles.<name>]: one row per key of an entry
+            rows.append((key, _toml_value(getattr(instance, name)), info.description or ""))
+            inner = f"{key}[]" if name == "routes" else f"{key}.<name>"
+            rows.extend(_rows(item, item.model_construct(), inner))
+            continue
+        if info.is_required():
+            rows.append((key, "required", info.description or ""))
+            continue
         value = getattr(instance, name)
         if isinstance(value, Path):
             value = _display_path(value)
         shown = "unset" if value is None else _toml_value(value)
         rows.append((key, shown, info.description or ""))
     return rows
+
+
+def _item_model(ann: Any) -> type[BaseModel] | None:
+    """The entry model of a ``list[Model]`` / ``dict[str, Model]`` field (routes, profiles)."""
+    from typing import get_args
+
+    for arg in get_args(ann):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
 
 
 def settings_table() -> str:
@@ -134,7 +161,12 @@ def with_settings_table(readme: str) -> str:
 def settings_toml(settings: Settings) -> str:
     """The full settings as a TOML document (None values left out), e.g. to hand a composed
     configuration to child processes that load their settings from a file."""
-    return _table(settings.model_dump(mode="json", exclude_none=True), "").lstrip("\n")
+    return toml_document(settings.model_dump(mode="json", exclude_none=True))
+
+
+def toml_document(data: dict[str, Any]) -> str:
+    """Any nested dict as TOML: dicts become tables, lists of dicts arrays of tables."""
+    return _table(data, "").lstrip("\n")
 
 
 def _table(data: dict[str, Any], prefix: str) -> str:
@@ -172,12 +204,32 @@ def errors_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+OPTIONS_BEGIN, OPTIONS_END = "<!-- options:begin -->", "<!-- options:end -->"
+
+
+def options_table() -> str:
+    """Markdown table: the old web app's per-upload options -> profile keys."""
+    from kneenode.profiles import OLD_OPTIONS, option_text
+
+    lines = ["| old web app option | profile keys |", "| --- | --- |"]
+    for option, keys in OLD_OPTIONS.items():
+        lines.append(f"| {option} | `{option_text(keys)}` |")
+    return "\n".join(lines) + "\n"
+
+
+def _replace_block(text: str, begin: str, end: str, body: str) -> str:
+    if begin not in text:
+        return text
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n{body}{end}{tail}"
+
+
 def with_generated_tables(readme: str) -> str:
-    """``readme`` with the settings and error-code tables regenerated."""
+    """``readme`` with the settings, error-code and old-option tables regenerated."""
     text = with_settings_table(readme)
-    head, _, rest = text.partition(ERRORS_BEGIN)
-    _, _, tail = rest.partition(ERRORS_END)
-    return f"{head}{ERRORS_BEGIN}\n{errors_table()}{ERRORS_END}{tail}"
+    text = _replace_block(text, ERRORS_BEGIN, ERRORS_END, errors_table())
+    return _replace_block(text, OPTIONS_BEGIN, OPTIONS_END, options_table())
 
 
 if __name__ == "__main__":  # python -m kneenode.configfile README.md: refresh the table in place

@@ -40,8 +40,8 @@ def _error_code(job: dict[str, Any]) -> str:
 
 
 _COMPACT = ("id", "state", "description", "from", "updated")
-_FULL = ("id", "state", "progress", "series", "v", "description", "from", "closed", "error",
-         "updated")
+_FULL = ("id", "state", "progress", "series", "v", "description", "from", "route", "profile",
+         "closed", "error", "updated")
 
 
 def _compact_row(job: dict[str, Any]) -> tuple[str, ...]:
@@ -69,6 +69,7 @@ def _full_row(job: dict[str, Any]) -> tuple[str, ...]:
     return (str(job["id"]), str(job.get("state", "")), f"{100 * float(job.get('progress', 0)):.0f}%",
             "..." + str(job.get("series_uid", ""))[-12:], str(job.get("version", "")),
             str(job.get("series_description", "")), str(job.get("calling_ae", "")),
+            str(job.get("route", "")), str(job.get("profile", "")),
             closed_text(job), _error_code(job), when(job.get("updated")))
 
 

@@ -22,10 +22,10 @@ from kneenode.signals import install_stop_handlers
 from workers.broker import make_broker, make_client, redis_folder, requeue_orphans
 from workers.http import StatusServer
 from workers.intake import make_on_complete
+from workers.jobconfig import startup_stages
 from workers.jobstate import JobStore
 from workers.redisproc import RedisChild, start_redis
 from workers.retention import RetentionLoop
-from workers.stages import load_chain
 from workers.supervisor import Supervisor, specs_for_serve
 
 log = get_logger(__name__)
@@ -63,8 +63,10 @@ class Node:
 
     def _start(self) -> None:
         s = self.settings
+        # a bad jobs.chain or a profile naming a missing model stops the node before anything
+        # starts (not even data_dir is created)
+        chain = startup_stages(s)
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        chain = load_chain(s)  # a bad jobs.chain stops the node before anything starts
         if s.jobs.redis_url:
             self.redis_url = s.jobs.redis_url
         else:

@@ -38,46 +38,6 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class PeerSettings(Section):
-    """A sending peer (PACS, scanner) allowed to associate."""
-
-    ae_title: str = Field(description="Calling AE title of the peer (exact match).")
-    hosts: list[str] = Field(
-        default_factory=list,
-        description="IP addresses or CIDR networks the peer may connect from; empty = any address.",
-    )
-    quiet_seconds: float | None = Field(
-        default=None, description="Series completion quiet period for this peer (overrides completion)."
-    )
-    completion_policy: Literal["auto", "timer"] | None = Field(
-        default=None,
-        description="Series completion policy for this peer (overrides completion.policy).",
-    )
-    return_to: str | None = Field(
-        default=None,
-        description="AET@HOST:PORT where this peer receives results (with delivery.to_sender).",
-    )
-
-    @field_validator("ae_title")
-    @classmethod
-    def _ae_title(cls, v: str) -> str:
-        return _check_ae(v)
-
-    @field_validator("return_to")
-    @classmethod
-    def _return_to(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[^@\s]{1,16}@[^\s]+:[0-9]{1,5}$", v):
-            raise ValueError("expected AET@HOST:PORT")
-        return v
-
-    @field_validator("hosts")
-    @classmethod
-    def _hosts(cls, v: list[str]) -> list[str]:
-        for h in v:
-            ipaddress.ip_network(h, strict=False)  # raises ValueError with the bad value
-        return v
-
-
 class TlsSettings(Section):
     """DICOM TLS for the SCP (and the SCU when a destination asks for it)."""
 
@@ -93,23 +53,27 @@ class TlsSettings(Section):
 class ScpSettings(Section):
     """The Storage SCP: who may send, and how the network edge behaves."""
 
-    ae_title: str = Field(default="KNEENODE", description="AE title this node answers to.")
+    ae_title: str = Field(
+        default="KNEENODE",
+        description="AE title this node answers to; every `called_ae` named by a route is "
+        "answered too (one virtual AE per route).",
+    )
     host: str = Field(default="0.0.0.0", description="Address the SCP listens on.")
     port: int = Field(default=11112, ge=0, le=65535, description="TCP port of the SCP (0 = any free port).")
     require_called_ae: bool = Field(
-        default=False, description="Reject associations whose called AE title is not `ae_title`."
+        default=False,
+        description="Reject associations whose called AE title is neither `ae_title` nor a "
+        "`called_ae` of a route.",
     )
     allow_any: bool = Field(
         default=False,
-        description="Accept any calling AE from any address (demos only; hospitals list `peers`).",
+        description="Accept any calling AE from any address (demos only; hospitals list their "
+        "peers in [[routes]]).",
     )
     allow_loopback: bool = Field(
         default=True,
         description="Accept any calling AE connecting from this machine (127.0.0.0/8, ::1), "
         "so a local storescu or `kneenode send` works out of the box.",
-    )
-    peers: list[PeerSettings] = Field(
-        default_factory=list, description="Allow-list of calling AE titles with optional addresses."
     )
     max_associations: int = Field(
         default=8, ge=1,
@@ -349,18 +313,6 @@ DEFAULT_KNEE_PATTERN = (
 )
 
 
-class AeSelectionOverride(Section):
-    """Selection rules for one calling AE (unset fields keep the node-wide rule)."""
-
-    ae_title: str = Field(description="Calling AE title these rules apply to (exact match).")
-    process_all: bool = Field(
-        default=False, description="Skip the knee pattern for this sender (it only sends knees)."
-    )
-    modalities: list[str] | None = Field(default=None, description="Accepted modalities.")
-    min_slices: int | None = Field(default=None, ge=1, description="Minimum 2-D slice count.")
-    pattern: str | None = Field(default=None, description="Knee regex (case-insensitive).")
-
-
 class SelectionSettings(Section):
     """Which complete series become analysis jobs; the rest are recorded as ignored."""
 
@@ -376,9 +328,6 @@ class SelectionSettings(Section):
         description="Regex (case-insensitive) searched in series description, protocol name and "
         "body part: knee in several languages and knee sequence names (DESS, qDESS, CUBE, SPACE, "
         "PD 3D).",
-    )
-    per_ae: list[AeSelectionOverride] = Field(
-        default_factory=list, description="Per calling-AE overrides ([[jobs.selection.per_ae]])."
     )
 
 
@@ -445,6 +394,17 @@ class JobsSettings(Section):
     http_port: int = Field(default=8642, ge=0, le=65535, description="Port of the status server.")
     selection: SelectionSettings = Field(
         default_factory=SelectionSettings, description="Series selection rules."
+    )
+    warm_models: int = Field(
+        default=2, ge=1,
+        description="Models each worker process keeps loaded per kind (segmentation, NSM), one "
+        "per model folder, least recently used dropped first: two profiles with two models run "
+        "without reloading per job.",
+    )
+    gpu_headroom_mb: int = Field(
+        default=2048, ge=0,
+        description="On a GPU, drop least recently used warm models before loading another one "
+        "until this much GPU memory is free.",
     )
 
 
@@ -530,7 +490,7 @@ class DeliverySettings(Section):
     to_sender: bool = Field(
         default=False,
         description="Also send results back to the sending peer, at the `return_to` address of "
-        "its [[scp.peers]] entry.",
+        "the route its series matched.",
     )
     calling_ae: str = Field(default="KNEENODE", description="Our AE title when sending results.")
     timeout: float = Field(default=60, gt=0, description="Network/DIMSE timeout per send (s).")
@@ -716,6 +676,133 @@ class QcSettings(Section):
         return v
 
 
+PROFILE_SECTIONS: tuple[str, ...] = ("segment", "nsm", "encode", "delivery", "qc")
+PROFILE_JOB_KEYS: tuple[str, ...] = ("optional_stages", "stage_time_limit_s", "stage_time_limits")
+DEFAULT_PROFILE = "default"
+
+
+class ProfileSettings(Section):
+    """A processing profile: a partial override of the analysis settings (docs/profiles.md).
+
+    Only the keys it names differ from the node-wide sections; everything else is inherited.
+    """
+
+    description: str = Field(default="", description="What the profile is for (shown in jobs).")
+    segment: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of [segment], e.g. {configuration = ...}."
+    )
+    nsm: dict[str, Any] = Field(default_factory=dict, description="Overrides of [nsm].")
+    encode: dict[str, Any] = Field(default_factory=dict, description="Overrides of [encode].")
+    delivery: dict[str, Any] = Field(default_factory=dict, description="Overrides of [delivery].")
+    qc: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of [qc], e.g. {on_fail = \"pdf_only\"}."
+    )
+    optional_stages: list[str] | None = Field(
+        default=None, description="Overrides jobs.optional_stages."
+    )
+    stage_time_limit_s: float | None = Field(
+        default=None, gt=0, description="Overrides jobs.stage_time_limit_s."
+    )
+    stage_time_limits: dict[str, float] | None = Field(
+        default=None, description="Overrides jobs.stage_time_limits."
+    )
+
+
+class RouteTarget(Section):
+    """What a series gets from the route it matched: a profile, destinations, per-route values."""
+
+    action: Literal["process", "ignore"] = Field(
+        default="process", description="process: make a job; ignore: record the series as ignored."
+    )
+    profile: str = Field(
+        default=DEFAULT_PROFILE,
+        description="Processing profile ([profiles.<name>]; `default` = the node-wide sections).",
+    )
+    destinations: list[DestinationSettings] | None = Field(
+        default=None, description="Where results go; unset = the profile's delivery.destinations."
+    )
+    return_to: str | None = Field(
+        default=None,
+        description="AET@HOST:PORT where the sender receives results (with delivery.to_sender).",
+    )
+    quiet_seconds: float | None = Field(
+        default=None, gt=0, description="Series completion quiet period (overrides completion)."
+    )
+    completion_policy: Literal["auto", "timer"] | None = Field(
+        default=None, description="Series completion policy (overrides completion.policy)."
+    )
+    process_all: bool = Field(
+        default=False, description="Skip the knee pattern (this sender only sends knees)."
+    )
+    min_slices: int | None = Field(default=None, ge=1, description="Overrides jobs.selection.min_slices.")
+    pattern: str | None = Field(default=None, description="Overrides jobs.selection.pattern.")
+
+    @field_validator("return_to")
+    @classmethod
+    def _return_to(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[^@\s]{1,16}@[^\s]+:[0-9]{1,5}$", v):
+            raise ValueError("expected AET@HOST:PORT")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            re.compile(v)
+        return v
+
+
+class RouteSettings(RouteTarget):
+    """One routing rule: match criteria (all given ones must hold) and what the series gets.
+
+    Routes are tried in order, the first match wins; no match -> [default_route]. A route that
+    names ``calling_ae`` or ``hosts`` also admits those peers (the allow-list).
+    """
+
+    name: str = Field(description="Name recorded in each job (and a metrics label).")
+    calling_ae: list[str] = Field(default_factory=list, description="Calling AE titles; empty = any.")
+    called_ae: list[str] = Field(
+        default_factory=list,
+        description="Called AE titles (virtual AEs this node answers to); empty = any.",
+    )
+    hosts: list[str] = Field(
+        default_factory=list, description="IP addresses or CIDR networks; empty = any address."
+    )
+    modality: list[str] = Field(
+        default_factory=list,
+        description="Series modalities; empty = any. Also the modalities selection accepts.",
+    )
+    body_part: str | None = Field(default=None, description="Regex (case-insensitive) on Body Part Examined.")
+    description: str | None = Field(
+        default=None,
+        description="Regex (case-insensitive) searched in Series Description and Protocol Name.",
+    )
+
+    @field_validator("calling_ae", "called_ae")
+    @classmethod
+    def _aes(cls, v: list[str]) -> list[str]:
+        return [_check_ae(a) for a in v]
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for h in v:
+            ipaddress.ip_network(h, strict=False)  # raises ValueError with the bad value
+        return v
+
+    @field_validator("body_part", "description")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            re.compile(v)
+        return v
+
+    @property
+    def names_peer(self) -> bool:
+        """Whether the route identifies a sender (and so admits it)."""
+        return bool(self.calling_ae or self.hosts)
+
+
 class Settings(BaseSettings):
     """Root of the settings tree."""
 
@@ -754,6 +841,70 @@ class Settings(BaseSettings):
     qc: QcSettings = Field(
         default_factory=QcSettings, description="Segmentation QC and what a failed result delivers."
     )
+    profiles: dict[str, ProfileSettings] = Field(
+        default_factory=dict,
+        description="Processing profiles ([profiles.<name>]), each a partial override of segment, "
+        "nsm, encode, delivery, qc and the stage options.",
+    )
+    routes: list[RouteSettings] = Field(
+        default_factory=list,
+        description="Routing rules ([[routes]]), first match wins; they also list the peers.",
+    )
+    default_route: RouteTarget = Field(
+        default_factory=RouteTarget, description="What a series matching no route gets."
+    )
+
+    @model_validator(mode="after")
+    def _check_profiles(self) -> Settings:
+        if DEFAULT_PROFILE in self.profiles:
+            raise ValueError(f"'profiles.{DEFAULT_PROFILE}' is reserved: the node-wide sections "
+                             "are the default profile")
+        names = [r.name for r in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"'routes': route names must be unique (got {names})")
+        for where, target in [("default_route", self.default_route),
+                              *((f"routes.{i}", r) for i, r in enumerate(self.routes))]:
+            if target.profile != DEFAULT_PROFILE and target.profile not in self.profiles:
+                raise ValueError(f"'{where}.profile': no profile '{target.profile}' (have: "
+                                 f"{', '.join([DEFAULT_PROFILE, *self.profiles])})")
+        for name in self.profiles:
+            self.for_profile(name)
+        return self
+
+    def for_profile(self, name: str, sets: dict[str, Any] | None = None) -> Settings:
+        """These settings with profile ``name`` applied (then ``sets``, shaped like a profile).
+
+        Raises
+        ------
+        ValueError
+            Naming ``profiles.<name>.<key>`` (or ``set.<key>``) when an override is invalid.
+        """
+        if name != DEFAULT_PROFILE and name not in self.profiles:
+            raise ValueError(f"no profile '{name}' (have: {', '.join([DEFAULT_PROFILE, *self.profiles])})")
+        layers: list[tuple[str, dict[str, Any]]] = []
+        if name != DEFAULT_PROFILE:
+            layers.append((f"profiles.{name}", self.profiles[name].model_dump(exclude_unset=True)))
+        if sets:
+            layers.append(("set", sets))
+        update: dict[str, Any] = {}
+        jobs = self.jobs
+        for where, layer in layers:
+            for section in PROFILE_SECTIONS:
+                if layer.get(section):
+                    current = update.get(section, getattr(self, section))
+                    merged = _merge(current.model_dump(), layer[section])
+                    update[section] = _validated(type(current), merged, f"{where}.{section}")
+            job_keys = {k: layer[k] for k in PROFILE_JOB_KEYS if layer.get(k) is not None}
+            if job_keys:
+                jobs = _validated(JobsSettings, {**jobs.model_dump(), **job_keys}, where)
+            unknown = set(layer) - {*PROFILE_SECTIONS, *PROFILE_JOB_KEYS, "description"}
+            if unknown:
+                raise ValueError(f"'{where}.{min(unknown)}': not a profile key (profiles "
+                                 f"override {', '.join((*PROFILE_SECTIONS, *PROFILE_JOB_KEYS))})")
+        if jobs is not self.jobs:
+            update["jobs"] = jobs
+        return self.model_copy(update=update)
+
 
     @property
     def spool_dir(self) -> Path:
@@ -778,6 +929,23 @@ class Settings(BaseSettings):
 
 class SettingsError(Exception):
     """A configuration problem, already phrased for the operator (names the key)."""
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` applied key by key (nested tables merge, values replace)."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _validated(cls: type[Section], data: dict[str, Any], where: str) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"'{where}.{key}': {err['msg']}") from None
 
 
 def _check_ae(v: str) -> str:
@@ -818,5 +986,8 @@ def _describe(exc: ValidationError) -> str:
         key = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        if not key:  # a check across sections: the message names the key itself
+            lines.append(f"invalid setting {str(err['msg']).removeprefix('Value error, ')}")
+            continue
         lines.append(f"invalid setting '{key}': {err['msg']}{shown}")
     return "; ".join(lines)

@@ -1,11 +1,12 @@
-"""Who may associate: the calling-AE allow-list with optional addresses per AE."""
+"""Who may associate: the peers the routes name (calling AE, addresses, called AE)."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 
-from kneenode.settings import PeerSettings, ScpSettings
+from kneenode.settings import RouteSettings, Settings
+from scp.routing import Origin, answered_aes, origin_routes
 from scp.status import RejectReason
 
 
@@ -16,42 +17,39 @@ class AccessDecision:
     allowed: bool
     reason: str
     diagnostic: RejectReason = RejectReason.NO_REASON
-    peer: PeerSettings | None = None
+    route: RouteSettings | None = None
 
 
 def check_association(
-    settings: ScpSettings, *, calling_ae: str, called_ae: str, address: str
+    settings: Settings, *, calling_ae: str, called_ae: str, address: str
 ) -> AccessDecision:
     """Decide whether an association request is allowed (pure; no I/O).
 
-    Rules: a wrong called AE title is rejected when ``require_called_ae`` is set; with
-    ``allow_any`` every peer is accepted; otherwise the calling AE must be listed in ``peers``
-    and, when that peer lists ``hosts``, the address must fall in one of them.
+    Rules: with ``require_called_ae`` a called AE title that is neither ``scp.ae_title`` nor a
+    route's ``called_ae`` is rejected; with ``allow_any`` every peer is accepted; otherwise a
+    route that names peers (``calling_ae`` or ``hosts``) must match the calling AE, called AE and
+    address. A calling AE that some route names is held to its routes even from this machine;
+    any other AE from loopback is accepted with ``allow_loopback``.
     """
-    calling, called = calling_ae.strip(), called_ae.strip()
-    if settings.require_called_ae and called != settings.ae_title:
-        return AccessDecision(False, f"called AE '{called}' is not '{settings.ae_title}'",
+    scp = settings.scp
+    origin = Origin(calling_ae.strip(), called_ae.strip(), address)
+    if scp.require_called_ae and origin.called_ae not in answered_aes(settings):
+        return AccessDecision(False, f"called AE '{origin.called_ae}' is not one this node "
+                              f"answers to ({', '.join(sorted(answered_aes(settings)))})",
                               RejectReason.CALLED_AE_NOT_RECOGNISED)
-    peer = next((p for p in settings.peers if p.ae_title == calling), None)
-    if settings.allow_any:
-        return AccessDecision(True, "allow_any", peer=peer)
-    if peer is None and settings.allow_loopback and _is_loopback(address):
+    hits = [r for r in origin_routes(settings, origin) if r.names_peer]
+    if scp.allow_any:
+        return AccessDecision(True, "allow_any", route=hits[0] if hits else None)
+    if hits:
+        return AccessDecision(True, f"route {hits[0].name}", route=hits[0])
+    if any(origin.calling_ae in r.calling_ae for r in settings.routes):
+        return AccessDecision(False, f"calling AE '{origin.calling_ae}' is not allowed from "
+                              f"{address} with called AE '{origin.called_ae}'",
+                              RejectReason.CALLING_AE_NOT_RECOGNISED)
+    if scp.allow_loopback and _is_loopback(address):
         return AccessDecision(True, "allow_loopback")
-    if peer is None:
-        return AccessDecision(False, f"calling AE '{calling}' is not in the allow-list",
-                              RejectReason.CALLING_AE_NOT_RECOGNISED)
-    if peer.hosts and not _address_in(address, peer.hosts):
-        return AccessDecision(False, f"calling AE '{calling}' is not allowed from {address}",
-                              RejectReason.CALLING_AE_NOT_RECOGNISED)
-    return AccessDecision(True, "allow-list", peer=peer)
-
-
-def _address_in(address: str, networks: list[str]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+    return AccessDecision(False, f"calling AE '{origin.calling_ae}' is not in the allow-list",
+                          RejectReason.CALLING_AE_NOT_RECOGNISED)
 
 
 def _is_loopback(address: str) -> bool:

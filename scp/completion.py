@@ -26,6 +26,7 @@ from kneenode.settings import Settings
 from scp import metrics
 from scp.announce import CompletedSeries, OnComplete
 from scp.closing import TIMER, close_version, dcm_snapshot, read_closed
+from scp.routing import Origin, quiet_seconds_for
 from scp.spool import SeriesKey, Spool, read_events
 from scp.summary import summarize_series
 
@@ -33,22 +34,6 @@ log = get_logger(__name__)
 
 SUMMARY = "summary.json"
 ANNOUNCED = "announced"
-
-
-def quiet_seconds_for(settings: Settings, calling_ae: str) -> float:
-    """The quiet period for a series from ``calling_ae`` (per-peer override or the default)."""
-    for peer in settings.scp.peers:
-        if peer.ae_title == calling_ae and peer.quiet_seconds is not None:
-            return peer.quiet_seconds
-    return settings.completion.quiet_seconds
-
-
-def completion_policy_for(settings: Settings, calling_ae: str) -> str:
-    """The completion policy (``auto`` / ``timer``) for ``calling_ae`` (per peer or default)."""
-    for peer in settings.scp.peers:
-        if peer.ae_title == calling_ae and peer.completion_policy is not None:
-            return peer.completion_policy
-    return settings.completion.policy
 
 
 def _read_json(path: Path) -> dict:
@@ -149,7 +134,7 @@ class CompletionMonitor:
             if not folder.is_dir():
                 return None
             source = _read_json(folder / "source.json")
-            quiet = quiet_seconds_for(self.settings, str(source.get("calling_ae", "")))
+            quiet = quiet_seconds_for(self.settings, Origin.of(source))
             if now - max(self.spool.last_activity(key), self.started) < quiet:
                 return None
             version, dest = close_version(self.spool, key, TIMER, quiet_seconds=quiet)

@@ -57,19 +57,10 @@ def _target(d: DestinationSettings) -> Target:
     return Target(dest, ctx)
 
 
-def resolve_targets(settings: Settings, calling_ae: str) -> list[Target]:
-    """The destinations of a job: the configured ones, plus the sender's ``return_to``."""
-    targets = [_target(d) for d in settings.delivery.destinations]
-    if settings.delivery.to_sender:
-        peer = next((p for p in settings.scp.peers if p.ae_title == calling_ae), None)
-        if peer is not None and peer.return_to:
-            dest = Destination.parse(peer.return_to)
-            if all(t.destination != dest for t in targets):
-                targets.append(Target(dest))
-        else:
-            log.warning("delivery.to_sender is on but the sender has no return_to",
-                        calling_ae=calling_ae)
-    return targets
+def resolve_targets(settings: Settings) -> list[Target]:
+    """The destinations of a job: ``delivery.destinations`` of its effective settings (the job
+    creator has already put the route's destinations and the sender's ``return_to`` there)."""
+    return [_target(d) for d in settings.delivery.destinations]
 
 
 def load_outbox(path: Path, files: list[Path], targets: list[Target]) -> dict[str, Any]:

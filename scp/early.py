@@ -32,13 +32,19 @@ from pynetdicom.events import Event
 from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from scp.closing import RELEASE_COUNT, RELEASE_GEOMETRY, dcm_snapshot
-from scp.completion import CompletionMonitor, completion_policy_for
+from scp.completion import CompletionMonitor
+from scp.routing import Origin, completion_policy_for
 from scp.spool import SeriesKey, Spool, append_event
 from scp.wholeness import SliceHeader, Wholeness, assess, read_header
 
 log = get_logger(__name__)
 
 Peer = tuple[str, str]  # (calling AE title, IP address)
+
+
+def _policy(settings: Settings, peer: Peer) -> str:
+    """The completion policy of the peer's routes (the called AE is not tracked here)."""
+    return completion_policy_for(settings, Origin(peer[0], "", peer[1]))
 
 
 @dataclass
@@ -88,7 +94,7 @@ class EarlyCompletion:
                 rec = self._assocs.get(event.assoc)
                 if rec is not None:  # None: its connection already closed (the timer decides)
                     rec.series.add(key)
-            if rec is not None and completion_policy_for(self.settings, rec.peer[0]) == "auto":
+            if rec is not None and _policy(self.settings, rec.peer) == "auto":
                 self._prefetch.put(key)
         except Exception:  # tracking must never fail an acknowledged store
             log.exception("could not record the series of an association")
@@ -151,7 +157,7 @@ class EarlyCompletion:
 
     def _judge_locked(self, key: SeriesKey, peer: Peer
                       ) -> tuple[dict[str, tuple[int, int]], Wholeness] | None:
-        if completion_policy_for(self.settings, peer[0]) != "auto":
+        if _policy(self.settings, peer) != "auto":
             return None
         with self._lock:
             if any(key in a.series for a in self._assocs.values()):

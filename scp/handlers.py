@@ -52,10 +52,10 @@ def handle_requested(event: events.Event, settings: Settings,
     calling = _ae_str(requestor.primitive.calling_ae_title if requestor.primitive else "")
     called = _ae_str(requestor.primitive.called_ae_title if requestor.primitive else "")
     decision = check_association(
-        settings.scp, calling_ae=calling, called_ae=called, address=requestor.address
+        settings, calling_ae=calling, called_ae=called, address=requestor.address
     )
     if not decision.allowed:
-        _reject(event, (0x01, 0x01, int(decision.diagnostic)), calling, decision.reason)
+        _reject(event, (0x01, 0x01, int(decision.diagnostic)), calling, decision.reason, called)
         return
     malformed = malformed_proposal(requestor.primitive)
     if malformed:
@@ -67,14 +67,15 @@ def handle_requested(event: events.Event, settings: Settings,
         if full:
             _reject(event, REJECT_LOCAL_LIMIT, calling, full)
             return
-    log.info("association accepted", calling_ae=calling, peer=requestor.address,
-             rule=decision.reason)
+    log.info("association accepted", calling_ae=calling, called_ae=called,
+             peer=requestor.address, rule=decision.reason)
 
 
-def _reject(event: events.Event, rsd: tuple[int, int, int], calling: str, reason: str) -> None:
+def _reject(event: events.Event, rsd: tuple[int, int, int], calling: str, reason: str,
+            called: str = "") -> None:
     metrics.ASSOCIATIONS_REJECTED.inc()
-    log.warning("association rejected", calling_ae=calling, peer=event.assoc.requestor.address,
-                reason=reason)
+    log.warning("association rejected", calling_ae=calling, called_ae=called,
+                peer=event.assoc.requestor.address, reason=reason)
     event.assoc.acse.send_reject(*rsd)
     event.assoc.kill()  # as pynetdicom's own rejections do: flushes the A-ASSOCIATE-RJ
 
@@ -159,7 +160,7 @@ def _store(event: events.Event, spool: Spool, settings: Settings, blog: Any,
     blog = blog.bind(study_uid=key.study_uid, series_uid=key.series_uid)
     source = {
         "calling_ae": _calling_ae(event),
-        "called_ae": _ae_str(event.assoc.acceptor.ae_title),
+        "called_ae": _called_ae(event),
         "address": event.assoc.requestor.address,
     }
     try:
@@ -258,6 +259,12 @@ def _check_identifiers(header: Any, request: Any) -> tuple[StoreStatus, str]:
 
 def _calling_ae(event: events.Event) -> str:
     return _ae_str(event.assoc.requestor.ae_title)
+
+
+def _called_ae(event: events.Event) -> str:
+    """The AE title the peer called (one of the node's virtual AEs), not our own title."""
+    primitive = event.assoc.requestor.primitive
+    return _ae_str(primitive.called_ae_title if primitive else event.assoc.acceptor.ae_title)
 
 
 def _ae_str(value: Any) -> str:

@@ -27,7 +27,12 @@ def test_compose_file_is_valid():
 def test_production_config_example_is_valid():
     settings = load_settings(DEPLOY / "kneenode.toml")
     assert not settings.scp.allow_loopback and settings.delivery.to_sender
-    assert [p.ae_title for p in settings.scp.peers] == ["HOSPITAL_PACS", "MR_SCANNER_1"]
+    assert [r.name for r in settings.routes] == ["research", "clinical", "scanner"]
+    assert [r.profile for r in settings.routes] == ["research", "clinical", "clinical"]
+    research = settings.for_profile("research")
+    assert research.segment.configuration == "3d_cascade_fullres" and research.nsm.type == "both"
+    clinical = settings.for_profile("clinical")
+    assert not clinical.encode.sr and not clinical.encode.overlay and clinical.encode.pdf
 
 
 @pytest.mark.parametrize("unit", sorted(p.name for p in (DEPLOY / "systemd").glob("*.service")))

@@ -44,7 +44,10 @@ def test_toml_then_environment_override(tmp_path, monkeypatch):
     ("[scp]\nport = 70000\n", "scp.port"),
     ("[scp]\nae_title = \"THIS_TITLE_IS_WAY_TOO_LONG\"\n", "scp.ae_title"),
     ("[scp]\nportt = 1\n", "scp.portt"),
-    ("[[scp.peers]]\nae_title = \"PACS\"\nhosts = [\"10.0.0.300/8\"]\n", "scp.peers.0.hosts"),
+    ("[[routes]]\nname = \"p\"\ncalling_ae = [\"PACS\"]\nhosts = [\"10.0.0.300/8\"]\n", "routes.0.hosts"),
+    ("[profiles.r]\nsegment = {configration = \"3d_fullres\"}\n", "profiles.r.segment.configration"),
+    ("[profiles.r]\nnsm = {type = \"femur\"}\n", "profiles.r.nsm.type"),
+    ("[[routes]]\nname = \"p\"\nprofile = \"nope\"\n", "routes.0.profile"),
     ("[completion]\nquiet_seconds = -1\n", "completion.quiet_seconds"),
 ])
 def test_invalid_value_names_the_key(tmp_path, text, key):
@@ -72,8 +75,8 @@ def test_config_init_writes_a_commented_example_that_documents_every_key(tmp_pat
     text = (tmp_path / "kneenode.toml").read_text()
     assert text == example_config()
     in_peers, lines = False, []
-    for line in text.splitlines():  # uncomment `# key = value`, except the peers example
-        in_peers = line.startswith("# [[") or (in_peers and line.startswith("# "))
+    for line in text.splitlines():  # uncomment `# key = value`, except the routes/profiles example
+        in_peers = line.startswith("# [") or (in_peers and line.startswith("# "))
         if re.match(r"^# [a-z_]+ = ", line) and not in_peers:
             line = line[2:]
         lines.append(line)
@@ -90,7 +93,9 @@ def test_settings_toml_round_trips(tmp_path):
     from kneenode.configfile import settings_toml
 
     s = Settings(delivery={"destinations": [{"ae_title": "PACS", "host": "10.0.0.2", "port": 104}]},
-                 scp={"peers": [{"ae_title": "MR1", "hosts": ["10.1.0.0/16"], "quiet_seconds": 9}]},
+                 routes=[{"name": "mr", "calling_ae": ["MR1"], "hosts": ["10.1.0.0/16"],
+                          "quiet_seconds": 9, "profile": "cascade"}],
+                 profiles={"cascade": {"segment": {"configuration": "3d_cascade_fullres"}}},
                  jobs={"stage_time_limits": {"segment": 60.0}})
     path = tmp_path / "k.toml"
     path.write_text(settings_toml(s))

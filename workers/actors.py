@@ -1,61 +1,22 @@
-"""The actors (one per queue) and the one way to send a stage message.
+"""The stage actors (one per queue): each runs its task's stage function.
 
 Actors are thin on purpose: the middleware has already loaded the job, claimed the stage and
-recorded its start; the actor only builds the :class:`~workers.stages.StageContext` and calls the
-stage's plain function. Committing (marker, next message), retries and failures happen in
+recorded its start in the runtime's task registry; the actor only builds the
+:class:`~workers.stages.StageContext` from the task (the job's own settings) and calls the stage's
+plain function. Committing (marker, next message), retries and failures happen in
 :class:`workers.middleware.JobMiddleware` after the actor returns or raises.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import dramatiq
-from dramatiq import Message
-from dramatiq.broker import Broker
 from dramatiq.brokers.redis import RedisBroker
 
-from kneenode.settings import JobsSettings
+from workers.dispatch import STAGE_ACTORS
+from workers.runtime import WorkerRuntime
 from workers.stages import StageContext
-
-if TYPE_CHECKING:
-    from workers.middleware import WorkerRuntime
-
-STAGE_ACTORS: dict[str, str] = {"cpu": "stage_cpu", "gpu": "stage_gpu", "io": "stage_io"}
-
-
-def time_limit_s(jobs: JobsSettings, stage: str) -> float:
-    """The time limit of one attempt of ``stage``."""
-    return float(jobs.stage_time_limits.get(stage, jobs.stage_time_limit_s))
-
-
-def enqueue_stage(
-    broker: Broker,
-    jobs: JobsSettings,
-    *,
-    job_id: str,
-    stage: str,
-    queue: str,
-    run: int,
-    rerun: bool = False,
-    delay_ms: int | None = None,
-) -> str:
-    """Send the message that runs ``stage`` of ``job_id``; return the dramatiq message id.
-
-    Producers (the job creator, ``kneenode retry``, the middleware chaining to the next stage)
-    need no actor objects: the message names the queue's actor and carries the stage's time
-    limit, which dramatiq's TimeLimit middleware enforces.
-    """
-    broker.declare_queue(queue)
-    message: Message[None] = Message(
-        queue_name=queue,
-        actor_name=STAGE_ACTORS[queue],
-        args=(job_id, stage, run),
-        kwargs={"rerun": rerun},
-        options={"time_limit": int(time_limit_s(jobs, stage) * 1000)},
-    )
-    return broker.enqueue(message, delay=delay_ms).message_id
 
 
 def declare_actors(broker: RedisBroker, runtime: WorkerRuntime) -> None:
@@ -72,7 +33,7 @@ def declare_actors(broker: RedisBroker, runtime: WorkerRuntime) -> None:
             series_path=Path(task.series_path),
             work_dir=task.work_dir,
             summary=task.summary,
-            settings=runtime.settings,
+            settings=task.settings or runtime.settings,
             device=runtime.device if runtime.chain[stage].queue == "gpu" else "cpu",
             attempt=task.attempt,
             cancelled=task.cancelled,

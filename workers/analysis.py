@@ -30,6 +30,7 @@ from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_atomic, write_json_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import Settings
+from kneenode.warm import WarmCache
 from workers.stages import Stage, StageContext
 
 IMAGE = "image.nii"
@@ -174,7 +175,11 @@ def quantify(ctx: StageContext) -> None:
     merge_results(ctx.job_dir, read_json(ctx.work_dir / RESULTS_FILE))
 
 
-_SHAPE_MODELS: dict[str, Any] = {}
+_SHAPE_MODELS: WarmCache[Any] = WarmCache("nsm")
+#: NSM settings that only change the fit, not which models are loaded.
+_FIT_KEYS = {"enabled", "iterations", "points", "patience", "seed", "icp_iterations",
+             "icp_landmarks", "mean_shape_resolution", "recon_resolution", "implementation",
+             "save_meshes"}
 
 
 def shape(ctx: StageContext) -> None:
@@ -184,15 +189,15 @@ def shape(ctx: StageContext) -> None:
     nsm = ctx.settings.nsm
     if not nsm.active():
         return
-    key = nsm.model_dump_json()
-    if key not in _SHAPE_MODELS:  # loaded once per worker process, kept warm between jobs
-        _SHAPE_MODELS[key] = load_shape_models(nsm.model_copy(update={"device": ctx.device})
-                                               if ctx.device != "cpu" else nsm)
+    on_device = nsm.model_copy(update={"device": ctx.device}) if ctx.device != "cpu" else nsm
+    key = on_device.model_dump_json(exclude=_FIT_KEYS)
+    # loaded once per worker process and model folder, kept warm between jobs (bounded LRU)
+    models = _SHAPE_MODELS.get(key, lambda: load_shape_models(on_device), ctx.device)
     labels = load_labels(ctx)
     results = read_json(ctx.job_dir / RESULTS)
     side = results.get("side") if results.get("side") in ("left", "right") else None
     out = shape_stage(sitk.GetArrayFromImage(labels), labels.GetSpacing(), labels.GetDirection(),
-                      labels.GetOrigin(), models=_SHAPE_MODELS[key], settings=nsm, side=side)
+                      labels.GetOrigin(), models=models, settings=nsm, side=side)
     write_json_atomic(ctx.work_dir / "shape.json", out)
     merge_results(ctx.job_dir, {k: v for k, v in out.items() if k != "nsm_fits"})
 
@@ -255,7 +260,7 @@ def deliver(ctx: StageContext) -> None:
     from scp.delivery import deliver as send_pending
     from scp.delivery import resolve_targets
 
-    targets = resolve_targets(ctx.settings, str(ctx.summary.get("calling_ae", "")))
+    targets = resolve_targets(ctx.settings)
     files = result_files(ctx)
     if not targets or not files:
         return
@@ -267,15 +272,15 @@ def deliver(ctx: StageContext) -> None:
 
 
 def node_chain(settings: Settings) -> list[Stage]:
-    """The node's stages in order (DESIGN.md); ``shape`` runs when ``jobs.optional_stages``
-    lists it and an NSM model is configured."""
+    """The node's stages in order (DESIGN.md); ``shape`` runs when the job's
+    ``jobs.optional_stages`` lists it and its NSM settings are active."""
     del settings  # every stage reads its own settings section
     return [
         Stage("prepare", "cpu", prepare),
         Stage("segment", "gpu", segment),
         Stage("qc", "cpu", qc),
         Stage("quantify", "cpu", quantify),
-        Stage("shape", "gpu", shape, optional=True),
+        Stage("shape", "gpu", shape, optional=True, enabled=lambda s: s.nsm.active()),
         Stage("encode", "cpu", encode),
         Stage("deliver", "io", deliver),
     ]

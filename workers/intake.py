@@ -1,36 +1,85 @@
 """From a complete series to a job: the ``on_complete`` function the edge calls.
 
 Idempotent per (series_uid, version): the edge may announce a version again after a crash, and
-gets the same job back. Each version gets a new job linked to the series' earlier job. Series that
-fail selection become ``ignored`` jobs carrying the reason, so operators can see every series.
+gets the same job back. Each version gets a new job linked to the series' earlier job. The series
+is routed (:mod:`scp.routing`, first match wins) to a profile; the job stores which rule matched
+and why, and a snapshot of its configuration (:mod:`workers.jobconfig`) that every stage, retry
+and redelivery runs from. Series that a route ignores or that fail selection become ``ignored``
+jobs carrying the rule and the reason, so operators can see every series.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
 
+from kneenode.errors import ErrorCode, NodeError
+from kneenode.fsio import write_json_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from scp.announce import CompletedSeries, OnComplete
-from workers.actors import enqueue_stage
+from scp.routing import RouteMatch, match_series
+from workers.dispatch import enqueue_stage
+from workers.jobconfig import JobConfig, build_config, job_settings
 from workers.jobstate import JobStore
 from workers.selection import rules_for, select
 from workers.stages import Stage
 
 log = get_logger(__name__)
+CONFIG_FILE = "config.json"
+
+
+def job_fields(summary: Mapping[str, Any], match: RouteMatch) -> dict[str, Any]:
+    """The record fields a job takes from its series summary and its route."""
+    return {
+        "calling_ae": str(summary.get("calling_ae") or ""),
+        "called_ae": str(summary.get("called_ae") or ""),
+        "address": str(summary.get("address") or ""),
+        "modality": str(summary.get("modality") or ""),
+        "series_description": str(summary.get("series_description") or ""),
+        "instance_count": int(summary.get("instance_count") or 0),
+        "closed_by": str(summary.get("closed_by") or ""),
+        "completion_wait_s": summary.get("completion_wait_seconds") or 0.0,
+        "route": match.name,
+        "route_reason": match.reason,
+        "profile": match.target.profile if match.target.action == "process" else "",
+        "chain": [],
+    }
+
+
+def dispatch(settings: Settings, store: JobStore, broker: RedisBroker, job_id: str,
+             job_dir: Path, config: JobConfig, run: int = 1) -> None:
+    """Store the job's snapshot (record + ``config.json``) and send its first stage."""
+    write_json_atomic(job_dir / CONFIG_FILE, config.model_dump(mode="json"))
+    first = config.chain[0]
+    store.update(job_id, job_dir=str(job_dir), stage=first.name, profile=config.profile,
+                 chain=config.stage_names, config=config.model_dump(mode="json"))
+    store.event(job_id, "selected", route=config.route, profile=config.profile)
+    # State first, then the message (a fast worker must not see 'created' after starting);
+    # 'dispatched' marks the send, so a re-announce after a crash in between sends again.
+    store.transition(job_id, run, state="queued")
+    enqueue_stage(broker, job_settings(settings, config).jobs, job_id=job_id, stage=first.name,
+                  queue=first.queue, run=run)
+    store.update(job_id, dispatched=1)
+    store.event(job_id, "queued", stage=first.name)
 
 
 @dataclass(frozen=True)
 class JobCreator:
-    """Creates (or finds) the job of each complete series version and sends its first stage."""
+    """Creates (or finds) the job of each complete series version and sends its first stage.
+
+    ``chain`` is every stage the node declares (:func:`workers.stages.load_stages`); each job
+    runs the part its profile enables.
+    """
 
     settings: Settings
     store: JobStore
     broker: RedisBroker
-    chain: list[Stage]
+    chain: Sequence[Stage]
 
     def __call__(self, series: CompletedSeries) -> None:
         self.create(series)
@@ -38,19 +87,12 @@ class JobCreator:
     def create(self, series: CompletedSeries) -> str:
         """Create the job of ``series``; return its id (the existing one when announced again)."""
         s = series.summary
-        fields: dict[str, Any] = {
-            "study_uid": series.study_uid,
-            "series_path": str(series.path),
-            "calling_ae": series.calling_ae,
-            "modality": str(s.get("modality") or ""),
-            "series_description": str(s.get("series_description") or ""),
-            "instance_count": int(s.get("instance_count") or 0),
-            "closed_by": str(s.get("closed_by") or ""),
-            "completion_wait_s": s.get("completion_wait_seconds") or 0.0,
-            "chain": [st.name for st in self.chain],
-        }
+        match = match_series(self.settings, s)
+        fields = {"study_uid": series.study_uid, "series_path": str(series.path),
+                  **job_fields(s, match)}
         job_id, created = self.store.create(series.series_uid, series.version, fields)
-        bound = log.bind(job_id=job_id, series_uid=series.series_uid, version=series.version)
+        bound = log.bind(job_id=job_id, series_uid=series.series_uid, version=series.version,
+                         route=match.name)
         job = self.store.get(job_id) or {}
         if not created and (job.get("state") not in ("created", "queued")
                             or job.get("dispatched") == "1"):
@@ -62,23 +104,28 @@ class JobCreator:
             self.store.incr("series_completed")
             self.store.incr("instances_received", int(fields["instance_count"]))
             self._record_early_close(job_id, job, s)
-        decision = select(s, rules_for(self.settings.jobs.selection, series.calling_ae), series.path)
+        if match.target.action == "ignore":
+            self.store.update(job_id, job_dir=str(job_dir))
+            self.store.ignore(job_id, str(ErrorCode.NOT_SELECTED),
+                              f"route '{match.name}' ignores this series ({match.reason})")
+            bound.info("series ignored by its route", reason=match.reason)
+            return job_id
+        decision = select(s, rules_for(self.settings.jobs.selection, match.target), series.path)
         if not decision.selected:
             self.store.update(job_id, job_dir=str(job_dir))
             self.store.ignore(job_id, str(decision.code), decision.reason)
             bound.info("series ignored", reason=decision.reason)
             return job_id
-        first = self.chain[0]
-        self.store.update(job_id, job_dir=str(job_dir), stage=first.name)
-        self.store.event(job_id, "selected")
-        # State first, then the message (a fast worker must not see 'created' after starting);
-        # 'dispatched' marks the send, so a re-announce after a crash in between sends again.
-        self.store.transition(job_id, int(job.get("run", 1)), state="queued")
-        enqueue_stage(self.broker, self.settings.jobs, job_id=job_id, stage=first.name,
-                      queue=first.queue, run=int(job.get("run", 1)))
-        self.store.update(job_id, dispatched=1)
-        self.store.event(job_id, "queued", stage=first.name)
-        bound.info("job queued", stage=first.name)
+        try:
+            config = build_config(self.settings, self.chain, match)
+        except NodeError as exc:  # e.g. a model folder removed after startup
+            self.store.update(job_id, job_dir=str(job_dir))
+            self.store.fail(job_id, "", exc.as_dict())
+            bound.error("job configuration failed", error=exc.message)
+            return job_id
+        dispatch(self.settings, self.store, self.broker, job_id, job_dir, config,
+                 int(job.get("run", 1)))
+        bound.info("job queued", stage=config.chain[0].name, profile=config.profile)
         return job_id
 
     def _record_early_close(self, job_id: str, job: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -96,6 +143,6 @@ class JobCreator:
 
 
 def make_on_complete(settings: Settings, store: JobStore, broker: RedisBroker,
-                     chain: list[Stage]) -> OnComplete:
+                     chain: Sequence[Stage]) -> OnComplete:
     """The function ``kneenode serve`` hands to the edge's completion monitor."""
     return JobCreator(settings, store, broker, chain)

@@ -3,10 +3,12 @@
 Keys (all under ``<namespace>:``):
 
 ``job:<id>`` (hash)
-    id, study/series UIDs, version, series_path, job_dir, calling_ae, state, stage, run, chain
-    (JSON list), progress, attempts, created/updated (epoch s), previous_job, reason, error (JSON
-    with code, message, hint), and one ``stage:<name>`` field per stage (JSON: state, start, end,
-    duration, attempts, worker).
+    id, study/series UIDs, version, series_path, job_dir, calling_ae, called_ae, address, state,
+    stage, run, chain (JSON list), progress, attempts, created/updated (epoch s), previous_job,
+    reason, error (JSON with code, message, hint), route, route_reason, profile, config (JSON: the
+    job's configuration snapshot, :mod:`workers.jobconfig`), reprocess_of / reprocessed_as (linked
+    jobs of ``kneenode reprocess``), and one ``stage:<name>`` field per stage (JSON: state, start,
+    end, duration, attempts, worker).
 ``job:<id>:events`` (list of JSON)
     Append-only: created, selected/ignored, queued, start, end, retry, failed, cancelled, ...
 ``jobs`` (sorted set, score = creation time), ``series:<uid>:jobs`` (list: every job of a series,
@@ -35,7 +37,7 @@ STATES: tuple[str, ...] = (
 DURATION_BUCKETS: tuple[float, ...] = (
     0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600
 )
-_JSON_FIELDS = ("chain", "error")
+_JSON_FIELDS = ("chain", "error", "config")
 
 _TRANSITION = """
 local st = redis.call("hget", KEYS[1], "state")
@@ -114,6 +116,32 @@ class JobStore:
         self.event(job_id, "created", version=version, previous_job=record["previous_job"])
         return job_id, True
 
+    def create_linked(self, source: dict[str, Any], fields: dict[str, Any]) -> str:
+        """A new job of the same series version as ``source`` (``kneenode reprocess``).
+
+        Not idempotent on purpose: every call is a new job, linked both ways
+        (``reprocess_of`` / ``reprocessed_as``) and last in the series' job list.
+        """
+        job_id = new_job_id()
+        t = now()
+        keep = ("series_uid", "version", "study_uid", "series_path", "calling_ae", "called_ae",
+                "address", "modality", "series_description", "instance_count")
+        record = {
+            **{k: source[k] for k in keep if k in source},
+            "id": job_id, "state": "created", "stage": "", "run": 1, "attempts": 0,
+            "progress": 0.0, "created": t, "updated": t, "previous_job": source["id"],
+            "reprocess_of": source["id"], "reason": "", "error": None, **fields,
+        }
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.key("job", job_id), mapping=_encode(record))
+        pipe.zadd(self.key("jobs"), {job_id: t})
+        pipe.rpush(self.key("series", str(source["series_uid"]), "jobs"), job_id)
+        pipe.hset(self.key("job", source["id"]), "reprocessed_as", job_id)
+        pipe.execute()
+        self.event(job_id, "created", version=record.get("version"), reprocess_of=source["id"])
+        self.event(source["id"], "reprocessed", job=job_id, profile=fields.get("profile", ""))
+        return job_id
+
     # -- reads ------------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job record with JSON fields decoded and a ``stages`` dict, or None."""
@@ -156,6 +184,19 @@ class JobStore:
             if state:
                 base = str(state).split(":", 1)[0]
                 counts[base] = counts.get(base, 0) + 1
+        return counts
+
+    def count_by_route(self) -> dict[tuple[str, str, str], int]:
+        """How many jobs per (state, profile, route); ``running:<stage>`` counted as ``running``."""
+        counts: dict[tuple[str, str, str], int] = {}
+        ids = self.client.zrange(self.key("jobs"), 0, -1)
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self.key("job", job_id), "state", "profile", "route")
+        for state, profile, route in pipe.execute():
+            if state:
+                key = (str(state).split(":", 1)[0], profile or "", route or "")
+                counts[key] = counts.get(key, 0) + 1
         return counts
 
     def events(self, job_id: str) -> list[dict[str, Any]]:

@@ -58,6 +58,12 @@ class JobsCollector(Collector):
         for state, n in self.store.count_by_state().items():
             by_state.add_metric([state], n)
         yield by_state
+        by_route = GaugeMetricFamily(
+            "kneenode_route_jobs", "Jobs by state, processing profile and the route that chose it.",
+            labels=["state", "profile", "route"])
+        for (state, profile, route), n in sorted(self.store.count_by_route().items()):
+            by_route.add_metric([state, profile, route], n)
+        yield by_route
         depth = GaugeMetricFamily("kneenode_queue_depth", "Messages waiting per queue.",
                                   labels=["queue"])
         for q, n in queue_depths(self.store.client, self.jobs).items():

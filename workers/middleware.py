@@ -1,4 +1,4 @@
-"""All job-state bookkeeping of a worker process, in one dramatiq middleware.
+"""Job-state bookkeeping around each stage attempt, as one dramatiq middleware.
 
 Before a stage runs: skip stale or duplicate messages (job ended, older run, another message
 holds the stage's lease), record the start (state ``running:<stage>``, attempt, event) and publish
@@ -6,164 +6,43 @@ the task's deadline for the supervisor's watchdog. After it returns: write the s
 record end and duration, send the next stage's message (or mark the job ``done``); only then does
 dramatiq acknowledge the message. After it raises: classify the error (NodeError code, TIMEOUT,
 GPU_OOM), retry transient errors with exponential backoff, fail permanent ones with code, message
-and hint. GPU processes release cached GPU memory after every job, errors included.
+and hint (:mod:`workers.retries`). GPU processes release cached GPU memory after every job,
+errors included. The task registry is :mod:`workers.runtime`, messages go out through
+:mod:`workers.dispatch`.
 """
 
 from __future__ import annotations
 
-import gc
 import json
-import os
-import random
-import socket
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dramatiq.broker import Broker
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
+from dramatiq.middleware import Middleware, SkipMessage
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.logs import get_logger
-from kneenode.settings import Settings
-from workers.actors import STAGE_ACTORS, enqueue_stage, time_limit_s
-from workers.jobstate import TERMINAL, JobStore, now
+from kneenode.settings import JobsSettings
+from kneenode.warm import release_cuda_cache
+from workers.dispatch import STAGE_ACTORS, enqueue_stage, time_limit_s
+from workers.jobconfig import job_chain, job_settings
+from workers.jobstate import TERMINAL, now
+from workers.retries import backoff_s, classify, retry_policy
 from workers.review import QC_STAGE, after_qc
-from workers.stages import Stage, StageCancelled, fresh_work_dir, is_done, mark_done, next_stage
+from workers.runtime import Task, WorkerRuntime
+from workers.stages import (
+    StageCancelled,
+    chain_for,
+    fresh_work_dir,
+    is_done,
+    mark_done,
+    next_stage,
+)
 
 log = get_logger(__name__)
 REDELIVERIES = 10
 REDELIVERY_DELAY_MS = 5000
-
-
-@dataclass
-class Task:
-    """One stage attempt in progress in this process."""
-
-    job_id: str
-    stage: str
-    run: int
-    message: Any
-    job_dir: Path
-    series_path: str
-    summary: dict[str, Any]
-    already_done: bool
-    started: float = field(default_factory=time.monotonic)
-    attempt: int = 0
-    work_dir: Path = Path()
-    requeued: bool = False
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-class WorkerRuntime:
-    """What one worker process knows: its settings, chain, store, device and running tasks."""
-
-    def __init__(
-        self, settings: Settings, chain: list[Stage], store: JobStore, *, worker_id: str,
-        device: str = "cpu", queues: tuple[str, ...] = (),
-    ) -> None:
-        self.settings = settings
-        self.chain = {s.name: s for s in chain}
-        self.chain_list = chain
-        self.store = store
-        self.worker_id = worker_id
-        self.device = device
-        self.queues = queues
-        self.broker: RedisBroker | None = None
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._tasks: dict[int, Task] = {}
-
-    @property
-    def record_key(self) -> str:
-        """Redis hash describing this worker process (for /health and the watchdog)."""
-        return self.store.key("worker", self.worker_id)
-
-    def current_task(self) -> Task | None:
-        """The task of the calling worker thread."""
-        return getattr(self._local, "task", None)
-
-    def begin(self, task: Task) -> None:
-        """Make ``task`` the thread's task and publish its deadline."""
-        self._local.task = task
-        if task.already_done:
-            return
-        limit = time_limit_s(self.settings.jobs, task.stage)
-        entry = {
-            "job_id": task.job_id, "stage": task.stage, "queue": self.chain[task.stage].queue,
-            "deadline": now() + limit, "limit_s": limit, "run": task.run,
-        }
-        ident = threading.get_ident()
-        with self._lock:
-            self._tasks[ident] = task
-        self.store.client.hset(self.record_key, f"task:{ident}", json.dumps(entry))
-
-    def end(self) -> Task | None:
-        """Detach the thread's task (None if none began; ``requeued`` set by a shutdown)."""
-        task = self.current_task()
-        self._local.task = None
-        ident = threading.get_ident()
-        with self._lock:
-            self._tasks.pop(ident, None)
-            if task is not None and task.requeued:
-                return task
-        if task is not None and not task.already_done:
-            self.store.client.hdel(self.record_key, f"task:{ident}")
-        return task
-
-    def take_in_flight(self) -> list[Task]:
-        """Mark every running task as requeued (shutdown) and return them."""
-        with self._lock:
-            tasks = list(self._tasks.values())
-            for t in tasks:
-                t.requeued = True
-            self._tasks.clear()
-        return tasks
-
-
-def classify(exc: BaseException, stage: str, limit_s: float) -> NodeError:
-    """Turn any exception of a stage into a NodeError (code, message, hint, retryable)."""
-    if isinstance(exc, NodeError):
-        return exc
-    if isinstance(exc, TimeLimitExceeded):
-        return NodeError(
-            ErrorCode.TIMEOUT, f"stage '{stage}' exceeded its time limit of {limit_s:g} s",
-            retryable=False,
-        )
-    text = f"{type(exc).__name__}: {exc}"
-    if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
-        return NodeError(ErrorCode.GPU_OOM, f"stage '{stage}': {text}"[:500])
-    if isinstance(exc, FileNotFoundError):
-        return NodeError(ErrorCode.FILE_NOT_FOUND, f"stage '{stage}': {text}"[:500])
-    return NodeError(ErrorCode.PIPELINE_ERROR, f"stage '{stage}': {text}"[:500])
-
-
-def backoff_s(attempt: int, min_s: float, max_s: float) -> float:
-    """Exponential backoff with +-20 % jitter: min, 2*min, 4*min ... capped at max."""
-    base = min(max_s, min_s * 2 ** max(0, attempt - 1))
-    return base * random.uniform(0.8, 1.2)
-
-
-def retry_policy(settings: Settings, stage: str) -> tuple[int, float, float]:
-    """(retries, first delay, longest delay) of a stage: ``delivery`` settings for ``deliver``
-    (a PACS may be down for an hour), ``jobs`` settings for every other stage."""
-    if stage == "deliver":
-        d = settings.delivery
-        return d.max_attempts - 1, d.backoff_min_s, d.backoff_max_s
-    j = settings.jobs
-    return j.max_retries, j.retry_min_backoff_s, j.retry_max_backoff_s
-
-
-def release_gpu_memory() -> None:
-    """Return cached CUDA memory after a GPU job (models stay loaded; only caches go)."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 class JobMiddleware(Middleware):
@@ -183,12 +62,22 @@ class JobMiddleware(Middleware):
         if job is None or int(job["run"]) != run or job["state"].split(":")[0] in TERMINAL:
             log.info("stale stage message skipped", job_id=job_id, stage=stage)
             raise SkipMessage()
-        if stage not in self.rt.chain:
+        config = job.get("config")
+        try:
+            settings = job_settings(self.rt.settings, config)
+        except ValueError as exc:  # a snapshot this worker's code cannot read
             store.fail(job_id, stage, NodeError(
-                ErrorCode.CONFIG_ERROR, f"stage '{stage}' is not in this worker's chain "
-                f"({self.jobs.chain})").as_dict())
+                ErrorCode.CONFIG_ERROR, f"the job's configuration snapshot is invalid: {exc}"[:500],
+                hint="reprocess the series with `kneenode reprocess`").as_dict())
+            raise SkipMessage() from None
+        chain = job_chain(self.rt.chain, config, chain_for(self.rt.chain_list, self.rt.settings))
+        missing = [n for n in job.get("chain") or [stage] if n not in self.rt.chain]
+        if stage not in self.rt.chain or missing:
+            store.fail(job_id, stage, NodeError(
+                ErrorCode.CONFIG_ERROR, f"stage(s) {missing or [stage]} of the job are not in "
+                f"this worker's chain ({self.jobs.chain})").as_dict())
             raise SkipMessage()
-        ttl = time_limit_s(self.jobs, stage) + self.jobs.watchdog_grace_s + 60
+        ttl = time_limit_s(settings.jobs, stage) + self.jobs.watchdog_grace_s + 60
         if not store.acquire_lease(job_id, stage, message.message_id, ttl):
             log.info("duplicate stage message skipped", job_id=job_id, stage=stage)
             raise SkipMessage()
@@ -200,7 +89,7 @@ class JobMiddleware(Middleware):
         task = Task(
             job_id=job_id, stage=stage, run=run, message=message, job_dir=job_dir,
             series_path=job["series_path"], summary=_summary(job["series_path"]),
-            already_done=is_done(job_dir, stage),
+            already_done=is_done(job_dir, stage), settings=settings, chain=chain,
         )
         if not task.already_done:
             task.attempt = store.stage_started(job_id, stage, run, self.rt.worker_id)
@@ -226,7 +115,7 @@ class JobMiddleware(Middleware):
             return
         try:
             if self.rt.chain[task.stage].queue == "gpu":
-                release_gpu_memory()
+                release_cuda_cache()
             if exception is None:
                 self._commit(broker, task)
             else:
@@ -270,7 +159,7 @@ class JobMiddleware(Middleware):
             store.stage_update(task.job_id, task.stage, state="done", end=now(), duration=duration)
             store.observe_stage(task.stage, duration)
             store.event(task.job_id, "end", stage=task.stage, duration=round(duration, 4))
-        chain = self.rt.chain_list
+        chain = task.chain
         names = [s.name for s in chain]
         progress = (names.index(task.stage) + 1) / len(names)
         nxt = next_stage(chain, task.stage)
@@ -284,7 +173,7 @@ class JobMiddleware(Middleware):
         if not store.transition(task.job_id, task.run, state="queued", stage=nxt.name,
                                 progress=progress):
             return  # cancelled (or retried) while this stage ran: no next stage
-        enqueue_stage(broker, self.jobs, job_id=task.job_id, stage=nxt.name, queue=nxt.queue,
+        enqueue_stage(broker, _jobs(task), job_id=task.job_id, stage=nxt.name, queue=nxt.queue,
                       run=task.run)
 
     def _error(self, broker: Broker, task: Task, exc: BaseException) -> None:
@@ -293,7 +182,7 @@ class JobMiddleware(Middleware):
             store.stage_update(task.job_id, task.stage, state="cancelled", end=now())
             store.event(task.job_id, "stage_cancelled", stage=task.stage)
             return
-        err = classify(exc, task.stage, time_limit_s(self.jobs, task.stage))
+        err = classify(exc, task.stage, time_limit_s(_jobs(task), task.stage))
         info = err.as_dict()
         duration = time.monotonic() - task.started
         store.stage_update(task.job_id, task.stage, state="error", end=now(), duration=duration,
@@ -301,14 +190,14 @@ class JobMiddleware(Middleware):
         attempts = store.stage_attempts(task.job_id, task.stage)
         log.warning("stage failed", job_id=task.job_id, stage=task.stage, code=info["code"],
                     error=info["message"], attempt=attempts)
-        max_retries, min_s, max_s = retry_policy(self.rt.settings, task.stage)
+        max_retries, min_s, max_s = retry_policy(task.settings or self.rt.settings, task.stage)
         if err.retryable and attempts <= max_retries:
             delay = backoff_s(attempts, min_s, max_s)
             if not store.transition(task.job_id, task.run, state="retry_wait", error=info):
                 return
             store.event(task.job_id, "retry", stage=task.stage, attempt=attempts,
                         delay_s=round(delay, 3), code=info["code"], message=info["message"])
-            enqueue_stage(broker, self.jobs, job_id=task.job_id, stage=task.stage,
+            enqueue_stage(broker, _jobs(task), job_id=task.job_id, stage=task.stage,
                           queue=self.rt.chain[task.stage].queue, run=task.run,
                           delay_ms=int(delay * 1000))
             return
@@ -318,14 +207,15 @@ class JobMiddleware(Middleware):
             store.incr("delivery_failures")
 
 
+def _jobs(task: Task) -> JobsSettings:
+    """The job's ``jobs`` settings (time limits, retries) from its snapshot."""
+    assert task.settings is not None  # set for every task that ran
+    return task.settings.jobs
+
+
 def _summary(series_path: str) -> dict[str, Any]:
     try:
         data = json.loads((Path(series_path) / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def worker_identity() -> str:
-    """A readable, unique worker id: host, pid and a random suffix."""
-    return f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"

@@ -20,13 +20,15 @@ from typing import Any
 
 from dramatiq import Worker
 
+from kneenode import warm
 from kneenode.logs import configure_logging, get_logger
 from kneenode.settings import Settings, load_settings
 from workers.actors import declare_actors
 from workers.broker import make_broker, make_client
 from workers.jobstate import JobStore, now
-from workers.middleware import JobMiddleware, WorkerRuntime
-from workers.stages import load_chain
+from workers.middleware import JobMiddleware
+from workers.runtime import WorkerRuntime
+from workers.stages import load_stages
 
 log = get_logger(__name__)
 BEAT_S = 1.0
@@ -103,7 +105,8 @@ def run_worker(settings: Settings, *, redis_url: str, queues: tuple[str, ...], t
     """Consume ``queues`` until SIGTERM/SIGINT; see the module docstring."""
     if "gpu" in queues:
         threads = 1  # one job at a time per GPU process
-    chain = load_chain(settings)
+    chain = load_stages(settings)  # every declared stage: each job brings its own chain
+    warm.configure(settings.jobs.warm_models, settings.jobs.gpu_headroom_mb)
     store = JobStore(make_client(redis_url), settings.jobs.namespace)
     rt = WorkerRuntime(settings, chain, store, worker_id=worker_id,
                        device=resolve_device(device, queues), queues=queues)

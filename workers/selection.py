@@ -2,7 +2,8 @@
 
 Pure rules over the series summary (``summary.json`` written by the edge), read defensively: any
 key may be missing. When the geometry summary is missing, the headers are read from the files
-(pydicom, no pixel data). Rules come from ``jobs.selection`` with per-calling-AE overrides.
+(pydicom, no pixel data). Rules come from ``jobs.selection`` with the overrides of the series'
+route (:mod:`scp.routing`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kneenode.errors import ErrorCode
-from kneenode.settings import SelectionSettings
+from kneenode.settings import RouteSettings, RouteTarget, SelectionSettings
 
 _TEXT_KEYS = ("series_description", "protocol_name", "body_part_examined", "sequence_name")
 
@@ -29,7 +30,7 @@ class Decision:
 
 @dataclass(frozen=True)
 class Rules:
-    """The effective rules for one sender (node-wide rules with its overrides applied)."""
+    """The effective rules for one series (node-wide rules with its route's overrides)."""
 
     modalities: tuple[str, ...]
     min_slices: int
@@ -37,24 +38,24 @@ class Rules:
     pattern: str | None  # None: no knee pattern check (process_all)
 
 
-def rules_for(settings: SelectionSettings, calling_ae: str) -> Rules:
-    """Apply the override of ``calling_ae`` (if any) to the node-wide rules."""
-    rules = Rules(
-        modalities=tuple(m.upper() for m in settings.modalities),
-        min_slices=settings.min_slices,
+def rules_for(settings: SelectionSettings, route: RouteTarget | None = None) -> Rules:
+    """The node-wide rules with the route's overrides applied.
+
+    A route that matches on ``modality`` also makes those modalities acceptable; ``process_all``
+    drops the knee pattern; ``min_slices`` and ``pattern`` replace the node-wide values.
+    """
+    modalities = tuple(m.upper() for m in settings.modalities)
+    if route is None:
+        return Rules(modalities, settings.min_slices, settings.require_consistent_geometry,
+                     settings.pattern)
+    if isinstance(route, RouteSettings) and route.modality:
+        modalities = tuple(m.upper() for m in route.modality)
+    return Rules(
+        modalities=modalities,
+        min_slices=route.min_slices or settings.min_slices,
         require_consistent=settings.require_consistent_geometry,
-        pattern=settings.pattern,
+        pattern=None if route.process_all else (route.pattern or settings.pattern),
     )
-    for o in settings.per_ae:
-        if o.ae_title != calling_ae:
-            continue
-        rules = Rules(
-            modalities=tuple(m.upper() for m in o.modalities) if o.modalities else rules.modalities,
-            min_slices=o.min_slices or rules.min_slices,
-            require_consistent=rules.require_consistent,
-            pattern=None if o.process_all else (o.pattern or rules.pattern),
-        )
-    return rules
 
 
 def select(summary: dict[str, Any], rules: Rules, folder: Path | None = None) -> Decision:

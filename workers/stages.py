@@ -81,16 +81,24 @@ StageFn = Callable[[StageContext], None]
 
 @dataclass(frozen=True)
 class Stage:
-    """One declared stage: a name, the queue whose workers run it, and a plain function."""
+    """One declared stage: a name, the queue whose workers run it, and a plain function.
+
+    An ``optional`` stage runs only when ``jobs.optional_stages`` (of the job's profile) lists
+    it and, if given, ``enabled(settings)`` holds (``shape``: an NSM model is configured).
+    """
 
     name: str
     queue: Queue
     fn: StageFn
     optional: bool = False
+    enabled: Callable[[Settings], bool] | None = None
 
 
-def load_chain(settings: Settings) -> list[Stage]:
-    """Import ``jobs.chain`` and return the active stages (optional ones only when enabled).
+def load_stages(settings: Settings) -> list[Stage]:
+    """Import ``jobs.chain`` and return every stage it declares, optional ones included.
+
+    A worker runs any of them: which ones a job runs is decided at job creation from the job's
+    own settings (:func:`chain_for`) and stored with the job.
 
     Raises
     ------
@@ -101,18 +109,28 @@ def load_chain(settings: Settings) -> list[Stage]:
     module_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-        stages: Sequence[Stage] = factory(settings)
+        stages: list[Stage] = list(factory(settings))
     except (ImportError, AttributeError, TypeError) as exc:
         raise NodeError(ErrorCode.CONFIG_ERROR, f"jobs.chain '{spec}' cannot be loaded: {exc}") from exc
-    enabled = set(settings.jobs.optional_stages)
-    active = [s for s in stages if not s.optional or s.name in enabled]
-    names = [s.name for s in active]
-    if not active or len(set(names)) != len(names):
+    names = [s.name for s in stages]
+    if not stages or len(set(names)) != len(names):
         raise NodeError(ErrorCode.CONFIG_ERROR, f"jobs.chain '{spec}' has no or duplicate stages: {names}")
-    for s in active:
+    for s in stages:
         if s.queue not in ("cpu", "gpu", "io"):
             raise NodeError(ErrorCode.CONFIG_ERROR, f"stage '{s.name}' has unknown queue '{s.queue}'")
-    return active
+    return stages
+
+
+def chain_for(stages: Sequence[Stage], settings: Settings) -> list[Stage]:
+    """The stages a job with ``settings`` (its effective settings) runs, in order."""
+    wanted = set(settings.jobs.optional_stages)
+    return [s for s in stages if not s.optional
+            or (s.name in wanted and (s.enabled is None or s.enabled(settings)))]
+
+
+def load_chain(settings: Settings) -> list[Stage]:
+    """The stages a job with these settings runs (:func:`load_stages` then :func:`chain_for`)."""
+    return chain_for(load_stages(settings), settings)
 
 
 def next_stage(chain: Sequence[Stage], name: str) -> Stage | None:

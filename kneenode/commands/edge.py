@@ -30,14 +30,15 @@ def _job_creator(settings: Settings) -> OnComplete:
     from kneenode.errors import NodeError
     from workers.broker import make_broker, make_client, resolve_redis_url
     from workers.intake import make_on_complete
+    from workers.jobconfig import startup_stages
     from workers.jobstate import JobStore
-    from workers.stages import load_chain
 
     try:
         url = resolve_redis_url(settings)
-        chain = load_chain(settings)
+        chain = startup_stages(settings)
     except NodeError as exc:
-        raise fail(f"{exc.message}. {exc.hint} (or run the edge alone with --no-jobs)", 2) from None
+        raise fail(f"{exc.code}: {exc.message}. {exc.hint} (or run the edge alone with --no-jobs)",
+                   2) from None
     store = JobStore(make_client(url), settings.jobs.namespace)
     return make_on_complete(settings, store, make_broker(url, settings.jobs), chain)
 

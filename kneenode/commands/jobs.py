@@ -1,11 +1,12 @@
-"""Job commands: ``serve``, ``worker``, ``jobs``, ``job``, ``retry``, ``cancel``."""
+"""Job commands: ``serve``, ``worker``, ``jobs``, ``job``, ``retry``, ``reprocess``, ``cancel``."""
 
 from __future__ import annotations
 
 import json
 import signal
 import threading
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,9 +15,13 @@ from rich.table import Table
 from kneenode.cli_app import CliState, app, fail, settings_for
 from kneenode.errors import NodeError
 from kneenode.joblist import jobs_table, when
+from kneenode.profiles import parse_sets
 from kneenode.settings import Settings
-from workers.actors import enqueue_stage
+from scp.routing import match_series
 from workers.broker import make_broker, make_client, resolve_redis_url
+from workers.dispatch import enqueue_stage
+from workers.intake import dispatch, job_fields
+from workers.jobconfig import build_config, job_settings, startup_stages
 from workers.jobstate import TERMINAL, JobStore
 from workers.stages import load_chain
 from workers.supervisor import Supervisor, specs_for_worker
@@ -43,6 +48,15 @@ def resolve_job_id(store: JobStore, given: str) -> str:
     return found[0]
 
 
+def _job(store: JobStore, given: str) -> tuple[str, dict[str, Any]]:
+    """The full ID and record of a job given by its full or short ID."""
+    job_id = resolve_job_id(store, given)
+    job = store.get(job_id)
+    if job is None:
+        raise fail(f"no job {job_id}")
+    return job_id, job
+
+
 @app.command("serve")
 def serve_cmd(
     ctx: typer.Context,
@@ -58,7 +72,7 @@ def serve_cmd(
     try:
         serve(settings, state.config, with_scp=not no_scp)
     except NodeError as exc:
-        raise fail(f"{exc.message}. {exc.hint}") from None
+        raise fail(f"{exc.code}: {exc.message}. {exc.hint}") from None
 
 
 @app.command("worker")
@@ -76,9 +90,9 @@ def worker_cmd(
     if bad or not names:
         raise fail(f"unknown queue(s) {bad}: use gpu, cpu, io")
     try:
-        load_chain(settings)
+        startup_stages(settings)
     except NodeError as exc:
-        raise fail(exc.message, 2) from None
+        raise fail(f"{exc.code}: {exc.message}. {exc.hint}", 2) from None
     _, url = _store(settings)
     state: CliState = ctx.obj
     sup = Supervisor(settings, url, specs_for_worker(names, processes, threads, device),
@@ -121,20 +135,25 @@ def job_cmd(
 ) -> None:
     """Show one job: record, stages and events."""
     store, _ = _store(settings_for(ctx))
-    job_id = resolve_job_id(store, job_id)
-    job = store.get(job_id)
-    if job is None:
-        raise fail(f"no job {job_id}")
+    job_id, job = _job(store, job_id)
     events = store.events(job_id)
     if as_json:
         typer.echo(json.dumps({**job, "events": events}, indent=2, default=str))
         return
     head = Table(show_header=False, title=f"job {job_id}")
     for key in ("state", "stage", "progress", "run", "attempts", "study_uid", "series_uid",
-                "version", "calling_ae", "modality", "series_description", "instance_count",
-                "closed_by", "completion_wait_s", "more_after_close", "previous_job", "reason",
-                "qc", "job_dir", "series_path"):
+                "version", "calling_ae", "called_ae", "address", "route", "route_reason",
+                "profile", "modality", "series_description", "instance_count", "closed_by",
+                "completion_wait_s", "more_after_close", "previous_job", "reprocess_of",
+                "reprocessed_as", "reason", "qc", "job_dir", "series_path"):
         head.add_row(key, str(job.get(key, "")))
+    config = job.get("config")
+    if isinstance(config, dict):
+        head.add_row("chain", " -> ".join(s["name"] for s in config.get("chain", [])))
+        if config.get("sets"):
+            head.add_row("set", json.dumps(config["sets"]))
+        for kind, card in (config.get("models") or {}).items():
+            head.add_row(f"model.{kind}", json.dumps(card, default=str)[:300])
     err = job.get("error")
     if isinstance(err, dict):
         for key in ("code", "message", "hint"):
@@ -159,6 +178,14 @@ def job_cmd(
     console.print(ev)
 
 
+def stage_queues(settings: Settings, job: dict[str, Any]) -> dict[str, str]:
+    """Stage name -> queue from the job's own snapshot (the node's chain for older jobs)."""
+    config = job.get("config")
+    if isinstance(config, dict):
+        return {s["name"]: s["queue"] for s in config["chain"]}
+    return {s.name: s.queue for s in load_chain(settings)}  # jobs from before snapshots
+
+
 @app.command("retry")
 def retry_cmd(
     ctx: typer.Context,
@@ -169,23 +196,62 @@ def retry_cmd(
     """Run an ended job again (failed, cancelled or done), from a stage on."""
     settings = settings_for(ctx)
     store, url = _store(settings)
-    job_id = resolve_job_id(store, job_id)
-    job = store.get(job_id)
-    if job is None:
-        raise fail(f"no job {job_id}")
+    job_id, job = _job(store, job_id)
     if job["state"].split(":")[0] not in TERMINAL - {"ignored"}:
         raise fail(f"job {job_id} is {job['state']}: only failed, cancelled or done jobs retry")
     if job.get("purged"):
         raise fail(f"job {job_id}'s folders were removed (purged): send the series again")
-    queues = {s.name: s.queue for s in load_chain(settings)}
+    config = job.get("config")
+    queues = stage_queues(settings, job)
     chain: list[str] = job.get("chain") or []
     stage = from_stage or (job.get("stage") if job["state"] == "failed" else None) or chain[0]
     if stage not in chain or stage not in queues:
         raise fail(f"unknown stage '{stage}' (stages: {', '.join(chain)})")
     run = store.restart(job_id, stage)
-    enqueue_stage(make_broker(url, settings.jobs), settings.jobs, job_id=job_id, stage=stage,
+    jobs = job_settings(settings, config).jobs  # the job's own time limits, not today's config
+    enqueue_stage(make_broker(url, settings.jobs), jobs, job_id=job_id, stage=stage,
                   queue=queues[stage], run=run, rerun=True)
-    console.print(f"job {job_id} queued again from stage '{stage}' (run {run})")
+    console.print(f"job {job_id} queued again from stage '{stage}' (run {run}, profile "
+                  f"'{job.get('profile') or 'default'}' as configured when it was created)")
+
+
+@app.command("reprocess")
+def reprocess_cmd(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="Job id whose spooled series to analyse again.")],
+    profile: Annotated[str | None, typer.Option(help="Profile of the new job (default: the "
+                                                "job's profile, as configured now).")] = None,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override one key, e.g. --set segment.configuration=3d_cascade_fullres "
+        "(repeatable).")] = None,
+) -> None:
+    """Make a new job, linked to JOB_ID, from the same spooled series with today's config."""
+    settings = settings_for(ctx)
+    store, url = _store(settings)
+    job_id, job = _job(store, job_id)
+    series_path = Path(str(job.get("series_path", "")))
+    if job.get("purged") or not (series_path / "summary.json").is_file():
+        raise fail(f"job {job_id}'s spooled series is gone ({series_path}): send the series again")
+    try:
+        overrides = parse_sets(sets or [])
+        stages = startup_stages(settings)
+        summary = json.loads((series_path / "summary.json").read_text(encoding="utf-8"))
+        match = match_series(settings, summary)
+        name = profile or job.get("profile") or match.target.profile
+        config = build_config(settings, stages, match, profile=name, sets=overrides,
+                              reprocess_of=job_id)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    except OSError as exc:
+        raise fail(f"cannot read the series summary: {exc}") from None
+    except NodeError as exc:
+        raise fail(f"{exc.code}: {exc.message}. {exc.hint}", 2) from None
+    new_id = store.create_linked(job, {**job_fields(summary, match), "profile": config.profile})
+    job_dir = settings.data_dir / "jobs" / new_id
+    job_dir.mkdir(parents=True, exist_ok=True)
+    dispatch(settings, store, make_broker(url, settings.jobs), new_id, job_dir, config)
+    console.print(f"job {new_id} queued: series of {job_id} with profile '{config.profile}'"
+                  + (f" and --set {json.dumps(overrides)}" if overrides else ""))
 
 
 @app.command("cancel")
@@ -195,10 +261,7 @@ def cancel_cmd(
 ) -> None:
     """Cancel a job: no further stage starts; a running stage may finish or stop early."""
     store, _ = _store(settings_for(ctx))
-    job_id = resolve_job_id(store, job_id)
-    job = store.get(job_id)
-    if job is None:
-        raise fail(f"no job {job_id}")
+    job_id, job = _job(store, job_id)
     if not store.cancel(job_id):
         raise fail(f"job {job_id} already ended ({job['state']})")
     console.print(f"job {job_id} cancelled")

@@ -15,8 +15,7 @@ Plans, configuration inheritance, preprocessing, resampling and label handling s
 from __future__ import annotations
 
 import json
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.logs import get_logger
 from kneenode.settings import SegmentSettings
+from kneenode.warm import WarmCache
 from pipeline.segment import folder as mf
 from pipeline.segment.labels import lookup_table, native_to_canonical
 
@@ -237,17 +237,33 @@ def _load(settings: SegmentSettings) -> LoadedModel:
     return model
 
 
-_CACHE: dict[str, LoadedModel] = {}
-_LOCK = threading.Lock()
+_CACHE: WarmCache[LoadedModel] = WarmCache("segmentation")
+#: Segment settings that only change how a loaded model predicts, not what is loaded.
+PREDICT_KEYS = ("tta", "tile_step_size", "tile_batch_size", "cpu_threads", "mixed_precision",
+                "postprocess")
 
 
 def cache_key(settings: SegmentSettings) -> str:
-    """Models are shared between calls with equal segment settings."""
-    return json.dumps(settings.model_dump(mode="json"), sort_keys=True)
+    """What identifies a loaded model: folder, configuration, folds, checkpoint, device ...
+
+    Settings that only change prediction (TTA, tiling, threads, post-processing) are left out,
+    so profiles that differ only there share one warm model.
+    """
+    data = settings.model_dump(mode="json", exclude=set(PREDICT_KEYS))
+    return json.dumps(data, sort_keys=True)
+
+
+def with_settings(model: LoadedModel, settings: SegmentSettings) -> LoadedModel:
+    """The warm model predicting with ``settings`` (a shallow copy; weights are shared)."""
+    previous = with_settings(model.previous, settings) if model.previous is not None else None
+    return replace(model, settings=settings, previous=previous)
 
 
 def load_model(settings: SegmentSettings) -> LoadedModel:
     """The model for these settings, loaded on first use and then kept warm in this process.
+
+    At most ``jobs.warm_models`` models stay loaded (least recently used dropped first, and on a
+    GPU until ``jobs.gpu_headroom_mb`` are free; :mod:`kneenode.warm`).
 
     Raises
     ------
@@ -255,27 +271,24 @@ def load_model(settings: SegmentSettings) -> LoadedModel:
         CONFIG_ERROR for a missing or malformed folder, unmappable labels, a refused checkpoint
         or an architecture mismatch.
     """
-    key = cache_key(settings)
-    with _LOCK:
-        model = _CACHE.get(key)
-        if model is None:
-            model = _load(settings)
-            _CACHE[key] = model
-            log.info(
-                "segmentation model loaded",
-                folder=str(model.folder),
-                configuration=model.configuration,
-                folds=list(model.card.folds),
-                device=str(model.device),
-                algorithm=model.card.name,
-                version=model.card.version,
-            )
+
+    def load() -> LoadedModel:
+        model = _load(settings)
+        log.info(
+            "segmentation model loaded",
+            folder=str(model.folder),
+            configuration=model.configuration,
+            folds=list(model.card.folds),
+            device=str(model.device),
+            algorithm=model.card.name,
+            version=model.card.version,
+        )
         return model
+
+    device = str(resolve_device(settings.device))
+    return with_settings(_CACHE.get(cache_key(settings), load, device), settings)
 
 
 def unload_all() -> None:
     """Forget every cached model (tests; a worker changing its settings)."""
-    with _LOCK:
-        _CACHE.clear()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    _CACHE.clear()

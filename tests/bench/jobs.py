@@ -32,7 +32,7 @@ from workers.broker import make_broker, make_client
 from workers.intake import JobCreator
 from workers.jobstate import JobStore
 from workers.redisproc import start_redis
-from workers.stages import load_chain
+from workers.stages import load_stages
 from workers.supervisor import ChildSpec
 
 
@@ -75,7 +75,7 @@ def main() -> None:
     settings = load_settings()
     store = JobStore(make_client(redis.url), settings.jobs.namespace)
     creator = JobCreator(settings, store, make_broker(redis.url, settings.jobs),
-                         load_chain(settings))
+                         load_stages(settings))
     specs = [ChildSpec(("cpu",), settings.jobs.cpu_threads), ChildSpec(("gpu",), 1, "cpu"),
              ChildSpec(("io",), settings.jobs.io_threads)]
     c = Cluster(root, settings, config, redis, store, creator, specs=specs)

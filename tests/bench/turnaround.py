@@ -128,9 +128,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="kneenode-turnaround-"))
     orthanc = start_orthanc(root / "orthanc")
     config: dict[str, Any] = {
-        "scp": {"allow_any": True, "peers": [
-            {"ae_title": POLICIES["timer"], "completion_policy": "timer"},
-            {"ae_title": POLICIES["auto"], "completion_policy": "auto"}]},
+        "scp": {"allow_any": True},
+        "routes": [{"name": "timer", "calling_ae": [POLICIES["timer"]], "completion_policy": "timer"},
+                   {"name": "auto", "calling_ae": [POLICIES["auto"]], "completion_policy": "auto"}],
         "completion": {"quiet_seconds": a.quiet, "poll_seconds": 0.2},
         "jobs": {"http_port": free_port(), "gpu_devices": [device], "optional_stages": [],
                  "poll_ms": 200},

@@ -174,11 +174,11 @@ def test_resent_after_completion_is_v2_with_its_event(node_factory, tmp_path):
     assert after["message"] == "v1 closed early by release+geometry, then received 4 more"
 
 
-def test_per_peer_timer_policy(node_factory, tmp_path):
+def test_per_route_timer_policy(node_factory, tmp_path):
     fast, slow = mr_series(tmp_path / "a", slices=5), mr_series(tmp_path / "b", slices=5, seed=2)
-    node = node_factory({"scp": {"peers": [{"ae_title": "AUTO1"},
-                                           {"ae_title": "TIMER1", "completion_policy": "timer",
-                                            "quiet_seconds": 2}]},
+    node = node_factory({"routes": [{"name": "auto", "calling_ae": ["AUTO1"]},
+                                    {"name": "timer", "calling_ae": ["TIMER1"],
+                                     "completion_policy": "timer", "quiet_seconds": 2}],
                          "completion": {"quiet_seconds": LONG, "poll_seconds": 0.2}})
     assert storescu(node.port, slow, aet="TIMER1").returncode == 0
     assert storescu(node.port, fast, aet="AUTO1").returncode == 0

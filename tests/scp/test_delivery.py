@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from kneenode.settings import DeliverySettings, DestinationSettings, PeerSettings, Settings
+from kneenode.settings import DeliverySettings, DestinationSettings, Settings
 from scp.delivery import deliver, resolve_targets
-from scp.sender import Destination
 from tests.support.dcmtk import dcmtk_env
 from tests.support.mr import mr_series
 from tests.support.procs import free_port, port_open, start, stop, wait_for
@@ -19,7 +18,7 @@ def test_down_destination_then_up_sends_only_what_is_missing(tmp_path):
                                                                  host="127.0.0.1", port=port)],
                                timeout=30)  # per send; a loaded storescp may be slow
     settings = Settings(delivery=options)
-    targets = resolve_targets(settings, "ANY")
+    targets = resolve_targets(settings)
     outbox = tmp_path / "outbox.json"
     first = deliver(outbox, files, targets, options)
     assert not first.done and first.pending == {f"STORESCP@127.0.0.1:{port}": 6}
@@ -47,14 +46,3 @@ def test_down_destination_then_up_sends_only_what_is_missing(tmp_path):
         assert states == ["sent"] * 6
     finally:
         stop(proc)
-
-
-def test_targets_include_the_sender_when_configured():
-    settings = Settings(
-        scp={"peers": [PeerSettings(ae_title="PACS", return_to="PACSIN@10.0.0.5:104")]},
-        delivery=DeliverySettings(to_sender=True, destinations=[
-            DestinationSettings(ae_title="ARCHIVE", host="10.0.0.9", port=11112)]),
-    )
-    got = [t.destination for t in resolve_targets(settings, "PACS")]
-    assert got == [Destination("ARCHIVE", "10.0.0.9", 11112), Destination("PACSIN", "10.0.0.5", 104)]
-    assert [t.destination for t in resolve_targets(settings, "OTHER")] == got[:1]

@@ -122,10 +122,10 @@ def test_compressed_transfer_syntaxes_received_and_decode(node_factory, name, fl
 
 def test_unknown_calling_ae_and_wrong_address_are_rejected(node_factory, tmp_path):
     files = mr_series(tmp_path / "src", slices=2)
-    node = node_factory({"scp": {"allow_loopback": False, "peers": [
-        {"ae_title": "PACS", "hosts": ["127.0.0.0/8"]},
-        {"ae_title": "FARAWAY", "hosts": ["10.9.8.0/24"]},
-    ]}})
+    node = node_factory({"scp": {"allow_loopback": False}, "routes": [
+        {"name": "pacs", "calling_ae": ["PACS"], "hosts": ["127.0.0.0/8"]},
+        {"name": "faraway", "calling_ae": ["FARAWAY"], "hosts": ["10.9.8.0/24"]},
+    ]})
     assert echoscu(node.port, aet="PACS").returncode == 0
     unknown = storescu(node.port, files, aet="STRANGER")
     assert unknown.returncode != 0 and "Rejected" in unknown.stdout + unknown.stderr
@@ -248,10 +248,10 @@ def test_four_concurrent_associations_four_series(node_factory, tmp_path):
         assert summary["calling_ae"] == f"PACS{i}"
 
 
-def test_per_ae_quiet_period(node_factory, tmp_path):
+def test_per_route_quiet_period(node_factory, tmp_path):
     fast, slow = mr_series(tmp_path / "a", slices=2), mr_series(tmp_path / "b", slices=2, seed=3)
-    node = node_factory({"scp": {"peers": [{"ae_title": "FAST", "quiet_seconds": 0.5},
-                                           {"ae_title": "SLOW"}]},
+    node = node_factory({"routes": [{"name": "fast", "calling_ae": ["FAST"], "quiet_seconds": 0.5},
+                                    {"name": "slow", "calling_ae": ["SLOW"]}],
                          "completion": {"quiet_seconds": 30, "poll_seconds": 0.2, "policy": "timer"}})
     assert storescu(node.port, fast, aet="FAST").returncode == 0
     assert storescu(node.port, slow, aet="SLOW").returncode == 0
@@ -266,7 +266,8 @@ def test_spool_temp_folder_is_on_spool_filesystem(node_factory):
 
 
 def test_default_accepts_local_senders_but_listed_peers_keep_their_addresses(node_factory):
-    node = node_factory({"scp": {"peers": [{"ae_title": "FARAWAY", "hosts": ["10.9.8.0/24"]}]}})
+    node = node_factory({"routes": [{"name": "far", "calling_ae": ["FARAWAY"],
+                                     "hosts": ["10.9.8.0/24"]}]})
     assert echoscu(node.port, aet="ANYLOCAL").returncode == 0  # allow_loopback (default)
     assert echoscu(node.port, aet="FARAWAY").returncode != 0
 

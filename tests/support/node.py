@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,45 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kneenode.configfile import toml_document
 from tests.support.procs import free_port, start, stop, wait_for
 
 KNEENODE = str(Path(sys.executable).with_name("kneenode"))
 
 
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
 def write_toml(path: Path, config: dict[str, Any]) -> None:
-    """Write a (two-level) TOML file; lists of dicts become arrays of tables."""
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    for key, value in config.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {toml_value(value)}")
-    for name, table in tables:
-        arrays = {k: v for k, v in table.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
-        subs = {k: v for k, v in table.items() if isinstance(v, dict)}
-        lines.append(f"\n[{name}]")
-        for k, v in table.items():
-            if k not in arrays and k not in subs:
-                lines.append(f"{k} = {toml_value(v)}")
-        for k, v in subs.items():
-            lines.append(f"\n[{name}.{k}]")
-            lines.extend(f"{kk} = {toml_value(vv)}" for kk, vv in v.items())
-        for k, items in arrays.items():
-            for item in items:
-                lines.append(f"\n[[{name}.{k}]]")
-                lines.extend(f"{kk} = {toml_value(vv)}" for kk, vv in item.items())
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    """Write a nested dict as TOML (dicts are tables, lists of dicts arrays of tables)."""
+    path.write_text(toml_document(config), encoding="utf-8")
 
 
 @dataclass

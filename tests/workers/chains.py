@@ -11,6 +11,7 @@ SEND_FAILED on the first N attempts), ``permanent`` (NodeError INVALID_FORMAT).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -104,3 +105,22 @@ def delivery_chain(settings: Settings) -> list[Stage]:
     """s1 (cpu) -> deliver (io): the deliver stage follows the ``delivery`` retry policy."""
     del settings
     return [Stage("s1", "cpu", _stage("s1")), Stage("deliver", "io", _stage("deliver"))]
+
+
+def _recording(name: str):
+    def fn(ctx: StageContext) -> None:
+        behave(ctx, name)
+        seen = {"prefix": ctx.settings.encode.description_prefix,
+                "configuration": ctx.settings.segment.configuration, "pid": os.getpid()}
+        (ctx.work_dir / "settings.json").write_text(json.dumps(seen), encoding="utf-8")
+
+    fn.__name__ = name
+    return fn
+
+
+def settings_chain(settings: Settings) -> list[Stage]:
+    """s1 (cpu) -> s2 (gpu) -> s3 (cpu): each records the settings it ran with
+    (``<stage>/settings.json``: encode.description_prefix, segment.configuration)."""
+    del settings
+    return [Stage("s1", "cpu", _recording("s1")), Stage("s2", "gpu", _recording("s2")),
+            Stage("s3", "cpu", _recording("s3"))]

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
+from kneenode.configfile import toml_document
 from kneenode.settings import Settings, load_settings
 from scp.announce import CompletedSeries
 from workers.broker import make_broker, make_client
 from workers.intake import JobCreator
 from workers.jobstate import JobStore
 from workers.redisproc import RedisChild, start_redis
-from workers.stages import load_chain
+from workers.stages import load_stages
 from workers.supervisor import ChildSpec, Supervisor
 
 FAST_JOBS: dict[str, Any] = {
@@ -56,12 +57,12 @@ def toml_value(v: Any) -> str:
     return json.dumps(v)
 
 
-def write_config(path: Path, data_dir: Path, jobs: dict[str, Any]) -> Path:
-    """Write a kneenode.toml with ``data_dir`` and a [jobs] section."""
-    lines = [f"data_dir = {json.dumps(str(data_dir))}", "", "[jobs]"]
-    lines += [f"{k} = {toml_value(v)}" for k, v in jobs.items()]
-    lines += ["", "[logging]", 'level = "INFO"']
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+def write_config(path: Path, data_dir: Path, jobs: dict[str, Any],
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write a kneenode.toml with ``data_dir``, a [jobs] section and ``extra`` sections
+    (profiles, routes, ...)."""
+    doc = {"data_dir": str(data_dir), **(extra or {}), "jobs": jobs, "logging": {"level": "INFO"}}
+    path.write_text(toml_document(doc), encoding="utf-8")
     return path
 
 
@@ -134,16 +135,17 @@ class Cluster:
         raise AssertionError(f"no live worker on {queue}")
 
 
-def make_cluster(root: Path, monkeypatch: pytest.MonkeyPatch, **jobs: Any) -> Cluster:
+def make_cluster(root: Path, monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any] | None = None,
+                 **jobs: Any) -> Cluster:
     """Start redis and write the config; workers start with :meth:`Cluster.start_workers`."""
     root.mkdir(parents=True, exist_ok=True)
     redis = start_redis(root / "redis")
     config = write_config(root / "kneenode.toml", root / "data",
-                          {**FAST_JOBS, **jobs, "redis_url": redis.url})
+                          {**FAST_JOBS, **jobs, "redis_url": redis.url}, extra)
     monkeypatch.setenv("KNEENODE_CONFIG", str(config))
     settings = load_settings()
     store = JobStore(make_client(redis.url), settings.jobs.namespace)
-    creator = JobCreator(settings, store, make_broker(redis.url, settings.jobs), load_chain(settings))
+    creator = JobCreator(settings, store, make_broker(redis.url, settings.jobs), load_stages(settings))
     specs = [ChildSpec(("cpu",), 2), ChildSpec(("gpu",), 1, "cpu"), ChildSpec(("io",), 2)]
     return Cluster(root, settings, config, redis, store, creator, specs=specs)
 
@@ -163,8 +165,8 @@ def cluster_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     """Make clusters; every worker and redis started is stopped afterwards (by PID)."""
     made: list[Cluster] = []
 
-    def make(name: str = "c", **jobs: Any) -> Cluster:
-        c = make_cluster(tmp_path / name, monkeypatch, **jobs)
+    def make(name: str = "c", extra: dict[str, Any] | None = None, **jobs: Any) -> Cluster:
+        c = make_cluster(tmp_path / name, monkeypatch, extra, **jobs)
         made.append(c)
         return c
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kneenode.settings import DeliverySettings, JobsSettings, Settings
-from workers.middleware import retry_policy
+from workers.retries import retry_policy
 
 
 def test_retry_policy_per_stage():

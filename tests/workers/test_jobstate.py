@@ -9,8 +9,8 @@ import pytest
 from kneenode.errors import ErrorCode, NodeError
 from workers.broker import make_client
 from workers.jobstate import JobStore
-from workers.middleware import backoff_s, classify
 from workers.redisproc import running_endpoint, start_redis
+from workers.retries import backoff_s, classify
 
 
 def test_embedded_redis_runs_with_aof_and_stops_by_pid(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from pydicom import dcmread
 
 from kneenode.errors import ErrorCode
-from kneenode.settings import AeSelectionOverride, SelectionSettings
+from kneenode.settings import RouteSettings, SelectionSettings
 from scp.announce import CompletedSeries
 from scp.summary import summarize_series
 from tests.support.mr import mr_series
@@ -25,18 +25,18 @@ KNEE = {"modality": "MR", "series_description": "Sag PD SPACE",
     "t2_space_sag", "PD 3D FS", "3D-PD", "Ginocchio", "kolano", "polvi",
 ])
 def test_knee_pattern_matches_languages_and_sequences(text: str) -> None:
-    rules = rules_for(SelectionSettings(), "ANY")
+    rules = rules_for(SelectionSettings())
     assert select({**KNEE, "series_description": text}, rules).selected
 
 
 @pytest.mark.parametrize("text", ["AX T1 BRAIN", "workspace test", "SHOULDER PD", "Cubes"])
 def test_non_knee_descriptions_are_not_selected(text: str) -> None:
-    d = select({**KNEE, "series_description": text}, rules_for(SelectionSettings(), "ANY"))
+    d = select({**KNEE, "series_description": text}, rules_for(SelectionSettings()))
     assert not d.selected and d.code is ErrorCode.NOT_KNEE and repr(text) in d.reason
 
 
 def test_geometry_rules_and_missing_keys() -> None:
-    rules = rules_for(SelectionSettings(), "ANY")
+    rules = rules_for(SelectionSettings())
     flat = {**KNEE, "mr_acquisition_type": "2D",
             "geometry": {"is_3d": True, "slices": 19, "consistent": True}}
     assert select(flat, rules).reason == ("not a volume: 19 slice(s) of a 2-D acquisition "
@@ -50,18 +50,18 @@ def test_geometry_rules_and_missing_keys() -> None:
     assert not empty.selected and "modality unknown" in empty.reason
 
 
-def test_per_ae_override() -> None:
-    settings = SelectionSettings(per_ae=[
-        AeSelectionOverride(ae_title="KNEESCANNER", process_all=True),
-        AeSelectionOverride(ae_title="CTROOM", modalities=["CT", "MR"], min_slices=5),
-    ])
+def test_route_overrides_selection() -> None:
+    """The former per-AE overrides live on the route the series matched."""
+    settings = SelectionSettings()
+    scanner = RouteSettings(name="scanner", calling_ae=["KNEESCANNER"], process_all=True)
+    ctroom = RouteSettings(name="ct", calling_ae=["CTROOM"], modality=["CT", "MR"], min_slices=5)
     brain = {**KNEE, "series_description": "AX T1 BRAIN"}
-    assert not select(brain, rules_for(settings, "PACS")).selected
-    assert select(brain, rules_for(settings, "KNEESCANNER")).selected
+    assert not select(brain, rules_for(settings)).selected
+    assert select(brain, rules_for(settings, scanner)).selected
     ct = {"modality": "CT", "series_description": "knee", "geometry": {"slices": 6,
                                                                         "consistent": True}}
-    assert select(ct, rules_for(settings, "CTROOM")).selected
-    assert not select(ct, rules_for(settings, "PACS")).selected
+    assert select(ct, rules_for(settings, ctroom)).selected
+    assert not select(ct, rules_for(settings)).selected
 
 
 def _localizer(folder: Path) -> None:
@@ -110,4 +110,4 @@ def test_headers_read_from_files_when_summary_lacks_geometry(tmp_path: Path) -> 
     assert info["modality"] == "MR" and info["geometry"]["slices"] == 24
     assert info["mr_acquisition_type"] == "3D"
     summary = {"series_description": "SAG 3D DESS KNEE"}  # no modality, no geometry
-    assert select(summary, rules_for(SelectionSettings(), "X"), tmp_path / "s").selected
+    assert select(summary, rules_for(SelectionSettings()), tmp_path / "s").selected

@@ -21,7 +21,7 @@ from tests.workers.conftest import FAST_JOBS, write_config
 from workers.broker import make_broker, make_client
 from workers.intake import JobCreator
 from workers.jobstate import JobStore
-from workers.stages import load_chain
+from workers.stages import load_stages
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -72,7 +72,7 @@ def _client(root: Path, info: dict) -> Any:
     settings = load_settings()
     store = JobStore(make_client(info["redis_url"]), settings.jobs.namespace)
     creator = JobCreator(settings, store, make_broker(info["redis_url"], settings.jobs),
-                         load_chain(settings))
+                         load_stages(settings))
     return Cluster(root, settings, root / "kneenode.toml", None, store, creator)  # type: ignore[arg-type]
 
 

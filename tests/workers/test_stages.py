@@ -20,6 +20,7 @@ from workers.stages import (
     fresh_work_dir,
     is_done,
     load_chain,
+    load_stages,
     mark_done,
 )
 
@@ -86,9 +87,11 @@ def test_prepare_reports_reader_errors(tmp_path: Path) -> None:
 
 def test_chain_loading_and_markers(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path)
-    enabled = set(s.jobs.optional_stages)
-    expected = [st.name for st in node_chain(s) if not st.optional or st.name in enabled]
-    assert [st.name for st in load_chain(s)] == expected
+    declared = [st.name for st in node_chain(s)]
+    assert [st.name for st in load_stages(s)] == declared  # workers can run every stage
+    assert [st.name for st in load_chain(s)] == [n for n in declared if n != "shape"]  # no NSM
+    nsm = Settings(data_dir=tmp_path, nsm={"enabled": True})
+    assert [st.name for st in load_chain(nsm)] == declared
     s.jobs.chain = "tests.workers.chains:fault_chain"
     assert [st.name for st in load_chain(s)] == ["s1", "s2", "s3", "s4"]
     s.jobs.optional_stages = ["s5"]

@@ -124,8 +124,11 @@ def test_checkpoint_best_and_dataset_folder(tmp_path):
 
 def test_model_is_loaded_once_and_kept_warm(tiny_model):
     first = load_model(settings_for(tiny_model))
-    assert load_model(settings_for(tiny_model)) is first
-    assert load_model(settings_for(tiny_model, tta=True)) is not first
+    assert load_model(settings_for(tiny_model)).networks is first.networks
+    tta = load_model(settings_for(tiny_model, tta=True))  # predict-only setting: same weights
+    assert tta.networks is first.networks and tta.settings.tta and not first.settings.tta
+    other = load_model(settings_for(tiny_model, allow_pickle=True))
+    assert other.networks is not first.networks  # what is loaded differs: loaded again
 
 
 def test_segment_image_keeps_geometry_and_maps_labels(tiny_model):

@@ -1,0 +1,247 @@
+"""Processing profiles beyond the settings tree: ``--set`` overrides, model checks, model cards.
+
+``[profiles.<name>]`` is parsed and merged by :meth:`kneenode.settings.Settings.for_profile`. Here:
+turning ``--set key=value`` into a profile-shaped override, checking at startup that every model
+folder a profile names exists (CONFIG_ERROR naming the profile and the key, before anything
+starts), and the fingerprint of those folders (model card + checksums) a job stores in its
+snapshot. Path checks only: no torch import, so the edge process stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from kneenode.errors import ErrorCode, NodeError
+from kneenode.settings import (
+    DEFAULT_PROFILE,
+    PROFILE_JOB_KEYS,
+    PROFILE_SECTIONS,
+    SegmentSettings,
+    Settings,
+)
+
+#: The old web app's per-upload options and the profile keys that replace them (docs/profiles.md).
+OLD_OPTIONS: dict[str, dict[str, Any]] = {
+    "segmentation model nnunet_fullres": {"segment": {"configuration": "3d_fullres"}},
+    "segmentation model nnunet_cascade": {"segment": {"configuration": "3d_cascade_fullres"}},
+    "NSM off": {"nsm": {"enabled": False}},
+    "NSM type bone_and_cart": {"nsm": {"enabled": True, "type": "bone_and_cart"}},
+    "NSM type bone_only": {"nsm": {"enabled": True, "type": "bone_only"}},
+    "NSM type both": {"nsm": {"enabled": True, "type": "both"}},
+}
+
+def option_text(keys: dict[str, Any]) -> str:
+    """``{"nsm": {"enabled": True}}`` -> ``nsm.enabled = true`` (TOML values, comma-separated)."""
+    parts = []
+    for section, values in keys.items():
+        for key, value in values.items():
+            shown = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+            parts.append(f"{section}.{key} = {shown}")
+    return ", ".join(parts)
+
+
+_NSM_FOLDERS = {"bone_and_cart": ("bone_cart_model", "bone_cart_bscore"),
+                "bone_only": ("bone_only_model", "bone_only_bscore")}
+
+
+def parse_sets(items: Iterable[str]) -> dict[str, Any]:
+    """``["segment.configuration=3d_cascade_fullres", ...]`` -> a profile-shaped override.
+
+    Values are TOML literals (``true``, ``3``, ``["shape"]``), else plain strings. A leading
+    ``jobs.`` is accepted for the stage options (``jobs.optional_stages=[]``).
+
+    Raises
+    ------
+    ValueError
+        For an item without ``=`` or a key that profiles do not override.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().removeprefix("jobs.")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE (e.g. segment.tta=true)")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        parts = key.split(".")
+        if parts[0] not in (*PROFILE_SECTIONS, *PROFILE_JOB_KEYS):
+            raise ValueError(f"--set {key}: profiles override "
+                             f"{', '.join((*PROFILE_SECTIONS, *PROFILE_JOB_KEYS))}")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def profile_names(settings: Settings) -> list[str]:
+    """Every profile: ``default`` (the node-wide sections) and each ``[profiles.<name>]``."""
+    return [DEFAULT_PROFILE, *settings.profiles]
+
+
+def effective(settings: Settings, profile: str, sets: dict[str, Any] | None = None) -> Settings:
+    """:meth:`Settings.for_profile` with its ValueError as CONFIG_ERROR (for commands and jobs)."""
+    try:
+        return settings.for_profile(profile, sets)
+    except ValueError as exc:
+        raise NodeError(ErrorCode.CONFIG_ERROR, str(exc),
+                        hint=f"profiles: {', '.join(profile_names(settings))}") from None
+
+
+# -- startup checks ---------------------------------------------------------------------------
+def trained_model_folder(segment: SegmentSettings, configuration: str | None = None) -> Path | None:
+    """The nnU-Net trained-model folder the settings name (None when it does not exist).
+
+    The same rule as :func:`pipeline.segment.folder.trained_model_dir`: ``model_dir`` itself, or
+    its ``<trainer>__<plans>__<configuration>`` subfolder.
+    """
+    config = configuration or segment.configuration
+    for folder in (Path(segment.model_dir),
+                   Path(segment.model_dir) / f"{segment.trainer}__{segment.plans}__{config}"):
+        if (folder / "plans.json").is_file():
+            return folder
+    return None
+
+
+def _segment_problems(segment: SegmentSettings) -> list[tuple[str, str]]:
+    folder = trained_model_folder(segment)
+    if folder is None:
+        sub = f"{segment.trainer}__{segment.plans}__{segment.configuration}"
+        text = (f"{segment.model_dir}: no nnU-Net trained-model folder for "
+                f"{segment.configuration} (no plans.json there or in {sub}/)")
+        return [("segment.model_dir", text)]
+    problems = []
+    try:
+        plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [("segment.model_dir", f"{folder}/plans.json cannot be read: {exc}")]
+    configs = plans.get("configurations", {})
+    if segment.configuration not in configs:
+        text = f"{segment.configuration!r} is not in {folder}/plans.json (has {sorted(configs)})"
+        problems.append(("segment.configuration", text))
+    elif configs[segment.configuration].get("previous_stage"):
+        low = configs[segment.configuration]["previous_stage"]
+        parts = folder.name.split("__")
+        sibling = "__".join([*parts[:2], low]) if len(parts) == 3 else f"{folder.name}__{low}"
+        low_dir = (Path(segment.lowres_model_dir) if segment.lowres_model_dir
+                   else folder.parent / sibling)
+        key = "segment.lowres_model_dir"
+        if not (low_dir / "plans.json").is_file() and not (
+                low_dir / f"{segment.trainer}__{segment.plans}__{low}" / "plans.json").is_file():
+            problems.append((key, f"the cascade's {low} stage has no trained-model folder at {low_dir}"))
+    if not _folds(folder, segment):
+        problems.append(("segment.folds", f"no fold_<N>/{segment.checkpoint} in {folder}"))
+    return problems
+
+
+def _folds(folder: Path, segment: SegmentSettings) -> list[Path]:
+    if segment.folds:
+        return [folder / f"fold_{f}" / segment.checkpoint for f in segment.folds
+                if (folder / f"fold_{f}" / segment.checkpoint).is_file()]
+    return sorted(p for p in folder.glob(f"fold_*/{segment.checkpoint}") if p.is_file())
+
+
+def _nsm_problems(settings: Settings) -> list[tuple[str, str]]:
+    nsm = settings.nsm
+    problems = []
+    for variant in (["bone_and_cart", "bone_only"] if nsm.type == "both" else [nsm.type]):
+        model_key, bscore_key = _NSM_FOLDERS[variant]
+        folder = getattr(nsm, model_key)
+        if folder is None:
+            problems.append((f"nsm.{model_key}", f"unset, but nsm.type = {nsm.type} needs it"))
+        elif not (Path(folder) / "model_params_config.json").is_file() or not any(
+                (Path(folder) / "model").glob("*.pth")):
+            text = f"{folder}: no NSM model folder (model_params_config.json + model/<epoch>.pth)"
+            problems.append((f"nsm.{model_key}", text))
+        bscore = getattr(nsm, bscore_key)
+        if bscore is not None and not (Path(bscore) / "model.json").is_file():
+            problems.append((f"nsm.{bscore_key}", f"{bscore}: no BScore folder (model.json)"))
+    return problems
+
+
+def check_models(settings: Settings, stages: Iterable[str]) -> None:
+    """Fail fast when a profile names a model folder that is not there.
+
+    Only the models of stages the chain declares are checked (``segment``; ``shape`` when the
+    profile runs it), so a test chain without models needs none.
+
+    Raises
+    ------
+    NodeError
+        CONFIG_ERROR naming the profile and the key, with a hint.
+    """
+    names = set(stages)
+    for name in profile_names(settings):
+        eff = effective(settings, name)
+        problems = _segment_problems(eff.segment) if "segment" in names else []
+        if "shape" in names and "shape" in eff.jobs.optional_stages and eff.nsm.active():
+            problems += _nsm_problems(eff)
+        if problems:
+            key, text = problems[0]
+            where = f"[profiles.{name}]" if name != DEFAULT_PROFILE else "the node-wide settings"
+            raise NodeError(ErrorCode.CONFIG_ERROR, f"profile '{name}': {key}: {text}",
+                            hint=f"fix {key} in {where} (or remove it there to inherit it)")
+
+
+# -- model fingerprints -----------------------------------------------------------------------
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGEST_LOCK = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime): checkpoints are hashed once."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _DIGEST_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    with _DIGEST_LOCK:
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def _segment_card(segment: SegmentSettings) -> dict[str, Any]:
+    folder = trained_model_folder(segment)
+    if folder is None:
+        return {"folder": str(segment.model_dir), "missing": True}
+    card_path = folder / "kneenode_model.json"
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+    return {
+        "folder": str(folder.resolve()),
+        "configuration": segment.configuration,
+        "algorithm_name": card.get("algorithm_name", ""),
+        "algorithm_version": card.get("algorithm_version", ""),
+        "is_demo": bool(card.get("is_demo", False)),
+        "checkpoint_sha256": {p.parent.name: file_sha256(p) for p in _folds(folder, segment)},
+    }
+
+
+def model_fingerprint(settings: Settings, stages: Iterable[str]) -> dict[str, Any]:
+    """Model card and checksums of every model folder the effective settings use."""
+    names = set(stages)
+    out: dict[str, Any] = {}
+    if "segment" in names:
+        out["segment"] = _segment_card(settings.segment)
+    if "shape" in names and settings.nsm.active():
+        nsm: dict[str, Any] = {}
+        for key in ("bone_cart_model", "bone_only_model", "bone_cart_bscore", "bone_only_bscore"):
+            folder = getattr(settings.nsm, key)
+            if folder is None or not Path(folder).is_dir():
+                continue
+            files = sorted(Path(folder).glob("model/*.pth")) + sorted(Path(folder).glob("model.json"))
+            nsm[key] = {"folder": str(Path(folder).resolve()),
+                        "sha256": {f.name: file_sha256(f) for f in files}}
+        out["nsm"] = nsm
+    return out
