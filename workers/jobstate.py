@@ -130,7 +130,10 @@ class JobStore:
             for raw in pipe.execute():
                 if not raw:
                     continue
-                job = _decode(raw)
+                try:
+                    job = _decode(raw)
+                except (ValueError, TypeError):  # one damaged record must not hide every job
+                    continue
                 if state is None or job["state"] == state or job["state"].startswith(f"{state}:"):
                     out.append(job)
                     if len(out) >= limit:
@@ -193,7 +196,7 @@ class JobStore:
         self.client.hincrby(self.key("job", job_id), "attempts", 1)
         self.stage_update(
             job_id, stage, state="running", start=now(), end=None, duration=None,
-            attempts=attempt, worker=worker,
+            attempts=attempt, worker=worker, error=None,
         )
         self.event(job_id, "start", stage=stage, attempt=attempt, worker=worker)
         return attempt
@@ -244,7 +247,8 @@ class JobStore:
         run = int(self.client.hincrby(self.key("job", job_id), "run", 1))
         later = chain[chain.index(from_stage) :]
         self.client.hdel(self.key("job", job_id), *[f"attempts:{s}" for s in later])
-        self.update(job_id, state="queued", stage=from_stage, error=None)
+        # rerun_stage: if the message is lost, reconciliation re-sends it as a rerun too.
+        self.update(job_id, state="queued", stage=from_stage, error=None, rerun_stage=from_stage)
         self.event(job_id, "retry", from_stage=from_stage, run=run)
         return run
 

@@ -196,6 +196,11 @@ class JobMiddleware(Middleware):
             from workers.stages import clear_from
 
             clear_from(job_dir, job["chain"], stage)
+            store.client.hdel(store.key("job", job_id), "rerun_stage")
+        elif _moved_on(job, stage, job_dir):
+            store.release_lease(job_id, stage, message.message_id)
+            log.info("stage already committed; job has moved on", job_id=job_id, stage=stage)
+            raise SkipMessage()
         task = Task(
             job_id=job_id, stage=stage, run=run, message=message, job_dir=job_dir,
             series_path=job["series_path"], summary=_summary(job["series_path"]),
@@ -273,12 +278,15 @@ class JobMiddleware(Middleware):
         names = [s.name for s in chain]
         progress = (names.index(task.stage) + 1) / len(names)
         nxt = next_stage(chain, task.stage)
+        # error=None: a stage that committed after retries leaves no stale error on the job
+        # (its history stays in the events).
         if nxt is None:
-            if store.transition(task.job_id, task.run, state="done", stage="", progress=1.0):
+            if store.transition(task.job_id, task.run, state="done", stage="", progress=1.0,
+                                error=None):
                 store.event(task.job_id, "done")
             return
         if not store.transition(task.job_id, task.run, state="queued", stage=nxt.name,
-                                progress=progress):
+                                progress=progress, error=None):
             return  # cancelled (or retried) while this stage ran: no next stage
         enqueue_stage(broker, self.jobs, job_id=task.job_id, stage=nxt.name, queue=nxt.queue,
                       run=task.run)
@@ -312,6 +320,13 @@ class JobMiddleware(Middleware):
             return
         if self.rt.chain[task.stage].queue == "io" or task.stage == "deliver":
             store.incr("delivery_failures")
+
+
+def _moved_on(job: dict[str, Any], stage: str, job_dir: Path) -> bool:
+    """A copy of a committed stage's message while a later stage runs (a re-sent duplicate):
+    running it would chain the later stage a second time."""
+    state = str(job.get("state", ""))
+    return state.startswith("running:") and state != f"running:{stage}" and is_done(job_dir, stage)
 
 
 def _summary(series_path: str) -> dict[str, Any]:

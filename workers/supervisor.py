@@ -84,7 +84,8 @@ class Supervisor:
         self.redis_url = redis_url
         self.specs = specs
         self.config = config
-        self.store = JobStore(make_client(redis_url), settings.jobs.namespace)
+        self.store = JobStore(make_client(redis_url, retry_s=settings.jobs.redis_retry_s),
+                              settings.jobs.namespace)
         self.children: list[Child] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
