@@ -258,22 +258,21 @@ class JobMiddleware(Middleware):
             return
         copy = message._message.copy(options={"redeliveries": count})
         copy.options.pop("eta", None)
-        for _ in range(60):
+        for _ in range(10):  # each enqueue itself retries the connection for jobs.redis_retry_s
             try:
                 broker.enqueue(copy, delay=REDELIVERY_DELAY_MS)
                 return
             except Exception:  # noqa: BLE001 - redis still down: keep trying for a while
                 time.sleep(5)
-        log.error("could not redeliver a stage message", job_id=job_id, stage=stage)
+        log.error("could not redeliver a stage message; reconciliation will re-send it",
+                  job_id=job_id, stage=stage)
 
     def _commit(self, broker: Broker, task: Task) -> None:
         store = self.rt.store
         duration = time.monotonic() - task.started
         if not task.already_done:
             mark_done(task.job_dir, task.stage, {"run": task.run, "duration": duration})
-            store.stage_update(task.job_id, task.stage, state="done", end=now(), duration=duration)
-            store.observe_stage(task.stage, duration)
-            store.event(task.job_id, "end", stage=task.stage, duration=round(duration, 4))
+            store.stage_committed(task.job_id, task.stage, duration)
         chain = self.rt.chain_list
         names = [s.name for s in chain]
         progress = (names.index(task.stage) + 1) / len(names)

@@ -205,6 +205,7 @@ class Supervisor:
         grace = self.settings.jobs.watchdog_grace_s
         if now() <= float(task["deadline"]) + grace:
             return False
+        child.proc.kill()  # first: the stuck stage stops now, however slow the records below are
         err = NodeError(
             ErrorCode.TIMEOUT,
             f"stage '{task['stage']}' ran {task['limit_s']:g} s + {grace:g} s grace without "
