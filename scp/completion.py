@@ -174,7 +174,7 @@ class CompletionMonitor:
                  version=version, quiet_seconds=quiet)
         return dest
 
-    def _finish(self, version_dir: Path) -> CompletedSeries | None:
+    def _finish(self, version_dir: Path) -> CompletedSeries:
         """Write the summary if missing, announce, mark announced. Idempotent.
 
         Raises when the hand-off fails (the caller retries this version later).

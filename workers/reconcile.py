@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +101,7 @@ def find_stranded(store: JobStore, namespace: str, *, grace_s: float, at: float 
             for j in candidates if (j["id"], j["stage"], int(j["run"])) not in known]
 
 
-def resend(store: JobStore, broker: Broker, settings: Settings, queues: dict[str, str],
+def resend(store: JobStore, broker: Broker, settings: Settings, queues: Mapping[str, str],
            item: Stranded) -> bool:
     """Send ``item``'s stage again, if the job is exactly as it was found; True when sent."""
     job = store.get(item.job_id)
@@ -125,7 +125,7 @@ def resend(store: JobStore, broker: Broker, settings: Settings, queues: dict[str
     return True
 
 
-def reconcile_jobs(store: JobStore, broker: Broker, settings: Settings, queues: dict[str, str],
+def reconcile_jobs(store: JobStore, broker: Broker, settings: Settings, queues: Mapping[str, str],
                    *, job_ids: Iterable[str] | None = None, grace_s: float | None = None
                    ) -> list[Stranded]:
     """One pass: re-send every stranded job (each in isolation). Returns those re-sent."""
@@ -157,7 +157,7 @@ class ReconcileLoop(Periodic):
 
 
 def job_reconciler(settings: Settings, store: JobStore, broker: Broker,
-                   queues: dict[str, str]) -> Callable[[], list[Stranded]]:
+                   queues: Mapping[str, str]) -> Callable[[], list[Stranded]]:
     """The job pass for :class:`ReconcileLoop` (bound to one store and broker)."""
 
     def run() -> list[Stranded]:

@@ -83,12 +83,19 @@ def test_redis_killed_at_every_stage_and_before_hand_off(node_factory, tmp_path:
         first = sink.received()
         assert len(first) == 3 and len(set(_received_sops(first))) == 3  # once each
 
-        # Between completion and hand-off: kill redis the moment the series is complete on disk.
+        # Around completion and hand-off: redis killed again as soon as it is back, until the
+        # series is complete on disk, and once more the moment it is.
         more = mr_series(tmp_path / "knee2", slices=12, seed=1)
         study2, series2 = _uids(more)
         assert storescu(node.port, more).returncode == 0
         complete = node.spool / "complete" / study2 / series2
-        wait_for(complete.exists, 60, interval=0.005, what="the second series to complete")
+        while not complete.exists():
+            old = kill_redis(node)
+            wait_for(lambda o=old: complete.exists() or serve_info(node).get("redis_pid")
+                     not in (None, o), 60, interval=0.005, what="completion or a new redis")
+            if not complete.exists():
+                continue
+            wait_redis_restarted(node, old)
         old = kill_redis(node)
         wait_redis_restarted(node, old)
         wait_for(lambda: _state(store, series2) in ("done", "failed"), 120, what="second job")
