@@ -73,7 +73,8 @@ def test_bad_series_recorded_valid_series_processed_restart_keeps_both(
         bad_uid, good_uid = _series_uid(bad[0]), _series_uid(good[0])
         wait_for(lambda: [j["state"] for j in jobs_of(store, good_uid)] == ["done"], 120,
                  what="the valid series' job to finish")
-        wait_for(lambda: bool(jobs_of(store, bad_uid)), 30, what="the bad series' job")
+        wait_for(lambda: [j["state"] for j in jobs_of(store, bad_uid)] == ["ignored"], 30,
+                 what="the bad series' job to be ignored")
         (bad_job,) = jobs_of(store, bad_uid)
         assert bad_job["state"] == "ignored"
         assert bad_job["error"]["code"] == "INVALID_FORMAT"

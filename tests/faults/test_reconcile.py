@@ -56,7 +56,10 @@ def _send(node, tmp_path: Path, store: JobStore) -> dict:
         jobs = [j for j in store.list_jobs() if j["series_uid"] == series_uid]
         return jobs[0] if jobs else {}
 
-    wait_for(lambda: job().get("state") == "queued", 60, what="a queued job")
+    # The marker is written once the hand-off returned: record, message and 'dispatched' are in.
+    wait_for(lambda: job().get("state") == "queued"
+             and (Path(job()["series_path"]) / "announced").exists(), 60,
+             what="a queued, announced job")
     return job()
 
 
@@ -80,10 +83,15 @@ def test_lost_job_record_is_recreated_from_the_spool(node_factory, redis, tmp_pa
                         store.key("series", job["series_uid"], "jobs"))
     store.client.zrem(store.key("jobs"), job["id"])
     _drop_messages(store)
-    wait_for(lambda: len(store.list_jobs()) == 1, 30, what="the job to be re-created")
+
+    def recreated() -> bool:
+        jobs = store.list_jobs()
+        return (len(jobs) == 1 and jobs[0]["state"] == "queued"
+                and json.loads(marker.read_text()).get("job_id") == jobs[0]["id"])
+
+    wait_for(recreated, 30, what="the job re-created, queued and recorded in the marker")
     (again,) = store.list_jobs()
-    assert again["state"] == "queued" and again["series_path"] == job["series_path"]
-    assert json.loads(marker.read_text())["job_id"] == again["id"]
+    assert again["series_path"] == job["series_path"] and again["id"] != job["id"]
     assert _cpu_message_jobs(store) == {again["id"]}  # its first stage was sent again
     assert "complete series has no job any more" in node.log()
 
@@ -94,7 +102,8 @@ def test_stranded_queued_job_is_re_sent_by_the_edge(node_factory, redis, tmp_pat
     job = _send(node, tmp_path, store)
     assert _cpu_message_jobs(store) == {job["id"]}
     _drop_messages(store)  # the message is gone, the job still says queued
-    wait_for(lambda: _cpu_message_jobs(store) == {job["id"]}, 30, what="the message re-sent")
+    wait_for(lambda: _cpu_message_jobs(store) == {job["id"]}
+             and "stranded job re-sent" in node.log(), 30, what="the message re-sent")
     kinds = [e["kind"] for e in store.events(job["id"])]
     assert kinds.count("reconciled") == 1 and store.get(job["id"])["state"] == "queued"
     assert node.log().count("stranded job re-sent") == 1

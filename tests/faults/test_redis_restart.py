@@ -52,6 +52,8 @@ def _received_sops(files: list[Path]) -> list[str]:
 
 
 def _assert_one_done_job(store: JobStore, series_uid: str, sent: int) -> dict:
+    wait_for(lambda: "done" in [e["kind"] for e in store.events(jobs_of(store, series_uid)[0]["id"])],
+             30, what="the job's done event")  # written just after the state
     (job,) = jobs_of(store, series_uid)  # exactly one job for the series
     assert job["state"] == "done", job
     assert job["error"] is None  # no stale error from the faults (their history is in events)
@@ -100,8 +102,9 @@ def test_redis_killed_at_every_stage_and_before_hand_off(node_factory, tmp_path:
         wait_redis_restarted(node, old)
         wait_for(lambda: _state(store, series2) in ("done", "failed"), 120, what="second job")
         job2 = _assert_one_done_job(store, series2, len(more))
-        marker = json.loads((complete / "v1" / "announced").read_text())
-        assert marker["job_id"] == job2["id"]
+        marker = complete / "v1" / "announced"
+        wait_for(marker.exists, 30, what="the announced marker")
+        assert json.loads(marker.read_text())["job_id"] == job2["id"]
         received = sink.received()
         assert len(received) == 6 and len(set(_received_sops(received))) == 6
         assert serve_info(node)["pid"] == node.proc.pid  # the node itself never went down
