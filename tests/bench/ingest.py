@@ -122,7 +122,8 @@ def make_nodes(root: Path, args: argparse.Namespace) -> dict[str, Node]:
             "logging": {"level": "WARNING"}, "spool": {"fsync": not args.no_fsync}}
     if not policies:
         nodes["kneenode"] = Node(root=root / "node",
-                                 config={**base, "completion": {"quiet_seconds": 3600}})
+                                 config={**base, "completion": {"quiet_seconds": 3600,
+                                                                "policy": "timer"}})  # ingest alone
     for policy in policies:
         nodes[f"kneenode {policy}"] = Node(root=root / f"node-{policy}", command="serve", config={
             **base, "completion": {"quiet_seconds": 0.5, "poll_seconds": 0.2},
