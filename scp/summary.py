@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 
+from kneenode.settings import ReaderSettings
+
 _TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
     "SeriesDescription", "ProtocolName", "BodyPartExamined", "SeriesNumber", "StudyDate",
@@ -28,7 +30,7 @@ _TAGS = [
 ]
 
 
-def summarize_series(folder: Path) -> dict[str, Any]:
+def summarize_series(folder: Path, reader: ReaderSettings | None = None) -> dict[str, Any]:
     """Describe the ``*.dcm`` files of a series folder (header-only).
 
     Returns a JSON-ready dict: identifiers, descriptions, counts, SOP classes and transfer
@@ -53,7 +55,7 @@ def summarize_series(folder: Path) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - a value pydicom cannot convert: leave it empty
             return ""
 
-    geometry = geometry_check(headers)
+    geometry = geometry_check(headers, reader)
 
     return {
         "study_uid": text("StudyInstanceUID"),
@@ -76,13 +78,15 @@ def summarize_series(folder: Path) -> dict[str, Any]:
     }
 
 
-def geometry_check(headers: list[Any]) -> dict[str, Any]:
+def geometry_check(headers: list[Any], reader: ReaderSettings | None = None) -> dict[str, Any]:
     """Sanity of the slice geometry: one orientation, one matrix, unique, evenly spaced slices.
 
     Multi-echo series (several EchoTimes at each position) count each position once. An
     Enhanced (multi-frame) instance counts its frames. ``reason`` names the first problem found;
     ``malformed`` is true when that problem is a header value that is not what the standard
-    allows (see :class:`Malformed`).
+    allows (see :class:`Malformed`). A slice gap is uneven when it differs from the median by
+    more than the reader's gap tolerance (``reader``, the ``reader`` settings): what the reader
+    resamples the summary accepts.
     """
     result: dict[str, Any] = {
         "is_3d": False, "slices": 0, "echoes": 0, "consistent": False, "reason": None,
@@ -90,13 +94,13 @@ def geometry_check(headers: list[Any]) -> dict[str, Any]:
         "malformed": False,
     }
     try:
-        _check(headers, result)
+        _check(headers, result, reader)
     except Malformed as exc:
         result.update(consistent=False, is_3d=False, reason=str(exc), malformed=True)
     return result
 
 
-def _check(headers: list[Any], result: dict[str, Any]) -> None:
+def _check(headers: list[Any], result: dict[str, Any], reader: ReaderSettings | None) -> None:
     if not headers:
         result["reason"] = "no readable instances"
         return
@@ -132,8 +136,10 @@ def _check(headers: list[Any], result: dict[str, Any]) -> None:
         return
     if unique.size >= 2:
         steps = np.diff(unique)
-        result["slice_spacing"] = float(np.median(steps))
-        if steps.max() - steps.min() > 0.1 * abs(np.median(steps)) + 1e-3:
+        median = float(np.median(steps))
+        result["slice_spacing"] = median
+        tolerance = (reader or ReaderSettings()).gap_tolerance_mm(median)
+        if np.abs(steps - median).max() > tolerance:
             result["reason"] = (
                 f"uneven slice spacing ({steps.min():.3f}-{steps.max():.3f} mm): missing slices?"
             )

@@ -26,12 +26,15 @@ import SimpleITK as sitk
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_atomic, write_json_atomic
+from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from workers.stages import Stage, StageContext
 
 IMAGE = "image.nii"
 VOLUME = "volume.json"
 RESULTS = "results.json"
+
+log = get_logger(__name__)
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:
@@ -73,7 +76,7 @@ def prepare(ctx: StageContext) -> None:
     view.mkdir()
     for f in files:
         (view / f.name).symlink_to(f.resolve())
-    volume = read_series(view)
+    volume = read_series(view, limits=ctx.settings.reader)
     _write_image(volume.image, ctx.work_dir / IMAGE)
     if volume.is_multi_echo:
         for i, echo in enumerate(volume.echoes):
@@ -87,10 +90,21 @@ def prepare(ctx: StageContext) -> None:
         "frames": [ref.frame for ref in volume.slices[0]] if volume.slices else [],
         "size": list(volume.image.GetSize()),
         "spacing": list(volume.image.GetSpacing()),
+        "warnings": list(volume.warnings),
     }
     write_json_atomic(ctx.work_dir / VOLUME, info)
+    for warning in volume.warnings:
+        log.warning("series read with a warning", job_id=ctx.job_id, warning=warning)
     merge_results(ctx.job_dir, {"study_uid": volume.study_instance_uid,
-                                "series_uid": volume.series_instance_uid})
+                                "series_uid": volume.series_instance_uid,
+                                "warnings": _with_warnings(ctx.job_dir, volume.warnings)})
+
+
+def _with_warnings(job_dir: Path, new: tuple[str, ...]) -> list[str]:
+    """The job's ``warnings`` in results.json plus ``new`` (once each: a stage may be retried)."""
+    path = job_dir / RESULTS
+    old = json.loads(path.read_text(encoding="utf-8")).get("warnings", []) if path.exists() else []
+    return list(dict.fromkeys([*old, *new]))
 
 
 def load_image(ctx: StageContext, name: str = IMAGE) -> sitk.Image:

@@ -20,6 +20,7 @@ import numpy as np
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_atomic, write_json_atomic
 from kneenode.logs import get_logger
+from kneenode.settings import ReaderSettings
 from pipeline.quantify.geometry import Geometry, KneeFrame, knee_frame, label_boxes
 from pipeline.quantify.maps import ThicknessMap, femoral_thickness_map
 from pipeline.quantify.results import THICKNESS_REGIONS, assemble, null_t2_keys, thickness_keys
@@ -191,11 +192,13 @@ def quantify_to_folder(labels_image: Any, out_dir: Path, *, volume: Any | None =
     return q.results
 
 
-def quantify_input(labels_path: Path, input_path: Path, out_dir: Path) -> dict[str, Any]:
+def quantify_input(labels_path: Path, input_path: Path, out_dir: Path,
+                   limits: ReaderSettings | None = None) -> dict[str, Any]:
     """``kneenode analyze``'s quantification: the written label map and the input it came from.
 
-    A DICOM folder input is read again with :func:`pipeline.series.read_series` for its qDESS
-    echoes (T2); other inputs give null T2 keys with the reason.
+    A DICOM folder input is read again with :func:`pipeline.series.read_series` (with the reader
+    tolerances ``limits``, the ``reader`` settings) for its qDESS echoes (T2); other inputs give
+    null T2 keys with the reason.
     """
     import SimpleITK as sitk
 
@@ -204,7 +207,7 @@ def quantify_input(labels_path: Path, input_path: Path, out_dir: Path) -> dict[s
     if Path(input_path).is_dir():
         from pipeline.series import read_series
 
-        vol = read_series(input_path)
+        vol = read_series(input_path, limits=limits)
         if len(vol.echoes) >= 2 and vol.echoes[0].GetSize() == labels.GetSize():
             volume = vol
     return quantify_to_folder(labels, out_dir, volume=volume)
