@@ -151,10 +151,10 @@ def test_summary_that_raises_is_recorded_once(tmp_path: Path, monkeypatch) -> No
     good = _open_series(spool, tmp_path, "b", 3)
     real = completion.summarize_series
 
-    def flaky(folder: Path) -> dict:
+    def flaky(folder: Path, *args: object) -> dict:
         if folder.parent.name == bad.series_uid:
             raise TypeError("int() argument must be ... not 'list' (test fault)")
-        return real(folder)
+        return real(folder, *args)
 
     monkeypatch.setattr(completion, "summarize_series", flaky)
     handed: list[CompletedSeries] = []
