@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     NOT_KNEE = "NOT_KNEE"
     NOT_SELECTED = "NOT_SELECTED"
     SEND_FAILED = "SEND_FAILED"
+    QC_FAILED = "QC_FAILED"
 
 
 HINTS: dict[ErrorCode, str] = {
@@ -49,6 +50,9 @@ HINTS: dict[ErrorCode, str] = {
     ErrorCode.NOT_SELECTED: "The series did not match the selection rules (see the reason).",
     ErrorCode.SEND_FAILED: "The destination did not accept the results; check it is up, then "
     "`kneenode retry ID --from-stage deliver`.",
+    ErrorCode.QC_FAILED: "The segmentation failed quality control (see the reasons: input the "
+    "model was not made for, a cut field of view, another contrast); review it, then "
+    "`kneenode release ID` to deliver it flagged or `kneenode discard ID` to deliver nothing.",
 }
 
 PERMANENT: frozenset[ErrorCode] = frozenset(
@@ -61,6 +65,7 @@ PERMANENT: frozenset[ErrorCode] = frozenset(
         ErrorCode.DICOM_ERROR,
         ErrorCode.SEGMENTATION_FAILED,
         ErrorCode.NSM_FAILED,
+        ErrorCode.QC_FAILED,
     }
 )
 

@@ -6,7 +6,9 @@ job folder, calls one ``pipeline`` (or ``scp``) function and writes its outputs 
 
 ``prepare/``  ``image.nii`` (the volume to segment), ``echo_<i>.nii`` (multi-echo only),
               ``volume.json`` (source slices in volume order, echo times, acquisition tags)
-``segment/``  ``labels.nii.gz``, ``segmentation.json`` (model card, voxel counts, timings)
+``segment/``  ``labels.nii.gz``, ``segmentation.json`` (model card, voxel counts, timings,
+              softmax summary)
+``qc/``       ``qc.json`` (outcome, reasons, per-structure numbers, the ``on_fail`` policy)
 ``encode/``   ``<kind>/<SOPInstanceUID>.dcm`` for SEG, SR, overlay images and the PDF
 ``deliver/``  nothing: the per-destination outbox is ``<job>/outbox.json`` (survives retries)
 
@@ -33,6 +35,7 @@ from workers.stages import Stage, StageContext
 IMAGE = "image.nii"
 VOLUME = "volume.json"
 RESULTS = "results.json"
+QC_FILE = "qc.json"
 
 log = get_logger(__name__)
 
@@ -124,6 +127,28 @@ def segment(ctx: StageContext) -> None:
     merge_results(ctx.job_dir, {"model": record["model"]})
 
 
+def qc(ctx: StageContext) -> None:
+    """Segmentation QC (:mod:`pipeline.qc`): outcome and reasons into qc.json and results.json.
+
+    What a ``fail`` does (hold for review, PDF only, deliver flagged) is decided from the
+    recorded ``policy``: :mod:`workers.review` after this stage, ``encode`` for ``pdf_only``.
+    """
+    from pipeline.qc import evaluate_qc
+    from workers.review import DECISION_FILE
+
+    (ctx.job_dir / DECISION_FILE).unlink(missing_ok=True)  # a new result needs a new decision
+    settings = ctx.settings.qc
+    if not settings.enabled:
+        return
+    labels = load_labels(ctx)
+    segmentation = read_json(ctx.stage_dir("segment") / "segmentation.json")
+    record = evaluate_qc(sitk.GetArrayViewFromImage(labels), tuple(reversed(labels.GetSpacing())),
+                         settings, confidence=segmentation.get("confidence"))
+    out = {**record.model_dump(), "policy": settings.on_fail, "summary": record.summary()}
+    write_json_atomic(ctx.work_dir / QC_FILE, out)
+    merge_results(ctx.job_dir, {"qc": out})
+
+
 def load_labels(ctx: StageContext) -> sitk.Image:
     """The canonical label map written by ``segment``."""
     path = ctx.stage_dir("segment") / "labels.nii.gz"
@@ -186,9 +211,17 @@ def encode(ctx: StageContext) -> None:
     results = read_json(ctx.job_dir / RESULTS)
     record = read_json(ctx.stage_dir("segment") / "segmentation.json")
     thickness_map = _thickness_map(ctx)
+    options = ctx.settings.encode
+    qc = results.get("qc") or {}
+    if qc.get("outcome") == "fail" and qc.get("policy") == "pdf_only":
+        # a failed QC result goes out as the report with its reasons only: no SEG/SR/overlay
+        # that a PACS or a viewer could show as if it were valid
+        options = options.model_copy(update={"seg": False, "sr": False, "overlay": False,
+                                             "pdf": True})
     encoded = encode_results(source=volume["slices"], labels=labels, results=results,
-                             model=record["model"], options=ctx.settings.encode,
-                             thickness_map=thickness_map, frames=frames if multiframe else None)
+                             model=record["model"], options=options,
+                             thickness_map=thickness_map, frames=frames if multiframe else None,
+                             thickness_points=_thickness_points(ctx))
     write_results(encoded, ctx.work_dir)
 
 
@@ -197,6 +230,16 @@ def _thickness_map(ctx: StageContext) -> np.ndarray | None:
 
     path = ctx.stage_dir("quantify") / MAP_FILE
     return np.load(path) if path.exists() else None
+
+
+def _thickness_points(ctx: StageContext) -> dict[str, np.ndarray] | None:
+    from pipeline.quantify.stage import POINTS_FILE
+
+    path = ctx.stage_dir("quantify") / POINTS_FILE
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 def result_files(ctx: StageContext) -> list[Path]:
@@ -230,6 +273,7 @@ def node_chain(settings: Settings) -> list[Stage]:
     return [
         Stage("prepare", "cpu", prepare),
         Stage("segment", "gpu", segment),
+        Stage("qc", "cpu", qc),
         Stage("quantify", "cpu", quantify),
         Stage("shape", "gpu", shape, optional=True),
         Stage("encode", "cpu", encode),
