@@ -1,7 +1,8 @@
 """``kneenode serve``: the whole node in one command.
 
 Start order: embedded redis (unless ``jobs.redis_url``) -> worker processes for every queue ->
-HTTP status server -> Storage SCP with the job creator as its ``on_complete``. SIGINT/SIGTERM stop
+HTTP status server -> reconciliation of stranded jobs (:mod:`workers.reconcile`) -> Storage SCP
+with the job creator as its ``on_complete``. SIGINT/SIGTERM stop
 in reverse: the SCP stops accepting associations and finishes in-flight C-STOREs, workers finish
 or requeue their stages, then the status server and redis (by PID) stop. ``data_dir/serve.json``
 tells operators and tests the ports of the running node.
@@ -19,11 +20,18 @@ from kneenode.fsio import write_json_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from kneenode.signals import install_stop_handlers
-from workers.broker import make_broker, make_client, redis_folder, requeue_orphans
+from workers.broker import (
+    durability_warning,
+    make_broker,
+    make_client,
+    redis_folder,
+    requeue_orphans,
+)
 from workers.http import StatusServer
 from workers.intake import make_on_complete
 from workers.jobconfig import startup_stages
 from workers.jobstate import JobStore
+from workers.reconcile import ReconcileLoop, job_reconciler
 from workers.redisproc import RedisChild, start_redis
 from workers.retention import RetentionLoop
 from workers.supervisor import Supervisor, specs_for_serve
@@ -51,6 +59,7 @@ class Node:
         self.http: StatusServer | None = None
         self.scp: Any = None
         self.retention: RetentionLoop | None = None
+        self.reconcile: ReconcileLoop | None = None
         self.redis_url = ""
 
     def start(self) -> None:
@@ -70,22 +79,27 @@ class Node:
         if s.jobs.redis_url:
             self.redis_url = s.jobs.redis_url
         else:
-            self.redis = start_redis(redis_folder(s), port=s.jobs.redis_port,
-                                     executable=s.jobs.redis_server)
+            self.redis = self._start_redis(s.jobs.redis_port)
             self.redis_url = self.redis.url
-        store = JobStore(make_client(self.redis_url), s.jobs.namespace)
+        store = JobStore(make_client(self.redis_url, retry_s=s.jobs.redis_retry_s),
+                         s.jobs.namespace)
         if self.redis is not None:
             moved = requeue_orphans(store.client, s.jobs)
             if moved:
                 log.warning("requeued messages left by workers of a crashed run", count=moved)
+        else:
+            durability_warning(store.client)
         broker = make_broker(self.redis_url, s.jobs)
         self.supervisor = Supervisor(s, self.redis_url, specs_for_serve(s), self.config)
         self.supervisor.start()
-        if s.jobs.http_enabled:
-            self.http = StatusServer(store, s)
+        if s.jobs.http_enabled:  # its own client: /health must answer at once while redis is down
+            self.http = StatusServer(JobStore(make_client(self.redis_url), s.jobs.namespace), s)
             self.http.start()
         self.retention = RetentionLoop(s, store)
         self.retention.start()
+        queues = {st.name: st.queue for st in chain}
+        self.reconcile = ReconcileLoop(s, [job_reconciler(s, store, broker, queues)])
+        self.reconcile.start()
         if self.with_scp:
             from scp.server import start_scp
 
@@ -102,14 +116,17 @@ class Node:
             return
         log.error("embedded redis exited; restarting it", pid=self.redis.pid,
                   code=self.redis.process.returncode)
-        s = self.settings
         try:
-            self.redis = start_redis(redis_folder(s), port=self.redis.port,
-                                     executable=s.jobs.redis_server)
+            self.redis = self._start_redis(self.redis.port)
         except NodeError as exc:  # e.g. port taken meanwhile: try again on the next tick
             log.error("embedded redis restart failed", error=exc.message)
             return
         self._write_info()
+
+    def _start_redis(self, port: int) -> RedisChild:
+        s = self.settings
+        return start_redis(redis_folder(s), port=port, executable=s.jobs.redis_server,
+                           appendfsync=s.jobs.redis_appendfsync)
 
     def _write_info(self) -> None:
         if self.supervisor is None:
@@ -127,7 +144,8 @@ class Node:
 
     def stop(self) -> None:
         """Stop in reverse order; every part is stopped even if an earlier one fails."""
-        for name, part in (("scp", self.scp), ("retention", self.retention),
+        for name, part in (("scp", self.scp), ("reconcile", self.reconcile),
+                           ("retention", self.retention),
                            ("workers", self.supervisor), ("http", self.http), ("redis", self.redis)):
             if part is None:
                 continue
@@ -136,6 +154,7 @@ class Node:
             except Exception:
                 log.exception("stop failed", part=name)
         self.scp = self.supervisor = self.http = self.redis = self.retention = None
+        self.reconcile = None
         (self.settings.data_dir / "serve.json").unlink(missing_ok=True)
 
 

@@ -343,6 +343,28 @@ class JobsSettings(Section):
         default=0, ge=0, le=65535, description="Port of the embedded redis (0 = a free port)."
     )
     redis_server: str = Field(default="redis-server", description="redis-server executable.")
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        default="always",
+        description="AOF fsync policy of the embedded redis: `always` = a job-store write is on "
+        "disk before redis answers (no acknowledged hand-off or stage lost on power failure); "
+        "`everysec` = up to one second of writes lost on power failure, slightly faster. An "
+        "external redis should run with `appendfsync always` for the same guarantee.",
+    )
+    redis_retry_s: float = Field(
+        default=30, ge=0,
+        description="How long a job-store or broker call keeps retrying a lost redis connection "
+        "(exponential backoff up to 1 s) before the error reaches the stage's bookkeeping.",
+    )
+    reconcile_interval_s: float = Field(
+        default=30, gt=0,
+        description="How often `serve` / `scp` (with jobs) look for complete series without a "
+        "job and for queued or running jobs whose stage message is gone, and re-send them.",
+    )
+    reconcile_grace_s: float = Field(
+        default=30, ge=0,
+        description="A job is only re-sent when its record has not changed for this long "
+        "(a message in flight between two stages is not stranded).",
+    )
     namespace: str = Field(default="kneenode", description="Prefix of every redis key.")
     chain: str = Field(
         default="workers.analysis:node_chain",

@@ -19,11 +19,15 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware, TimeLimit
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from kneenode.errors import ErrorCode, NodeError
+from kneenode.logs import get_logger
 from kneenode.settings import JobsSettings, Settings
 from workers.redisproc import running_endpoint
 
+log = get_logger(__name__)
 QUEUES: tuple[str, ...] = ("cpu", "gpu", "io")
 
 
@@ -52,11 +56,33 @@ def resolve_redis_url(settings: Settings) -> str:
     return str(endpoint["url"])
 
 
-def make_client(url: str) -> redis.Redis:
-    """A redis client for the job store (strings, not bytes; short timeouts, retried reconnects)."""
+def reconnect_policy(retry_s: float) -> Retry:
+    """Retry a lost redis connection for about ``retry_s`` seconds (backoff 50 ms doubling to 1 s).
+
+    A restart of the embedded redis takes about a second; without this a stage's bookkeeping
+    (start, commit, the next stage's message) would fail on the first refused connection.
+    """
+    retries, waited = 0, 0.0
+    backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    while waited < retry_s:
+        retries += 1
+        waited += backoff.compute(retries)
+    return Retry(backoff, retries)
+
+
+def make_client(url: str, *, retry_s: float = 0.0, decode: bool = True) -> redis.Redis:
+    """A redis client for the job store (strings, not bytes; short timeouts).
+
+    ``retry_s`` > 0: connection errors are retried with :func:`reconnect_policy` (workers, the
+    hand-off, reconciliation); 0 keeps redis-py's short default (status pages answer at once).
+    """
+    extra: dict[str, Any] = {}
+    if retry_s > 0:
+        extra = {"retry": reconnect_policy(retry_s),
+                 "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
     return redis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30,
-        health_check_interval=30,
+        url, decode_responses=decode, socket_connect_timeout=5, socket_timeout=30,
+        health_check_interval=30, **extra,
     )
 
 
@@ -163,12 +189,22 @@ def make_broker(
     middleware: list[Middleware] = [TimeLimit(time_limit=jobs.stage_time_limit_s * 1000), WakeUp()]
     middleware += extra_middleware or []
     return NodeBroker(
-        url=url,
+        client=_broker_client(url, jobs.redis_retry_s),
         middleware=middleware,
         namespace=mq_namespace(jobs),
         heartbeat_timeout=int(jobs.heartbeat_timeout_s * 1000),
         maintenance_chance=jobs.maintenance_chance,
     )
+
+
+def _broker_client(url: str, retry_s: float) -> redis.Redis:
+    """dramatiq's client (bytes), with the same reconnect policy as the job store, no timeout
+    on reads (consumers block in BLPOP)."""
+    extra: dict[str, Any] = {}
+    if retry_s > 0:
+        extra = {"retry": reconnect_policy(retry_s),
+                 "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
+    return redis.Redis.from_url(url, socket_connect_timeout=5, **extra)
 
 
 def queue_depths(client: redis.Redis, jobs: JobsSettings) -> dict[str, int]:
@@ -222,4 +258,31 @@ def requeue_orphans(client: redis.Redis, jobs: JobsSettings) -> int:
     """
     prefix = f"{mq_namespace(jobs)}:__acks__."
     owners = {str(k)[len(prefix):].split(".", 1)[0] for k in client.scan_iter(f"{prefix}*")}
-    return sum(requeue_dead_worker(client, jobs, owner) for owner in owners)
+    moved = 0
+    for owner in sorted(owners):
+        try:
+            moved += requeue_dead_worker(client, jobs, owner)
+        except redis.ResponseError:  # one damaged key set must not keep the others' messages
+            log.exception("requeue of a dead worker's messages failed", worker_id=owner)
+    return moved
+
+
+def durability_warning(client: redis.Redis) -> str | None:
+    """Warn (and return why) when an external redis may lose writes it has acknowledged.
+
+    The hand-off's guarantee (a series marked announced has a job) holds only if redis fsyncs
+    before it answers: ``appendonly yes`` with ``appendfsync always``. Servers that forbid
+    CONFIG are not judged.
+    """
+    try:
+        config = {**client.config_get("appendonly"), **client.config_get("appendfsync")}
+    except redis.RedisError:
+        return None
+    if config.get("appendonly") == "yes" and config.get("appendfsync") == "always":
+        return None
+    reason = (f"redis runs with appendonly={config.get('appendonly')} "
+              f"appendfsync={config.get('appendfsync')}: a power failure can lose jobs it has "
+              "acknowledged (reconciliation re-creates jobs of complete series, but not their "
+              "progress); set appendonly yes and appendfsync always")
+    log.warning("redis durability", reason=reason)
+    return reason

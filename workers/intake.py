@@ -81,8 +81,30 @@ class JobCreator:
     broker: RedisBroker
     chain: Sequence[Stage]
 
-    def __call__(self, series: CompletedSeries) -> None:
-        self.create(series)
+    def __call__(self, series: CompletedSeries) -> str:
+        return self.create(series)
+
+    def missing(self, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Of ``(series_uid, version)`` handed off earlier, those without a usable job record.
+
+        A record is missing when its claim or hash is gone (a redis that lost writes), or when it
+        never left ``created`` (the hand-off stopped before the first message was sent).
+        """
+        out: set[tuple[str, int]] = set()
+        client = self.store.client
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            pipe = client.pipeline(transaction=False)
+            for uid, version in chunk:
+                pipe.get(self.store.key("key", uid, str(version)))
+            claims = pipe.execute()
+            pipe = client.pipeline(transaction=False)
+            for claim in claims:
+                pipe.hmget(self.store.key("job", str(claim)), "state", "dispatched")
+            for key, claim, (state, dispatched) in zip(chunk, claims, pipe.execute(), strict=True):
+                if claim is None or state is None or (state == "created" and dispatched != "1"):
+                    out.add(key)
+        return out
 
     def create(self, series: CompletedSeries) -> str:
         """Create the job of ``series``; return its id (the existing one when announced again)."""

@@ -166,7 +166,10 @@ class JobStore:
             for raw in pipe.execute():
                 if not raw:
                     continue
-                job = _decode(raw)
+                try:
+                    job = _decode(raw)
+                except (ValueError, TypeError):  # one damaged record must not hide every job
+                    continue
                 if state is None or job["state"] == state or job["state"].startswith(f"{state}:"):
                     out.append(job)
                     if len(out) >= limit:
@@ -206,8 +209,11 @@ class JobStore:
     # -- writes -----------------------------------------------------------------------------
     def event(self, job_id: str, kind: str, **data: Any) -> None:
         """Append one event (never rewritten)."""
+        self._event(self.client, job_id, kind, **data)
+
+    def _event(self, target: Any, job_id: str, kind: str, **data: Any) -> None:
         item = {"t": round(now(), 3), "kind": kind, **data}
-        self.client.rpush(self.key("job", job_id, "events"), json.dumps(item, default=str))
+        target.rpush(self.key("job", job_id, "events"), json.dumps(item, default=str))
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Set record fields (JSON-encoding dicts and lists) and the ``updated`` time."""
@@ -216,11 +222,13 @@ class JobStore:
 
     def stage_update(self, job_id: str, stage: str, **info: Any) -> dict[str, Any]:
         """Merge ``info`` into the job's ``stage:<name>`` field and return the result."""
-        field = f"stage:{stage}"
-        raw = self.client.hget(self.key("job", job_id), field)
-        merged = {**(json.loads(raw) if raw else {}), **info}
-        self.client.hset(self.key("job", job_id), field, json.dumps(merged))
+        merged = self._merged_stage(job_id, stage, info)
+        self.client.hset(self.key("job", job_id), f"stage:{stage}", json.dumps(merged))
         return merged
+
+    def _merged_stage(self, job_id: str, stage: str, info: dict[str, Any]) -> dict[str, Any]:
+        raw = self.client.hget(self.key("job", job_id), f"stage:{stage}")
+        return {**(json.loads(raw) if raw else {}), **info}
 
     def transition(self, job_id: str, run: int, **fields: Any) -> bool:
         """Set fields only if the job is still live in run ``run`` (atomic, in redis).
@@ -238,14 +246,29 @@ class JobStore:
         """Record a stage attempt starting; return its attempt number, 0 if the job has ended."""
         if not self.transition(job_id, run, state=f"running:{stage}", stage=stage):
             return 0
-        attempt = int(self.client.hincrby(self.key("job", job_id), f"attempts:{stage}", 1))
-        self.client.hincrby(self.key("job", job_id), "attempts", 1)
-        self.stage_update(
-            job_id, stage, state="running", start=now(), end=None, duration=None,
-            attempts=attempt, worker=worker,
-        )
-        self.event(job_id, "start", stage=stage, attempt=attempt, worker=worker)
+        # One transaction after the check: with appendfsync always every write round trip costs
+        # an fsync, so the start is recorded in one. The lease makes this stage's only writer.
+        key = self.key("job", job_id)
+        attempt = int(self.client.hget(key, f"attempts:{stage}") or 0) + 1
+        merged = self._merged_stage(job_id, stage, {
+            "state": "running", "start": now(), "end": None, "duration": None,
+            "attempts": attempt, "worker": worker, "error": None})
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping={f"attempts:{stage}": attempt, f"stage:{stage}": json.dumps(merged)})
+        pipe.hincrby(key, "attempts", 1)
+        self._event(pipe, job_id, "start", stage=stage, attempt=attempt, worker=worker)
+        pipe.execute()
         return attempt
+
+    def stage_committed(self, job_id: str, stage: str, duration: float) -> None:
+        """Record a stage's successful end: its record, its duration histogram, the event."""
+        merged = self._merged_stage(job_id, stage, {"state": "done", "end": now(),
+                                                    "duration": duration})
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.key("job", job_id), f"stage:{stage}", json.dumps(merged))
+        self._observe(pipe, stage, duration)
+        self._event(pipe, job_id, "end", stage=stage, duration=round(duration, 4))
+        pipe.execute()
 
     def stage_attempts(self, job_id: str, stage: str) -> int:
         """How many attempts of ``stage`` have started in this job's current run."""
@@ -293,7 +316,8 @@ class JobStore:
         run = int(self.client.hincrby(self.key("job", job_id), "run", 1))
         later = chain[chain.index(from_stage) :]
         self.client.hdel(self.key("job", job_id), *[f"attempts:{s}" for s in later])
-        self.update(job_id, state="queued", stage=from_stage, error=None)
+        # rerun_stage: if the message is lost, reconciliation re-sends it as a rerun too.
+        self.update(job_id, state="queued", stage=from_stage, error=None, rerun_stage=from_stage)
         self.event(job_id, "retry", from_stage=from_stage, run=run)
         return run
 
@@ -323,14 +347,17 @@ class JobStore:
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Add one stage duration to that stage's histogram."""
+        pipe = self.client.pipeline(transaction=True)
+        self._observe(pipe, stage, seconds)
+        pipe.execute()
+
+    def _observe(self, pipe: Any, stage: str, seconds: float) -> None:
         index = next((i for i, b in enumerate(DURATION_BUCKETS) if seconds <= b), len(DURATION_BUCKETS))
         key = self.key("metrics", "stage_seconds", stage)
-        pipe = self.client.pipeline(transaction=True)
         pipe.hincrby(key, f"b{index}", 1)
         pipe.hincrbyfloat(key, "sum", seconds)
         pipe.hincrby(key, "count", 1)
         pipe.sadd(self.key("metrics", "stages"), stage)
-        pipe.execute()
 
     def stage_histograms(self) -> dict[str, dict[str, float]]:
         """Raw per-bucket counts, sum and count of each stage's durations."""

@@ -86,6 +86,11 @@ class JobMiddleware(Middleware):
             from workers.stages import clear_from
 
             clear_from(job_dir, job["chain"], stage)
+            store.client.hdel(store.key("job", job_id), "rerun_stage")
+        elif _moved_on(job, stage, job_dir):
+            store.release_lease(job_id, stage, message.message_id)
+            log.info("stage already committed; job has moved on", job_id=job_id, stage=stage)
+            raise SkipMessage()
         task = Task(
             job_id=job_id, stage=stage, run=run, message=message, job_dir=job_dir,
             series_path=job["series_path"], summary=_summary(job["series_path"]),
@@ -143,22 +148,21 @@ class JobMiddleware(Middleware):
             return
         copy = message._message.copy(options={"redeliveries": count})
         copy.options.pop("eta", None)
-        for _ in range(60):
+        for _ in range(10):  # each enqueue itself retries the connection for jobs.redis_retry_s
             try:
                 broker.enqueue(copy, delay=REDELIVERY_DELAY_MS)
                 return
             except Exception:  # noqa: BLE001 - redis still down: keep trying for a while
                 time.sleep(5)
-        log.error("could not redeliver a stage message", job_id=job_id, stage=stage)
+        log.error("could not redeliver a stage message; reconciliation will re-send it",
+                  job_id=job_id, stage=stage)
 
     def _commit(self, broker: Broker, task: Task) -> None:
         store = self.rt.store
         duration = time.monotonic() - task.started
         if not task.already_done:
             mark_done(task.job_dir, task.stage, {"run": task.run, "duration": duration})
-            store.stage_update(task.job_id, task.stage, state="done", end=now(), duration=duration)
-            store.observe_stage(task.stage, duration)
-            store.event(task.job_id, "end", stage=task.stage, duration=round(duration, 4))
+            store.stage_committed(task.job_id, task.stage, duration)
         chain = task.chain
         names = [s.name for s in chain]
         progress = (names.index(task.stage) + 1) / len(names)
@@ -166,12 +170,15 @@ class JobMiddleware(Middleware):
         if task.stage == QC_STAGE and after_qc(
                 store, task.job_id, task.run, task.job_dir, nxt.name if nxt else None):
             return  # held for review (workers.review): the operator releases or discards it
+        # error=None: a stage that committed after retries leaves no stale error on the job
+        # (its history stays in the events).
         if nxt is None:
-            if store.transition(task.job_id, task.run, state="done", stage="", progress=1.0):
+            if store.transition(task.job_id, task.run, state="done", stage="", progress=1.0,
+                                error=None):
                 store.event(task.job_id, "done")
             return
         if not store.transition(task.job_id, task.run, state="queued", stage=nxt.name,
-                                progress=progress):
+                                progress=progress, error=None):
             return  # cancelled (or retried) while this stage ran: no next stage
         enqueue_stage(broker, _jobs(task), job_id=task.job_id, stage=nxt.name, queue=nxt.queue,
                       run=task.run)
@@ -211,6 +218,13 @@ def _jobs(task: Task) -> JobsSettings:
     """The job's ``jobs`` settings (time limits, retries) from its snapshot."""
     assert task.settings is not None  # set for every task that ran
     return task.settings.jobs
+
+
+def _moved_on(job: dict[str, Any], stage: str, job_dir: Path) -> bool:
+    """A copy of a committed stage's message while a later stage runs (a re-sent duplicate):
+    running it would chain the later stage a second time."""
+    state = str(job.get("state", ""))
+    return state.startswith("running:") and state != f"running:{stage}" and is_done(job_dir, stage)
 
 
 def _summary(series_path: str) -> dict[str, Any]:

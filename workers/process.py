@@ -107,7 +107,8 @@ def run_worker(settings: Settings, *, redis_url: str, queues: tuple[str, ...], t
         threads = 1  # one job at a time per GPU process
     chain = load_stages(settings)  # every declared stage: each job brings its own chain
     warm.configure(settings.jobs.warm_models, settings.jobs.gpu_headroom_mb)
-    store = JobStore(make_client(redis_url), settings.jobs.namespace)
+    store = JobStore(make_client(redis_url, retry_s=settings.jobs.redis_retry_s),
+                     settings.jobs.namespace)
     rt = WorkerRuntime(settings, chain, store, worker_id=worker_id,
                        device=resolve_device(device, queues), queues=queues)
     broker = make_broker(redis_url, settings.jobs, extra_middleware=[JobMiddleware(rt)])

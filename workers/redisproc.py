@@ -1,8 +1,9 @@
 """The embedded redis: a private ``redis-server`` child of ``kneenode serve``.
 
 Started only when ``jobs.redis_url`` is unset. It listens on 127.0.0.1 (configured or free port),
-keeps its data under ``data_dir/redis`` with AOF on (``appendfsync everysec``: at most one second
-of job-store writes lost on power failure), and is stopped by PID on exit. Linux's parent-death
+keeps its data under ``data_dir/redis`` with AOF on (``jobs.redis_appendfsync``: ``always`` by
+default, so every write redis has answered is on disk; ``everysec`` loses up to one second of
+writes on power failure), and is stopped by PID on exit. Linux's parent-death
 signal stops it too if ``serve`` itself is killed with SIGKILL. Its endpoint is written to
 ``data_dir/redis/endpoint.json`` so that CLI commands (``kneenode jobs`` ...) find it.
 """
@@ -82,7 +83,8 @@ class RedisChild:
 
 
 def start_redis(
-    folder: Path, *, port: int = 0, executable: str = "redis-server", timeout: float = 15.0
+    folder: Path, *, port: int = 0, executable: str = "redis-server", timeout: float = 15.0,
+    appendfsync: str = "always",
 ) -> RedisChild:
     """Start a private redis-server with AOF under ``folder`` and wait until it answers PING.
 
@@ -112,7 +114,7 @@ def start_redis(
     port = port or free_port()
     args = [
         binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder.resolve()),
-        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "",
         "--daemonize", "no", "--protected-mode", "yes", "--logfile", "redis.log",
     ]
     proc = subprocess.Popen(

@@ -16,7 +16,6 @@ The job record stays in the store (with ``purged`` set and a ``purged`` event) a
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 from kneenode.logs import get_logger
 from kneenode.settings import RetentionSettings, Settings
 from workers.jobstate import JobStore
+from workers.periodic import Periodic
 
 log = get_logger(__name__)
 
@@ -54,18 +54,26 @@ def plan_expired(jobs: Iterable[dict[str, Any]], now: float, policy: RetentionSe
     out = []
     for job in jobs:
         if job.get("state") in AUTOMATIC and not job.get("purged"):
-            age = now - float(job.get("updated") or job.get("created") or now)
+            age = now - _number(job.get("updated") or job.get("created"), now)
             if age >= policy.days * DAY and _paths(job):
                 out.append(PurgeItem(job["id"], job["state"], _paths(job),
                                      f"{job['state']} {age / DAY:.1f} days ago"))
     return out
 
 
+def _number(value: Any, default: float) -> float:
+    """A record's time field; a damaged one counts as ``default`` instead of stopping the pass."""
+    try:
+        return float(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
 def plan_emergency(jobs: Iterable[dict[str, Any]]) -> list[PurgeItem]:
     """Every finished job with folders left, in emergency order (pure)."""
     rank = {state: i for i, state in enumerate(AUTOMATIC)}
     candidates = [j for j in jobs if j.get("state") in rank and not j.get("purged") and _paths(j)]
-    candidates.sort(key=lambda j: (rank[j["state"]], float(j.get("updated") or 0)))
+    candidates.sort(key=lambda j: (rank[j["state"]], _number(j.get("updated"), 0.0)))
     return [PurgeItem(j["id"], j["state"], _paths(j), "emergency: disk low") for j in candidates]
 
 
@@ -77,7 +85,7 @@ def plan_manual(jobs: Iterable[dict[str, Any]], *, job_ids: set[str], states: se
         state = str(job.get("state", ""))
         if state not in ("failed", *AUTOMATIC) or job.get("purged"):
             continue
-        age = now - float(job.get("updated") or now)
+        age = now - _number(job.get("updated"), now)
         wanted = job["id"] in job_ids or (state in states and age >= older_than_days * DAY)
         if wanted and _paths(job):
             out.append(PurgeItem(job["id"], state, _paths(job), "purge requested"))
@@ -98,16 +106,25 @@ def apply(store: JobStore, items: Iterable[PurgeItem],
     for item in items:
         if stop_when is not None and stop_when():
             break
-        job = store.get(item.job_id) or {}
-        if job.get("state") != item.state:  # changed meanwhile (e.g. retried): leave it
-            continue
-        for path in item.paths:
-            shutil.rmtree(path, ignore_errors=True)
-        store.update(item.job_id, purged=time.time())
-        store.event(item.job_id, "purged", reason=item.reason, paths=[str(p) for p in item.paths])
-        log.info("job folders removed", job_id=item.job_id, state=item.state, reason=item.reason)
-        done.append(item)
+        try:
+            if _purge(store, item):
+                done.append(item)
+        except Exception:  # one job's failure (a damaged record, redis hiccup) skips that job
+            log.exception("removing a job's folders failed; other jobs continue",
+                          job_id=item.job_id)
     return done
+
+
+def _purge(store: JobStore, item: PurgeItem) -> bool:
+    job = store.get(item.job_id) or {}
+    if job.get("state") != item.state:  # changed meanwhile (e.g. retried): leave it
+        return False
+    for path in item.paths:
+        shutil.rmtree(path, ignore_errors=True)
+    store.update(item.job_id, purged=time.time())
+    store.event(item.job_id, "purged", reason=item.reason, paths=[str(p) for p in item.paths])
+    log.info("job folders removed", job_id=item.job_id, state=item.state, reason=item.reason)
+    return True
 
 
 def all_jobs(store: JobStore) -> list[dict[str, Any]]:
@@ -130,25 +147,11 @@ def run_retention(settings: Settings, store: JobStore, now: float | None = None
     return removed
 
 
-class RetentionLoop:
+class RetentionLoop(Periodic):
     """Applies :func:`run_retention` every ``retention.interval_s`` in a daemon thread."""
 
     def __init__(self, settings: Settings, store: JobStore) -> None:
-        self.settings = settings
-        self.store = store
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+        def retention() -> None:
+            run_retention(settings, store)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.retention.interval_s):
-            try:
-                run_retention(self.settings, self.store)
-            except Exception:  # retention must not take the node down
-                log.exception("retention pass failed")
+        super().__init__("retention", settings.retention.interval_s, [retention], at_start=False)

@@ -61,8 +61,11 @@ def rules_for(settings: SelectionSettings, route: RouteTarget | None = None) -> 
 def select(summary: dict[str, Any], rules: Rules, folder: Path | None = None) -> Decision:
     """Decide whether a series is analysed; the first failing rule gives the reason.
 
-    Order: modality, then volume geometry, then the knee pattern (cheapest, most telling first).
+    Order: a malformed header (the edge's ``invalid``: INVALID_FORMAT), then modality, then
+    volume geometry, then the knee pattern (cheapest, most telling first).
     """
+    if summary.get("invalid"):
+        return Decision(False, ErrorCode.INVALID_FORMAT, str(summary["invalid"]))
     modality = str(summary.get("modality") or "").upper()
     if not modality and folder is not None:
         modality = str(read_headers(folder).get("modality", "")).upper()

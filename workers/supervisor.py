@@ -84,7 +84,8 @@ class Supervisor:
         self.redis_url = redis_url
         self.specs = specs
         self.config = config
-        self.store = JobStore(make_client(redis_url), settings.jobs.namespace)
+        self.store = JobStore(make_client(redis_url, retry_s=settings.jobs.redis_retry_s),
+                              settings.jobs.namespace)
         self.children: list[Child] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -204,6 +205,7 @@ class Supervisor:
         grace = self.settings.jobs.watchdog_grace_s
         if now() <= float(task["deadline"]) + grace:
             return False
+        child.proc.kill()  # first: the stuck stage stops now, however slow the records below are
         err = NodeError(
             ErrorCode.TIMEOUT,
             f"stage '{task['stage']}' ran {task['limit_s']:g} s + {grace:g} s grace without "

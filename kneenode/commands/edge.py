@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,13 +25,17 @@ def _log_only(series: CompletedSeries) -> None:
              path=str(series.path))
 
 
-def _job_creator(settings: Settings) -> OnComplete:
-    """Jobs for completed series go to the shared redis (jobs.redis_url or a running serve)."""
+def _job_creator(settings: Settings) -> tuple[OnComplete, Any]:
+    """Jobs for completed series go to the shared redis (jobs.redis_url or a running serve).
+
+    Returns the hand-off and the reconciliation loop of stranded jobs (not started yet).
+    """
     from kneenode.errors import NodeError
-    from workers.broker import make_broker, make_client, resolve_redis_url
+    from workers.broker import durability_warning, make_broker, make_client, resolve_redis_url
     from workers.intake import make_on_complete
     from workers.jobconfig import startup_stages
     from workers.jobstate import JobStore
+    from workers.reconcile import ReconcileLoop, job_reconciler
 
     try:
         url = resolve_redis_url(settings)
@@ -39,8 +43,13 @@ def _job_creator(settings: Settings) -> OnComplete:
     except NodeError as exc:
         raise fail(f"{exc.code}: {exc.message}. {exc.hint} (or run the edge alone with --no-jobs)",
                    2) from None
-    store = JobStore(make_client(url), settings.jobs.namespace)
-    return make_on_complete(settings, store, make_broker(url, settings.jobs), chain)
+    store = JobStore(make_client(url, retry_s=settings.jobs.redis_retry_s), settings.jobs.namespace)
+    if settings.jobs.redis_url:
+        durability_warning(store.client)
+    broker = make_broker(url, settings.jobs)
+    queues = {st.name: st.queue for st in chain}
+    loop = ReconcileLoop(settings, [job_reconciler(settings, store, broker, queues)])
+    return make_on_complete(settings, store, broker, chain), loop
 
 
 @app.command("scp")
@@ -56,14 +65,18 @@ def scp_command(
     redis of a running `kneenode serve` on the same data_dir); workers run elsewhere.
     """
     settings = settings_for(ctx)
-    on_complete = _log_only if no_jobs else _job_creator(settings)
+    on_complete, reconcile = (_log_only, None) if no_jobs else _job_creator(settings)
     try:
         handle = start_scp(settings, on_complete)
     except OSError as exc:
         raise fail(f"cannot listen on {settings.scp.host}:{settings.scp.port}: {exc}") from None
+    if reconcile is not None:
+        reconcile.start()
     typer.echo(f"kneenode SCP {settings.scp.ae_title} listening on port {handle.port}", err=True)
     wait_for_stop_signal()
     handle.stop()
+    if reconcile is not None:
+        reconcile.stop()
 
 
 def _destination(text: str) -> Destination:

@@ -193,12 +193,19 @@ def retry_cmd(
     from_stage: Annotated[str | None, typer.Option(help="Redo from this stage (default: the "
                                                    "failed stage, else the first).")] = None,
 ) -> None:
-    """Run an ended job again (failed, cancelled or done), from a stage on."""
+    """Run an ended job again (failed, cancelled or done), from a stage on.
+
+    A live job (queued, running) whose stage message was lost is re-sent as it is; one that is
+    still on its way is left alone (the node's reconciliation also re-sends stranded jobs).
+    """
     settings = settings_for(ctx)
     store, url = _store(settings)
     job_id, job = _job(store, job_id)
-    if job["state"].split(":")[0] not in TERMINAL - {"ignored"}:
-        raise fail(f"job {job_id} is {job['state']}: only failed, cancelled or done jobs retry")
+    if job["state"].split(":")[0] not in TERMINAL:
+        _resend_if_stranded(settings, store, url, job)
+        return
+    if job["state"] == "ignored":
+        raise fail(f"job {job_id} is ignored ({job.get('reason', '')}): send the series again")
     if job.get("purged"):
         raise fail(f"job {job_id}'s folders were removed (purged): send the series again")
     config = job.get("config")
@@ -252,6 +259,18 @@ def reprocess_cmd(
     dispatch(settings, store, make_broker(url, settings.jobs), new_id, job_dir, config)
     console.print(f"job {new_id} queued: series of {job_id} with profile '{config.profile}'"
                   + (f" and --set {json.dumps(overrides)}" if overrides else ""))
+
+
+def _resend_if_stranded(settings: Settings, store: JobStore, url: str, job: dict[str, Any]) -> None:
+    from workers.reconcile import reconcile_jobs
+
+    queues = {s.name: s.queue for s in startup_stages(settings)}
+    sent = reconcile_jobs(store, make_broker(url, settings.jobs), settings, queues,
+                          job_ids=[job["id"]], grace_s=0)
+    if not sent:
+        raise fail(f"job {job['id']} is {job['state']} and its stage '{job.get('stage')}' is "
+                   "queued or running: nothing to retry (cancel it first to start over)")
+    console.print(f"job {job['id']} had no message for stage '{job['stage']}': sent again")
 
 
 @app.command("cancel")

@@ -1,6 +1,7 @@
 """Job-system overhead: no-op stages, real redis, real worker processes.
 
-Usage: ``.venv/bin/python tests/bench/jobs.py [--jobs 100] [--poll-ms 50]``
+Usage: ``.venv/bin/python tests/bench/jobs.py [--jobs 100] [--poll-ms 50]
+[--appendfsync always,everysec]``
 
 Runs the six-stage chain (prepare cpu -> segment gpu -> quantify cpu -> shape gpu -> encode cpu
 -> deliver io) with no-op functions, so every millisecond measured is the job system's own:
@@ -11,6 +12,8 @@ message round trips through redis, job-store bookkeeping, done-markers. Two runs
 
 Reported: series completion -> first stage start, and the hop between stages (end of one stage
 -> start of the next), median / p95 / max, in ms. Target: <= 50 ms per hop on loopback.
+``--appendfsync`` repeats everything once per redis fsync policy (``jobs.redis_appendfsync``), in
+the same run, to show what durability costs.
 """
 
 from __future__ import annotations
@@ -63,9 +66,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=100)
     ap.add_argument("--poll-ms", type=int, default=None, help="jobs.poll_ms (default: setting)")
+    ap.add_argument("--appendfsync", default="always",
+                    help="comma-separated redis fsync policies to compare (always, everysec)")
     a = ap.parse_args()
+    for policy in a.appendfsync.split(","):
+        run(a, policy.strip())
+
+
+def run(a: argparse.Namespace, policy: str) -> None:
+    """Both measurements against a redis with ``appendfsync <policy>``."""
     root = Path(tempfile.mkdtemp(prefix="kneenode-bench-"))
-    redis = start_redis(root / "redis")
+    redis = start_redis(root / "redis", appendfsync=policy)
     jobs = {"chain": "tests.workers.chains:noop_chain", "redis_url": redis.url,
             "gpu_devices": ["cpu"]}
     if a.poll_ms:
@@ -107,7 +118,7 @@ def main() -> None:
         c.stop_workers()
         redis.stop()
     print(f"\njob system overhead, {a.jobs} jobs x 6 no-op stages, poll_ms="
-          f"{settings.jobs.poll_ms}, {os.cpu_count()} CPUs")
+          f"{settings.jobs.poll_ms}, appendfsync {policy}, {os.cpu_count()} CPUs")
     print("| measure                            |     n | median ms |   p95 ms |   max ms |")
     print("|------------------------------------|-------|----------|----------|----------|")
     print(row("sequential: completion->1st start", f_seq))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kneenode.errors import ErrorCode, NodeError
-from workers.broker import make_client
+from workers.broker import durability_warning, make_client
 from workers.jobstate import JobStore
 from workers.redisproc import running_endpoint, start_redis
 from workers.retries import backoff_s, classify
@@ -17,7 +17,8 @@ def test_embedded_redis_runs_with_aof_and_stops_by_pid(tmp_path: Path) -> None:
     redis = start_redis(tmp_path / "r")
     client = make_client(redis.url)
     assert client.config_get("appendonly")["appendonly"] == "yes"
-    assert client.config_get("appendfsync")["appendfsync"] == "everysec"
+    assert client.config_get("appendfsync")["appendfsync"] == "always"  # jobs.redis_appendfsync
+    assert durability_warning(client) is None
     assert client.config_get("bind")["bind"] == "127.0.0.1"
     assert running_endpoint(tmp_path / "r")["pid"] == redis.pid
     with pytest.raises(NodeError) as err:  # a second node on the same data_dir is refused
@@ -25,6 +26,12 @@ def test_embedded_redis_runs_with_aof_and_stops_by_pid(tmp_path: Path) -> None:
     assert "already running" in err.value.message
     redis.stop()
     assert redis.process.poll() is not None and running_endpoint(tmp_path / "r") is None
+    fast = start_redis(tmp_path / "r2", appendfsync="everysec")
+    try:
+        warning = durability_warning(make_client(fast.url))
+        assert warning is not None and "appendfsync=everysec" in warning
+    finally:
+        fast.stop()
 
 
 def test_create_is_idempotent_and_links_versions(store: JobStore) -> None:
