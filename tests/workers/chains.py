@@ -104,3 +104,21 @@ def delivery_chain(settings: Settings) -> list[Stage]:
     """s1 (cpu) -> deliver (io): the deliver stage follows the ``delivery`` retry policy."""
     del settings
     return [Stage("s1", "cpu", _stage("s1")), Stage("deliver", "io", _stage("deliver"))]
+
+
+def lossy_encode_chain(settings: Settings) -> list[Stage]:
+    """The node's own chain, whose ``encode`` loses one overlay image of a series described
+    ``... LOSSY`` after writing it (a disk or encoder that drops a file cannot be produced on
+    demand for real; this stands in for it). Every other series runs exactly the node's chain."""
+    from workers.analysis import node_chain
+
+    return [Stage(s.name, s.queue, _lossy_encode, s.optional) if s.name == "encode" else s
+            for s in node_chain(settings)]
+
+
+def _lossy_encode(ctx: StageContext) -> None:
+    from workers.analysis import encode
+
+    encode(ctx)
+    if "LOSSY" in str(ctx.summary.get("series_description", "")):
+        min((ctx.work_dir / "overlay").glob("*.dcm")).unlink()

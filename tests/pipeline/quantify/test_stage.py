@@ -65,18 +65,6 @@ def test_quantify_follows_segment_in_the_chain() -> None:
     assert chain[names.index("quantify")].queue == "cpu" and chain[names.index("quantify")].fn is quantify
 
 
-def test_quantify_input_for_analyze_reads_the_dicom_echoes(tmp_path: Path) -> None:
-    from pipeline.quantify.stage import quantify_input
-
-    ph = make_phantom(33, "small", side="left", orientation="axial", qdess=True)
-    paths = write_phantom(ph, tmp_path / "ph")
-    res = quantify_input(paths.labels, paths.dicom_dir, tmp_path / "out")
-    assert res["side"] == "left" and res["t2_protocol"] is not None
-    assert res["pat_cart_t2_ms_mean"] is not None
-    nifti = quantify_input(paths.labels, paths.labels, tmp_path / "out2")  # a file input: no echoes
-    assert nifti["pat_cart_t2_ms_mean"] is None and nifti["pat_cart_mm_mean"] is not None
-
-
 def test_analyze_cli_writes_the_quantification_keys(tmp_path: Path, tiny_model: Path) -> None:
     """End to end through ``kneenode analyze`` with the segmentation tests' tiny random-weight
     model: whatever its label map, the section is there and every thickness key is a number or
