@@ -98,7 +98,7 @@ class ResultsBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Version of this schema.")
+    schema_version: Literal[1] = Field(default=1, description="Version of this schema (SCHEMA_VERSION).")
     study_uid: str | None = Field(default=None, description="Source Study Instance UID.")
     series_uid: str | None = Field(default=None, description="Source Series Instance UID.")
     input: InputInfo | None = None

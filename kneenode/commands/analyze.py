@@ -60,23 +60,10 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 
 def _effective_settings(ctx: typer.Context, profile: str | None, sets: dict[str, Any]) -> Settings:
     """The config file's settings with the profile and ``--set`` overrides applied."""
-    from kneenode.cli_app import CliState
-    from kneenode.settings import SettingsError, load_settings
-
     if profile is not None:
         raise fail(f"{ErrorCode.CONFIG_ERROR}: --profile {profile}: this node has no processing "
                    "profiles yet; use --set KEY=VALUE", 2)
-    if not sets:
-        return settings_for(ctx)
-    state = ctx.obj if isinstance(ctx.obj, CliState) else CliState(None)
-    try:
-        settings = load_settings(state.config, **sets)
-    except SettingsError as exc:
-        raise fail(f"{ErrorCode.CONFIG_ERROR}: --set: {exc}", 2) from None
-    from kneenode.logs import configure_logging
-
-    configure_logging(settings.logging)
-    return settings
+    return settings_for(ctx, overrides=sets)
 
 
 def dicom_files(folder: Path) -> list[Path]:
@@ -170,11 +157,18 @@ def run_chain(stages: list[Any], *, out: Path, series_path: Path, summary: dict[
             job_id="analyze", job_dir=out, series_path=series_path,
             work_dir=fresh_work_dir(out, stage.name), summary=summary, settings=settings,
             device=settings.segment.device if stage.queue == "gpu" else "cpu",
-            progress=(lambda d, t, n=stage.name: progress(n, d, t)) if progress else None,
+            progress=_stage_progress(progress, stage.name),
         )
         stage.fn(ctx)
         seconds[stage.name] = round(time.perf_counter() - t0, 3)
     return seconds
+
+
+def _stage_progress(progress: Callable[[str, int, int], None] | None, name: str
+                    ) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(name, done, total)
 
 
 @app.command("analyze")
