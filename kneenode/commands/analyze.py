@@ -177,11 +177,13 @@ def analyze(
     input_path: Annotated[Path, typer.Argument(
         metavar="INPUT", help="DICOM series folder, NIfTI, NRRD or MetaImage file.")],
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Output folder (default: ./<INPUT name>.kneenode).")] = None,
+        "--out", "-o", metavar="DIR", help="Output folder (default: ./<INPUT name>.kneenode).")
+    ] = None,
     profile: Annotated[str | None, typer.Option(
-        "--profile", help="Processing profile to apply ([profiles.<name>]).")] = None,
+        "--profile", metavar="NAME", help="Processing profile to apply (profiles.NAME of the "
+        "config).")] = None,
     sets: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override one setting, KEY=VALUE (e.g. --set nsm.enabled=false); repeatable.")
+        "--set", metavar="KEY=VALUE", help="Override one setting, KEY=VALUE (e.g. --set nsm.enabled=false); repeatable.")
     ] = None,
     encode: Annotated[bool, typer.Option(
         "--encode", help="Also write the result DICOM objects (SEG, SR, overlay, PDF) and verify "
