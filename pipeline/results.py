@@ -56,7 +56,6 @@ class InputInfo(BaseModel):
     origin: list[float] = Field(description="Centre of the first voxel (LPS, mm).")
     direction: list[float] = Field(description="Row-major 3x3 direction cosines (columns = axes).")
     echo_times_ms: list[float | None] = Field(description="Echo time of each echo (null unknown).")
-    warnings: list[str] = Field(default_factory=list, description="Reader warnings kept for the record.")
 
 
 class ModelInfo(BaseModel):
@@ -102,6 +101,9 @@ class ResultsBase(BaseModel):
     study_uid: str | None = Field(default=None, description="Source Study Instance UID.")
     series_uid: str | None = Field(default=None, description="Source Series Instance UID.")
     input: InputInfo | None = None
+    warnings: list[str] = Field(default_factory=list,
+                                description="Reader warnings kept for the record (e.g. spacing "
+                                "jitter that was resampled).")
     selection: SelectionOverride | None = Field(
         default=None, description="Set only when selection refused the series and it was forced.")
     model: ModelInfo | None = None

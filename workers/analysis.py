@@ -110,8 +110,7 @@ def prepare(ctx: StageContext) -> None:
         "input": {"kind": volume.source_format, "modality": volume.modality,
                   "size": list(image.GetSize()), "spacing": _r6(image.GetSpacing()),
                   "origin": _r6(image.GetOrigin()), "direction": _r6(image.GetDirection()),
-                  "echo_times_ms": list(volume.echo_times_ms),
-                  "warnings": list(getattr(volume, "warnings", ()) or ())},
+                  "echo_times_ms": list(volume.echo_times_ms)},
     })
 
 
