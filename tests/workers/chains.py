@@ -110,10 +110,11 @@ def lossy_encode_chain(settings: Settings) -> list[Stage]:
     """The node's own chain, whose ``encode`` loses one overlay image of a series described
     ``... LOSSY`` after writing it (a disk or encoder that drops a file cannot be produced on
     demand for real; this stands in for it). Every other series runs exactly the node's chain."""
+    from dataclasses import replace
+
     from workers.analysis import node_chain
 
-    return [Stage(s.name, s.queue, _lossy_encode, s.optional) if s.name == "encode" else s
-            for s in node_chain(settings)]
+    return [replace(s, fn=_lossy_encode) if s.name == "encode" else s for s in node_chain(settings)]
 
 
 def _lossy_encode(ctx: StageContext) -> None:
