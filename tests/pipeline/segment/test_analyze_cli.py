@@ -28,8 +28,8 @@ def _write(tmp_path, name: str) -> sitk.Image:
     return img
 
 
-def test_analyze_nifti_and_nrrd(tiny_model, tmp_path):
-    for name in ("knee.nii.gz", "knee.nrrd"):
+def test_analyze_nifti_nrrd_and_metaimage(tiny_model, tmp_path):
+    for name in ("knee.nii.gz", "knee.nrrd", "knee.mha"):
         image = _write(tmp_path, name)
         out = tmp_path / f"out-{name}"
         result = runner.invoke(app, ["analyze", str(tmp_path / name), "--out", str(out),
@@ -41,7 +41,7 @@ def test_analyze_nifti_and_nrrd(tiny_model, tmp_path):
         results = json.loads((out / "results.json").read_text())
         assert results == validate_results(results)  # the schema, every field present
         assert results["input"]["size"] == list(image.GetSize())
-        assert results["input"]["kind"] == name.split(".")[1].replace("nii", "nifti")
+        assert results["input"]["kind"] == {"nii": "nifti", "nrrd": "nrrd", "mha": "image"}[name.split(".")[1]]
         assert results["study_uid"] is None and results["selection"] is None
         assert results["model"]["dataset"] == "Dataset900_Tiny"
         assert results["segmentation"]["labels"]["1"] == "femur"
