@@ -194,16 +194,15 @@ def encode(ctx: StageContext) -> None:
     if not volume["slices"]:
         raise NodeError(ErrorCode.INVALID_FORMAT, f"result objects need a DICOM source series; "
                         f"this input is {volume['source_format']} (analysed, not encoded)")
-    if any(f is not None for f in volume["frames"]):
-        raise NodeError(ErrorCode.INVALID_FORMAT, "result objects need a single-frame DICOM "
-                        "source series (multi-frame input is analysed, not encoded)")
+    frames = volume.get("frames") or []
+    multiframe = any(f is not None for f in frames)
     labels = sitk.GetArrayFromImage(load_labels(ctx)).astype(np.uint8)
     results = read_json(ctx.job_dir / RESULTS)
     record = read_json(ctx.stage_dir("segment") / "segmentation.json")
     thickness_map = _thickness_map(ctx)
     encoded = encode_results(source=volume["slices"], labels=labels, results=results,
                              model=record["model"], options=ctx.settings.encode,
-                             thickness_map=thickness_map)
+                             thickness_map=thickness_map, frames=frames if multiframe else None)
     write_results(encoded, ctx.work_dir)
 
 

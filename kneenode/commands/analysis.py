@@ -62,6 +62,8 @@ def phantom(
     compression: Annotated[
         Compression, typer.Option(help="Transfer syntax of the DICOM files (lossless).")
     ] = Compression.none,
+    enhanced: Annotated[bool, typer.Option(
+        "--enhanced", help="One Enhanced MR object (all slices and echoes as frames).")] = False,
 ) -> None:
     """Write a synthetic knee MRI series with exact ground truth (SYNTHETIC: not a patient)."""
     from pipeline.phantom import make_phantom, write_phantom
@@ -76,9 +78,11 @@ def phantom(
         orientation=orientation.value,
         qdess=qdess,
     )
-    paths = write_phantom(ph, out, transfer_syntax=TRANSFER_SYNTAXES[compression.value])
+    paths = write_phantom(ph, out, transfer_syntax=TRANSFER_SYNTAXES[compression.value],
+                          enhanced=enhanced)
+    what = "Enhanced MR object" if enhanced else "instances"
     typer.echo(
         f"phantom seed={seed} preset={preset.value} side={ph.side} orientation={orientation.value} "
-        f"qdess={qdess}: {len(paths.dicom_files)} instances in {paths.dicom_dir}, truth in "
+        f"qdess={qdess}: {len(paths.dicom_files)} {what} in {paths.dicom_dir}, truth in "
         f"{paths.truth_json.parent} ({time.perf_counter() - t0:.1f} s)"
     )

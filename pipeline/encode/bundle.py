@@ -61,6 +61,7 @@ def encode_results(
     options: EncodeSettings,
     thickness_map: np.ndarray | None = None,
     software_version: str = "kneenode",
+    frames: Sequence[int | None] | None = None,
 ) -> EncodedResults:
     """Encode the objects that ``options`` enables (the SR needs the SEG it references).
 
@@ -81,6 +82,9 @@ def encode_results(
         Optional 2-D femoral cartilage thickness map (mm) for the PDF.
     software_version
         Software Versions written into the SEG.
+    frames
+        For a multi-frame (Enhanced MR) source: the frame number of each ``source`` slice (the
+        reader's ``volume.json`` ``frames``); every object then references those frames.
     """
     if options.sr and not options.seg:
         raise NodeError(
@@ -88,7 +92,7 @@ def encode_results(
         )
     info = AlgorithmInfo.from_card(model)
     side = knee_side(results)
-    datasets = load_source(source, pixels=options.overlay or options.pdf)
+    datasets = load_source(source, pixels=options.overlay or options.pdf, frames=frames)
     out = EncodedResults()
     if options.seg:
         out.seg = encode_seg(

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from kneenode.errors import ErrorCode, NodeError
+from pipeline.encode.frames import frame_views, is_multiframe
 
 #: Canonical tissue labels (DESIGN.md) -> (result key prefix, human label).
 TISSUES: dict[int, tuple[str, str]] = {
@@ -137,28 +138,40 @@ class AlgorithmInfo:
         return f"{self.name} {self.version}{demo}"
 
 
-def load_source(source: Sequence[Dataset | str | Path], *, pixels: bool) -> list[Dataset]:
+def load_source(
+    source: Sequence[Dataset | str | Path],
+    *,
+    pixels: bool,
+    frames: Sequence[int | None] | None = None,
+) -> list[Dataset]:
     """Return the source series as datasets sorted along the slice normal.
 
     Paths are read (headers only unless ``pixels``) and sorted by ascending position; datasets
     given in memory must already be sorted (either direction), since the label map is aligned to
-    their order.
+    their order. A multi-frame (Enhanced MR) instance becomes one
+    :class:`~pipeline.encode.frames.FrameView` per frame used: ``frames[i]`` names the frame of
+    ``source[i]`` (the reader's ``volume.json`` ``frames``), else the instance's first echo is
+    used; views are sorted by position.
     """
     if not source:
         raise encode_error("the source series is empty")
+    if frames is not None and len(frames) != len(source):
+        raise encode_error(f"{len(frames)} frame numbers for {len(source)} source slices")
     from_paths = not isinstance(source[0], Dataset)
     if from_paths:
         try:
-            datasets: list[Dataset] = [
-                pydicom.dcmread(p, stop_before_pixels=not pixels) for p in source
-            ]
+            read = {str(p): pydicom.dcmread(p, stop_before_pixels=not pixels)
+                    for p in dict.fromkeys(str(p) for p in source)}
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
             raise encode_error(f"cannot read a source instance: {exc}") from exc
+        items: list[Dataset] = [read[str(p)] for p in source]
     else:
-        datasets = list(source)  # type: ignore[arg-type]
+        items = list(source)  # type: ignore[arg-type]
+    multiframe = any(is_multiframe(d) for d in items)
+    datasets = _expand_multiframe(items, frames, pixels) if multiframe else items
     _check_single_series(datasets)
     pos = slice_positions(datasets)
-    if from_paths:
+    if from_paths or multiframe:
         order = np.argsort(pos, kind="stable")
         datasets = [datasets[i] for i in order]
         pos = pos[order]
@@ -170,12 +183,28 @@ def load_source(source: Sequence[Dataset | str | Path], *, pixels: bool) -> list
     return datasets
 
 
+def _expand_multiframe(
+    items: list[Dataset], frames: Sequence[int | None] | None, pixels: bool
+) -> list[Dataset]:
+    """Each multi-frame instance as views of its frames (those named, else its first echo)."""
+    wanted: dict[int, list[int]] = {}
+    for i, d in enumerate(items):
+        number = frames[i] if frames is not None else None
+        if number is not None:
+            wanted.setdefault(id(d), []).append(int(number))
+    out: list[Dataset] = []
+    expanded: set[int] = set()
+    for d in items:
+        if not is_multiframe(d):
+            out.append(d)
+        elif id(d) not in expanded:  # a multi-frame path is listed once per slice
+            expanded.add(id(d))
+            out.extend(frame_views(d, wanted.get(id(d)), pixels=pixels))
+    return out
+
+
 def _check_single_series(datasets: Sequence[Dataset]) -> None:
     first = datasets[0]
-    if "PerFrameFunctionalGroupsSequence" in first:
-        raise encode_error(
-            "multi-frame (Enhanced MR) source instances are not supported by the result encoders"
-        )
     for kw in (
         "StudyInstanceUID",
         "SeriesInstanceUID",

@@ -45,6 +45,7 @@ from pipeline.encode.common import (
     series_number,
     slice_label_counts,
 )
+from pipeline.encode.frames import image_reference
 
 _NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
 #: Short legend names (the legend panel should not be wider than it must).
@@ -293,10 +294,7 @@ def _instance(
     uid = new_uid(opts.uid_prefix)
     ds.add_new("SOPInstanceUID", "UI", uid)
     ds.add_new("InstanceNumber", "IS", number)
-    ref = Dataset()
-    ref.ReferencedSOPClassUID = src.SOPClassUID
-    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
-    ds.add_new("SourceImageSequence", "SQ", [ref])
+    ds.add_new("SourceImageSequence", "SQ", [image_reference(src)])  # with its frame, if any
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = UID(uid)

@@ -43,6 +43,7 @@ from pipeline.encode.common import (
     series_number,
     slice_label_counts,
 )
+from pipeline.encode.frames import instance_references
 from pipeline.encode.overlay import colorize, source_volume, window_to_uint8
 from pipeline.encode.sr import BSCORE_KEYS
 
@@ -295,7 +296,7 @@ def _pdf_dataset(
     ds.RecognizableVisualFeatures = "NO"
     ds.DocumentTitle = "Knee MRI quantitative report (" + NOT_FOR_DIAGNOSIS.lower() + ")"
     ds.ConceptNameCodeSequence = []
-    ds.SourceInstanceSequence = [_ref(d) for d in datasets]
+    ds.SourceInstanceSequence = instance_references(datasets, with_frames=False)
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     ds.EncapsulatedDocumentLength = len(document)
     ds.EncapsulatedDocument = document + (b"\x00" if len(document) % 2 else b"")
@@ -304,12 +305,6 @@ def _pdf_dataset(
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     return ds
-
-
-def _ref(d: Dataset) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = d.SOPClassUID, d.SOPInstanceUID
-    return item
 
 
 def pdf_document(ds: Dataset) -> bytes:

@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from pydicom.valuerep import format_number_as_ds
 
 from kneenode.settings import EncodeSettings
@@ -47,6 +47,7 @@ from pipeline.encode.common import (
     series_number,
     slice_positions,
 )
+from pipeline.encode.frames import frame_number, instance_references
 from pipeline.encode.rawseq import encode_item, raw_sequence
 
 _CARTILAGE = Code("309312004", "SCT", "Cartilage")
@@ -193,9 +194,17 @@ def _frame_plan(
 def _skeleton(
     first: Dataset, descriptions: list[hd.seg.SegmentDescription], **kwargs: Any
 ) -> hd.seg.Segmentation:
-    """highdicom SEG of the first source slice only (segment 1 at one pixel): the template."""
+    """highdicom SEG of the first source slice only (segment 1 at one pixel): the template.
+
+    A frame of a multi-frame source is given to highdicom as a single-frame MR image (highdicom
+    takes an Enhanced MR SOP class to mean "read the functional groups"); every reference to the
+    source is rewritten afterwards with the real SOP class and frame number.
+    """
     stub = np.zeros((1, int(first.Rows), int(first.Columns)), dtype=np.uint8)
     stub[0, 0, 0] = 1
+    if frame_number(first) is not None:
+        first = Dataset(dict(first.items()))  # shares the elements: replace, never modify
+        first.add_new("SOPClassUID", "UI", MRImageStorage)
     return hd.seg.Segmentation(
         source_images=[first],
         pixel_array=stub,
@@ -282,7 +291,10 @@ def _assemble(
     source_ref = template.DerivationImageSequence[0].SourceImageSequence[0]
     per_slice: list[bytes] = []
     for d, pos in zip(datasets, position_indices(datasets), strict=True):
+        source_ref.ReferencedSOPClassUID = d.SOPClassUID
         source_ref.ReferencedSOPInstanceUID = d.SOPInstanceUID
+        if frame_number(d) is not None:  # the frame of a multi-frame source
+            source_ref.ReferencedFrameNumber = frame_number(d)
         template.PlanePositionSequence[0].ImagePositionPatient = [
             format_number_as_ds(float(v)) for v in d.ImagePositionPatient
         ]
@@ -309,16 +321,15 @@ def _assemble(
 
 
 def _reference_all(ds: Dataset, datasets: list[Dataset]) -> None:
-    """Reference every source instance (the template referenced the first) and fix the spacing."""
+    """Reference every source instance (the template referenced the first) and fix the spacing.
 
-    def ref(d: Dataset) -> Dataset:
-        item = Dataset()
-        item.ReferencedSOPClassUID = d.SOPClassUID
-        item.ReferencedSOPInstanceUID = d.SOPInstanceUID
-        return item
-
-    ds.SourceImageSequence = [ref(d) for d in datasets]
-    ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence = [ref(d) for d in datasets]
+    A multi-frame source is one instance: referenced once, its Source Image item listing the
+    frames the SEG covers.
+    """
+    ds.SourceImageSequence = instance_references(datasets, with_frames=True)
+    ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence = instance_references(
+        datasets, with_frames=False
+    )
     measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     if len(datasets) > 1:
         steps = np.abs(np.diff(slice_positions(datasets)))

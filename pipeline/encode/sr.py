@@ -48,6 +48,7 @@ from pipeline.encode.common import (
     series_number,
     slice_label_counts,
 )
+from pipeline.encode.frames import frame_number, unique_instances
 from pipeline.encode.rawseq import freeze_sequence, mark_explicit_little
 
 PRIVATE_SCHEME = "99KNEENODE"
@@ -213,10 +214,19 @@ def segment_source_images(
         )
         chosen = slices or [len(datasets) // 2]
         out[number] = [
-            hd.sr.SourceImageForSegmentation(datasets[i].SOPClassUID, datasets[i].SOPInstanceUID)
+            hd.sr.SourceImageForSegmentation(
+                datasets[i].SOPClassUID,
+                datasets[i].SOPInstanceUID,
+                referenced_frame_numbers=_frames(datasets[i]),
+            )
             for i in chosen
         ]
     return out
+
+
+def _frames(ds: Dataset) -> list[int] | None:
+    number = frame_number(ds)
+    return [number] if number is not None else None
 
 
 def _fallback(key: str, numbers: Mapping[str, int]) -> int:
@@ -297,7 +307,8 @@ def encode_sr(
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg, *datasets] if images else [seg],  # instances the content references
+        # instances the content references (a multi-frame source once)
+        evidence=[seg, *unique_instances(datasets)] if images else [seg],
         content=report,
         series_instance_uid=new_uid(opts.uid_prefix),
         series_number=series_number(datasets[0], "sr", opts.series_number_base),

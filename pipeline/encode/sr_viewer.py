@@ -35,6 +35,7 @@ from pipeline.encode.common import (
     encode_error,
     slice_label_counts,
 )
+from pipeline.encode.frames import frame_number
 
 _MEASUREMENT_GROUP = "125007"
 _IMAGING_MEASUREMENTS = "126010"
@@ -110,6 +111,7 @@ def _source_of_measurement(points: np.ndarray, image: Dataset) -> hd.sr.ScoordCo
             name=codes.DCM.SourceImage,
             referenced_sop_class_uid=image.SOPClassUID,
             referenced_sop_instance_uid=image.SOPInstanceUID,
+            referenced_frame_numbers=frame_number(image),  # the frame of a multi-frame source
             relationship_type=hd.sr.RelationshipTypeValues.SELECTED_FROM,
         )
     ])

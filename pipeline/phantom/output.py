@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from kneenode.fsio import write_text_atomic
 from pipeline.phantom.build import Phantom
 from pipeline.phantom.dicom_writer import write_dicom_series
+from pipeline.phantom.enhanced_writer import write_enhanced_series
 from pipeline.phantom.pose import ImageGrid
 
 
@@ -39,13 +40,22 @@ def grid_image(array: np.ndarray, grid: ImageGrid) -> sitk.Image:
 
 
 def write_phantom(
-    phantom: Phantom, out_dir: str | Path, *, transfer_syntax: str = ExplicitVRLittleEndian
+    phantom: Phantom,
+    out_dir: str | Path,
+    *,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    enhanced: bool = False,
 ) -> PhantomPaths:
-    """Write the DICOM series, the truth label maps and truth.json under ``out_dir``."""
+    """Write the DICOM series, the truth label maps and truth.json under ``out_dir``.
+
+    ``enhanced`` writes one Enhanced MR Image Storage object (every slice and echo a frame)
+    instead of one MR Image Storage instance per slice and echo.
+    """
     root = Path(out_dir)
     dicom_dir, truth_dir = root / "dicom", root / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
-    files = write_dicom_series(phantom, dicom_dir, transfer_syntax=transfer_syntax)
+    writer = write_enhanced_series if enhanced else write_dicom_series
+    files = writer(phantom, dicom_dir, transfer_syntax=transfer_syntax)
     labels = truth_dir / "labels.nii.gz"
     subregions = truth_dir / "subregions.nii.gz"
     sitk.WriteImage(grid_image(phantom.labels, phantom.grid), str(labels), useCompression=True)
@@ -61,6 +71,8 @@ def write_phantom(
         "subregions": "truth/subregions.nii.gz",
         "t2_map": "truth/t2_ms.nii.gz" if t2_path else None,
         "instances": len(files),
+        "sop_class": "enhanced_mr" if enhanced else "mr",
+        "frames": sum(len(echo) for echo in phantom.echoes),
     }
     truth_json = truth_dir / "truth.json"
     write_text_atomic(truth_json, json.dumps(truth, indent=2, sort_keys=False) + "\n")

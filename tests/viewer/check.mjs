@@ -106,6 +106,9 @@ function pageViewport() {
 
 function pageSegmentation(probe) {
   const { segmentationService, viewportGridService } = window.services;
+  // An image by its key "<SOP Instance UID>/frames/<n>" (the tail of a WADO-RS image ID): the
+  // frames of an Enhanced MR object share one SOP Instance UID.
+  const imageKey = id => (id.match(/\/instances\/([^/]+\/frames\/\d+)$/) || [])[1] || id;
   const segs = segmentationService.getSegmentations();
   if (!segs.length) return { count: 0 };
   const seg = segs[0];
@@ -118,13 +121,13 @@ function pageSegmentation(probe) {
   (lm.imageIds || []).forEach((imageId, i) => {
     const image = window.cornerstone.cache.getImage(imageId);
     const ref = (lm.referencedImageIds || [])[i] || '';
-    const sop = (ref.match(/instances\/([^/]+)/) || [])[1] || ref;
-    if (!image) { perSop[sop] = null; return; }
+    const key = imageKey(ref);
+    if (!image) { perSop[key] = null; return; }
     const px = image.voxelManager?.getScalarData?.() || image.getPixelData();
     const hist = {};
     for (let j = 0; j < px.length; j++) if (px[j]) hist[px[j]] = (hist[px[j]] || 0) + 1;
-    perSop[sop] = hist;
-    if (sop === probe.sop_uid) probeValue = px[probe.row * image.columns + probe.col];
+    perSop[key] = hist;
+    if (key === probe.image_key) probeValue = px[probe.row * image.columns + probe.col];
   });
   const viewportId = viewportGridService.getActiveViewportId();
   const reps = segmentationService.getSegmentationRepresentations(viewportId) || [];
@@ -258,12 +261,12 @@ const steps = {
     }, e.segment_names.length, { timeout: T.step }).catch(() => { throw new Error('the SEG never loaded as a segmentation'); });
     // Go to the probe's slice (as a reader scrolls there): the world-position lookup below uses
     // what the viewport shows, and the screenshot shows it too.
-    await page.evaluate(sop => {
+    await page.evaluate(key => {
       const { viewportGridService, cornerstoneViewportService } = window.services;
       const vp = cornerstoneViewportService.getCornerstoneViewport(viewportGridService.getActiveViewportId());
-      const k = vp.getImageIds().findIndex(id => id.includes(`/instances/${sop}/`));
+      const k = vp.getImageIds().findIndex(id => id.endsWith(`/instances/${key}`));
       return vp.setImageIdIndex(k);
-    }, e.probe.sop_uid).catch(() => {});
+    }, e.probe.image_key).catch(() => {});
     await sleep(700);
     const got = await page.evaluate(pageSegmentation, e.probe);
     const problems = [];
@@ -271,8 +274,8 @@ const steps = {
     if (JSON.stringify(names) !== JSON.stringify(e.segment_names)) {
       problems.push(`segment names ${JSON.stringify(names)} != ${JSON.stringify(e.segment_names)}`);
     }
-    // Where each segment lies: slices (by referenced source SOP instance) and voxel counts.
-    const sliceOf = Object.fromEntries(e.sop_uids.map((u, i) => [u, i]));
+    // Where each segment lies: slices (by referenced source image) and voxel counts.
+    const sliceOf = Object.fromEntries(e.image_keys.map((u, i) => [u, i]));
     for (const s of got.segments) {
       const want = e.segment_slices[s.label];
       let lo = null, hi = null, voxels = 0;

@@ -2,7 +2,9 @@
 
     unshare --net --pid --kill-child=SIGTERM -- python -m tests.viewer.harness WORK_DIR
 
-``WORK_DIR/config.json`` (written by the test) names the phantom series. This process brings
+``WORK_DIR/config.json`` (written by the test) names the phantom series (and, as
+``enhanced_source``, the same phantom as one Enhanced MR object: a second study the node
+processes and the viewer opens). This process brings
 up loopback, starts Orthanc (a real PACS: DICOMweb plugin on) and stores the series in it (the
 PACS has it before it routes it), starts ``kneenode serve`` with Orthanc as its delivery
 destination and sends it the series with DCMTK's storescu; the node runs its whole chain
@@ -55,11 +57,14 @@ def preflight() -> list[str]:
     return missing
 
 
-def run_node(work: Path, orthanc: Orthanc, source: list[Path]) -> tuple[list[Path], dict]:
-    """``kneenode serve`` delivering into Orthanc: storescu the series, wait for the job's end.
+def run_node(work: Path, orthanc: Orthanc, sources: list[list[Path]]) -> list[tuple[list[Path], dict]]:
+    """``kneenode serve`` delivering into Orthanc: storescu each series, wait for their jobs' end.
 
-    Returns the result files the job encoded (what its deliver stage sent) and the job record.
+    Returns, per series (in order), the result files its job encoded (what its deliver stage
+    sent) and the job record.
     """
+    import pydicom
+
     from tests.support.dcmtk import storescu
     from tests.support.node import Node
     from workers.broker import make_client
@@ -75,31 +80,42 @@ def run_node(work: Path, orthanc: Orthanc, source: list[Path]) -> tuple[list[Pat
     node.root.mkdir(parents=True, exist_ok=True)
     node.start()
     try:
-        sent = storescu(node.port, source, aet="MRSCANNER")
-        if sent.returncode != 0:
-            raise RuntimeError(f"storescu to kneenode failed: {sent.stderr[-2000:]}")
+        studies = []
+        for source in sources:
+            sent = storescu(node.port, source, aet="MRSCANNER")
+            if sent.returncode != 0:
+                raise RuntimeError(f"storescu to kneenode failed: {sent.stderr[-2000:]}")
+            studies.append(str(pydicom.dcmread(source[0], stop_before_pixels=True).StudyInstanceUID))
         serve = json.loads((node.data_dir / "serve.json").read_text())
         store = JobStore(make_client(serve["redis_url"]), "kneenode")
 
-        def job() -> dict:
-            jobs = store.list_jobs()
+        def job(study_uid: str) -> dict:
+            jobs = [j for j in store.list_jobs() if j.get("study_uid") == study_uid]
             return jobs[0] if jobs else {}
 
-        wait_for(lambda: job().get("state") in ("done", "failed", "ignored"), 300, interval=0.5,
-                 what="the kneenode job to end")
-        record = job()
-        if record.get("state") != "done":
-            raise RuntimeError(f"kneenode job did not finish: {record}\n{node.log()[-3000:]}")
-        files = sorted((Path(record["job_dir"]) / "encode").glob("*/*.dcm"))
-        return files, record
+        wait_for(lambda: all(job(uid).get("state") in ("done", "failed", "ignored") for uid in studies),
+                 300 * len(studies), interval=0.5, what="the kneenode jobs to end")
+        out = []
+        for uid in studies:
+            record = job(uid)
+            if record.get("state") != "done":
+                raise RuntimeError(f"kneenode job did not finish: {record}\n{node.log()[-3000:]}")
+            out.append((sorted((Path(record["job_dir"]) / "encode").glob("*/*.dcm")), record))
+        return out
     finally:
         node.stop()
 
 
-def build_studies(work: Path, source: list[Path], results: list[Path]) -> list[Study]:
-    """The node's study and the two deliberately broken copies of it."""
+def build_studies(work: Path, source: list[Path], results: list[Path],
+                  enhanced: tuple[list[Path], list[Path]] | None = None) -> list[Study]:
+    """The node's study, the two deliberately broken copies of it, and (when configured) the
+    node's study of the same phantom written as one Enhanced MR object."""
     good, plain_sr = node_study(source, results, work / "objects")
-    return [good, *(build_broken(good, plain_sr, work / "objects", kind) for kind in ("seg", "sr"))]
+    studies = [good, *(build_broken(good, plain_sr, work / "objects", kind) for kind in ("seg", "sr"))]
+    if enhanced is not None:
+        studies.append(node_study(*enhanced, work / "objects", name="enhanced")[0])
+        studies[-1].steps = [s for s in studies[-1].steps if s != "list"]  # the list: good's step
+    return studies
 
 
 def run(work: Path) -> int:
@@ -125,13 +141,16 @@ def run(work: Path) -> int:
         t = time.monotonic()
         orthanc.start()
         source = [Path(p) for p in config["source"]]
-        orthanc.upload(source)  # the PACS holds the series before it is routed to the node
+        enhanced_source = [Path(p) for p in config.get("enhanced_source", [])]
+        orthanc.upload(source + enhanced_source)  # the PACS holds the series before the node
         timings["orthanc_s"] = time.monotonic() - t
         t = time.monotonic()
-        results, job = run_node(work, orthanc, source)
+        runs = run_node(work, orthanc, [source, enhanced_source] if enhanced_source else [source])
+        (results, job), enhanced_run = runs[0], (runs[1] if enhanced_source else None)
         timings["kneenode_job_s"] = time.monotonic() - t
         t = time.monotonic()
-        studies = build_studies(work, source, results)
+        studies = build_studies(work, source, results,
+                                (enhanced_source, enhanced_run[0]) if enhanced_run else None)
         for study in studies[1:]:  # the broken copies go in by REST
             orthanc.upload([*study.files, *study.delivered])
         timings["broken_copies_s"] = time.monotonic() - t
@@ -155,6 +174,9 @@ def run(work: Path) -> int:
             "timings": timings,
             "job": {k: job.get(k) for k in ("id", "state", "job_dir")},
             "results": [str(p) for p in results],
+            "enhanced_job": {k: enhanced_run[1].get(k) for k in ("id", "state", "job_dir")}
+            if enhanced_run else None,
+            "enhanced_results": [str(p) for p in enhanced_run[0]] if enhanced_run else [],
             "studies": [s.config() for s in studies],
         }
         report_path.write_text(json.dumps(report, indent=1))

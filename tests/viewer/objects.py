@@ -11,6 +11,11 @@ node's study with new UIDs):
 - ``broken-sr``: the node's SR without the viewer outlines (what :func:`pipeline.encode.sr.encode_sr`
   alone writes): volumetric groups that reference only SEG segments, the layout stock OHIF 3.13
   crashes on (issue 9).
+
+A third study, ``enhanced`` (issue 13), is the same phantom written as one Enhanced MR object,
+processed by the same node: its slices are frames, so every slice is named by its image key
+``<SOP Instance UID>/frames/<n>`` (the tail of OHIF's WADO-RS image IDs; ``/frames/1`` for a
+single-frame instance), not by its SOP Instance UID alone.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pydicom.uid import generate_uid
 
 from pipeline.encode import EncodedResults
 from pipeline.encode.common import TISSUES, load_source
+from pipeline.encode.frames import frame_number
 
 ALL_STEPS = ["list", "mr", "seg", "sr", "overlay", "pdf"]
 
@@ -76,6 +82,11 @@ def sr_display_values(sr: Dataset) -> dict[str, list[str]]:
     return out
 
 
+def image_key(ds: Dataset) -> str:
+    """The slice's image as OHIF names it: ``<SOP Instance UID>/frames/<frame>``."""
+    return f"{ds.SOPInstanceUID}/frames/{frame_number(ds) or 1}"
+
+
 def _expectations(labels: np.ndarray, source: list[Dataset], encoded: Any) -> dict[str, Any]:
     """What the viewer must show: segment names, where each segment lies, one voxel, SR values."""
     seg = encoded.seg
@@ -107,11 +118,12 @@ def _expectations(labels: np.ndarray, source: list[Dataset], encoded: Any) -> di
         },
         "slices": len(source),
         "sop_uids": [str(d.SOPInstanceUID) for d in source],
+        "image_keys": [image_key(d) for d in source],
         "segment_names": names,
         "segment_slices": slices,
         "segment_voxels": voxels,
         "probe": {"slice": k, "row": r, "col": c, "world": world.tolist(), "segment": "Femoral cartilage",
-                  "sop_uid": str(ds.SOPInstanceUID)},
+                  "sop_uid": str(ds.SOPInstanceUID), "image_key": image_key(ds)},
         "sr_values": sr_display_values(encoded.sr),
     }
 
@@ -124,9 +136,15 @@ def seg_label_map(seg: Dataset, source: list[Dataset]) -> np.ndarray:
 
     numbers = segment_numbers(include_subregions=False)  # canonical label -> segment number
     doc = hd.seg.Segmentation.from_dataset(seg, copy=False)
-    combined = doc.get_pixels_by_source_instance(
-        source_sop_instance_uids=[str(d.SOPInstanceUID) for d in source],
-        segment_numbers=list(numbers.values()), combine_segments=True, skip_overlap_checks=True)
+    wanted = {"segment_numbers": list(numbers.values()), "combine_segments": True,
+              "skip_overlap_checks": True}
+    if frame_number(source[0]) is not None:  # an Enhanced MR source: its frames, by number
+        combined = doc.get_pixels_by_source_frame(
+            source_sop_instance_uid=str(source[0].SOPInstanceUID),
+            source_frame_numbers=[frame_number(d) for d in source], **wanted)
+    else:
+        combined = doc.get_pixels_by_source_instance(
+            source_sop_instance_uids=[str(d.SOPInstanceUID) for d in source], **wanted)
     labels = np.zeros(combined.shape, np.uint8)
     for label, number in numbers.items():
         labels[combined == number] = label
@@ -147,7 +165,8 @@ def strip_measurement_sources(sr: Dataset) -> Dataset:
     return sr
 
 
-def node_study(source_files: list[Path], result_files: list[Path], root: Path) -> tuple[Study, Path]:
+def node_study(source_files: list[Path], result_files: list[Path], root: Path,
+               name: str = "good") -> tuple[Study, Path]:
     """The study as ``kneenode serve`` left it in the PACS: expectations read from its results.
 
     Returns the study (nothing left to send: the source was stored and the node delivered the
@@ -162,10 +181,10 @@ def node_study(source_files: list[Path], result_files: list[Path], root: Path) -
     overlay = pydicom.dcmread(kinds["overlay"][0], stop_before_pixels=True)
     pdf = pydicom.dcmread(kinds["pdf"][0], stop_before_pixels=True)
     encoded = EncodedResults(seg=seg, sr=sr, overlay=[overlay], pdf=pdf)
-    study = Study("good", str(source[0].StudyInstanceUID), list(source_files), delivered=list(result_files))
+    study = Study(name, str(source[0].StudyInstanceUID), list(source_files), delivered=list(result_files))
     study.expect = _expectations(seg_label_map(seg, source), source, encoded)
     root.mkdir(parents=True, exist_ok=True)
-    plain = root / "plain-sr.dcm"
+    plain = root / f"plain-sr-{name}.dcm"
     strip_measurement_sources(copy.deepcopy(sr)).save_as(plain, enforce_file_format=True)
     return study, plain
 
@@ -210,7 +229,9 @@ def build_broken(good: Study, plain_sr: Path, root: Path, kind: str) -> Study:
         files.append(target)
     expect["series"] = {k: uid_map[v] for k, v in good.expect["series"].items()}
     expect["sop_uids"] = [uid_map[u] for u in good.expect["sop_uids"]]
+    expect["image_keys"] = [f"{u}/frames/1" for u in expect["sop_uids"]]
     expect["probe"]["sop_uid"] = uid_map[good.expect["probe"]["sop_uid"]]
+    expect["probe"]["image_key"] = f"{expect['probe']['sop_uid']}/frames/1"
     steps = ["mr", "seg"] if kind == "seg" else ["mr", "sr"]
     return Study(f"broken-{kind}", study_uid, files, steps=steps, expect=expect)
 

@@ -4,7 +4,8 @@ One module-scoped run does all the work (1.5-2 minutes): a `small` phantom serie
 Orthanc and, by storescu, into ``kneenode serve``, which segments it with the phantom demo model,
 measures, encodes and delivers SEG, SR, overlay series and PDF into that Orthanc; check.mjs then
 drives OHIF through the study (study list, MR, SEG, SR, overlay, PDF), plus two copies of it with
-a deliberately broken SEG and SR that the same checks must reject. The tests below only read
+a deliberately broken SEG and SR that the same checks must reject, and the same phantom written
+as one Enhanced MR object, processed by the same node (issue 13). The tests below only read
 the report. See tests/viewer/harness.py for the processes and docs/viewer.md for the viewer bugs
 the SR works around.
 """
@@ -35,11 +36,13 @@ ARTIFACTS = Path(os.environ.get("KNEENODE_VIEWER_ARTIFACTS", HERE / "artifacts")
 @pytest.fixture(scope="module")
 def viewer_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("viewer")
-    phantom = write_phantom(make_phantom(11, "small", side="right", orientation="sagittal"),
-                            work / "phantom")
+    knee = make_phantom(11, "small", side="right", orientation="sagittal")
+    phantom = write_phantom(knee, work / "phantom")
+    enhanced = write_phantom(knee, work / "enhanced", enhanced=True)  # its own study
     shots = work / "screenshots"
     config = {"out": str(shots), "browser_timeout_s": 240,
-              "source": [str(p) for p in phantom.dicom_files]}
+              "source": [str(p) for p in phantom.dicom_files],
+              "enhanced_source": [str(p) for p in enhanced.dicom_files]}
     (work / "config.json").write_text(json.dumps(config))
     proc = subprocess.run(
         # Own network namespace (only loopback) and PID namespace (whatever the browser leaves
@@ -72,6 +75,17 @@ def test_good_study_opens_cleanly(viewer_run, step):
     result = _step(viewer_run, "good", step)
     assert result["ok"], json.dumps({k: result[k] for k in ("problems", "events")}, indent=1)
     assert Path(result["screenshot"]).exists()
+
+
+@pytest.mark.parametrize("step", [s for s in ALL_STEPS if s != "list"])
+def test_enhanced_mr_study_opens_cleanly(viewer_run, step):
+    """The Enhanced MR study (one multi-frame object): the MR shows its 48 frames and the SEG,
+    whose frames reference source frames, lies on the right frames (every segment's frames and
+    voxel count, the probe voxel by image and by patient position); SR, overlay and PDF open."""
+    result = _step(viewer_run, "enhanced", step)
+    assert result["ok"], json.dumps({k: result[k] for k in ("problems", "events")}, indent=1)
+    expect = viewer_run["report"]["by_name"]["enhanced"]["expect"]
+    assert len(set(expect["sop_uids"])) == 1 and len(set(expect["image_keys"])) == expect["slices"]
 
 
 def test_no_http_errors_at_the_proxy(viewer_run):

@@ -184,8 +184,10 @@ def test_rejects_bad_input(series, labels, card):
         encode_seg(source=series, labels=labels, model=card, side="up")
 
 
-def test_rejects_multiframe_source(series, labels, card):
-    enhanced = Dataset(dict(series[0].items()))
+def test_rejects_multiframe_source_without_frame_geometry(series, labels, card):
+    """Multi-frame sources are encoded frame by frame (test_encode_enhanced.py); one whose frames
+    have no position is refused with the reason."""
+    enhanced = Dataset({e.tag: e for e in series[0] if e.keyword != "ImagePositionPatient"})
     enhanced.PerFrameFunctionalGroupsSequence = [Dataset()]
-    with pytest.raises(NodeError, match="multi-frame"):
+    with pytest.raises(NodeError, match="multi-frame source.*ImagePositionPatient"):
         encode_seg(source=[enhanced], labels=labels[:1], model=card)
