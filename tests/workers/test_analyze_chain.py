@@ -186,3 +186,17 @@ def test_verify_finds_missing_short_unreadable_and_unasked_outputs(encoded: tupl
     with pytest.raises(NodeError) as err:
         verify_outputs(out / "encode", expected, study_uid="1.2.3")
     assert "not in the source study" in err.value.message
+
+
+def test_analyze_encodes_and_verifies_an_enhanced_mr_qdess(tmp_path: Path) -> None:
+    """One multi-frame object (two echoes as frames): the overlay frames add up to the slices."""
+    ph = make_phantom(13, "small", orientation="coronal", qdess=True)
+    paths = write_phantom(ph, tmp_path / "ph", enhanced=True)
+    out = tmp_path / "out"
+    code, output = _analyze(str(paths.dicom_dir), "--out", str(out), "--encode")
+    assert code == 0, output
+    manifest = json.loads((out / "verify" / "manifest.json").read_text())
+    assert manifest["expected"]["overlay"] == ph.grid.size[2]
+    results = json.loads((out / "results.json").read_text())
+    assert results["input"]["kind"] == "dicom-multiframe" and len(results["input"]["echo_times_ms"]) == 2
+    assert results["t2_protocol"] is not None
