@@ -107,7 +107,9 @@ def check_selection(summary: dict[str, Any], view: Path, settings: Settings, *, 
     from workers.selection import rules_for, select
 
     refuse_non_images(summary.get("sop_class_uids") or [])
-    decision = select(summary, rules_for(settings.jobs.selection, ""), view)
+    # No sender offline: the node-wide rules (None works for both the calling-AE and the
+    # route-target form of rules_for).
+    decision = select(summary, rules_for(settings.jobs.selection, None), view)  # type: ignore[arg-type]
     if decision.selected:
         return None
     code = decision.code or ErrorCode.NOT_SELECTED
