@@ -67,6 +67,7 @@ def _emit(model: type[BaseModel], instance: BaseModel, prefix: str, out: list[st
             out.append('# ae_title = "PACS"')
             out.append('# hosts = ["10.0.0.0/24"]')
             out.append("# quiet_seconds = 30")
+            out.append('# completion_policy = "auto"')
         else:
             out.append(f"# {name} = {_toml_value(value)}")
         out.append("")

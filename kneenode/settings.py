@@ -42,6 +42,10 @@ class PeerSettings(Section):
     quiet_seconds: float | None = Field(
         default=None, description="Series completion quiet period for this peer (overrides completion)."
     )
+    completion_policy: Literal["auto", "timer"] | None = Field(
+        default=None,
+        description="Series completion policy for this peer (overrides completion.policy).",
+    )
     return_to: str | None = Field(
         default=None,
         description="AET@HOST:PORT where this peer receives results (with delivery.to_sender).",
@@ -133,6 +137,17 @@ class CompletionSettings(Section):
     )
     poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the completion monitor looks for quiet series."
+    )
+    policy: Literal["auto", "timer"] = Field(
+        default="auto",
+        description="auto: when an association ends, complete each series it carried at once if "
+        "provably whole (expected count met, or gap-free stack and the peer quiet for "
+        "release_grace_seconds), else fall back to the quiet timer; timer: the quiet timer only.",
+    )
+    release_grace_seconds: float = Field(
+        default=1.5, ge=0,
+        description="auto without an expected count: close a gap-free stack only if its peer opens "
+        "no new association this long after the release (senders using one association per file).",
     )
 
 

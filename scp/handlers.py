@@ -7,6 +7,7 @@ Every exception becomes a wire status here and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,15 @@ def handle_echo(event: events.Event) -> int:
     return 0x0000
 
 
-def handle_store(event: events.Event, spool: Spool, settings: Settings) -> int:
+OnStored = Callable[[events.Event, SeriesKey], None]
+
+
+def handle_store(event: events.Event, spool: Spool, settings: Settings,
+                 on_stored: OnStored | None = None) -> int:
     """C-STORE: spool the instance as received, durably, then answer.
+
+    ``on_stored(event, key)`` is told of each spooled instance's series (the release-time
+    completion of :mod:`scp.early` needs to know which series an association carried).
 
     Statuses (see :class:`scp.status.StoreStatus`):
 
@@ -75,14 +83,15 @@ def handle_store(event: events.Event, spool: Spool, settings: Settings) -> int:
     sop_uid = str(request.AffectedSOPInstanceUID or "")
     blog = log.bind(sop_instance_uid=sop_uid, calling_ae=_calling_ae(event))
     try:
-        return _store(event, spool, settings, blog)
+        return _store(event, spool, settings, blog, on_stored)
     except Exception:  # noqa: BLE001 - the boundary: every error becomes a status
         blog.exception("unexpected error storing instance")
         metrics.INSTANCES_FAILED.labels(reason="processing_failure").inc()
         return StoreStatus.PROCESSING_FAILURE
 
 
-def _store(event: events.Event, spool: Spool, settings: Settings, blog: Any) -> int:
+def _store(event: events.Event, spool: Spool, settings: Settings, blog: Any,
+           on_stored: OnStored | None = None) -> int:
     request = event.request
     if not spool.has_room(settings.spool.min_free_bytes, settings.spool.min_free_percent):
         blog.error("spool below free-space watermark, refusing instance", spool=str(spool.root))
@@ -113,6 +122,8 @@ def _store(event: events.Event, spool: Spool, settings: Settings, blog: Any) -> 
         metrics.INSTANCES_FAILED.labels(reason="write_failed").inc()
         return StoreStatus.OUT_OF_RESOURCES_WRITE
     metrics.INSTANCES_RECEIVED.labels(outcome=outcome.value).inc()
+    if on_stored is not None:
+        on_stored(event, key)
     if outcome is StoreOutcome.REPLACED:
         blog.warning("same SOP Instance UID with different bytes: both kept, newest used")
     elif outcome is StoreOutcome.DUPLICATE:

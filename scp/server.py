@@ -30,6 +30,7 @@ from kneenode.logs import get_logger
 from kneenode.settings import Settings, TlsSettings
 from scp.announce import OnComplete
 from scp.completion import CompletionMonitor
+from scp.early import EarlyCompletion
 from scp.handlers import handle_echo, handle_requested, handle_store
 from scp.spool import Spool
 
@@ -121,10 +122,13 @@ def start_scp(settings: Settings, on_complete: OnComplete) -> ScpHandle:
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     tempfile.tempdir = str(spool.tmp)  # pynetdicom's NamedTemporaryFile lands on the spool fs
     ae = build_ae(settings)
+    monitor = CompletionMonitor(spool, settings, on_complete)
+    early = EarlyCompletion(spool, settings, monitor)  # completion.policy "auto", on release
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, handle_requested, [settings]),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, settings]),
+        (evt.EVT_C_STORE, handle_store, [spool, settings, early.stored]),
+        *early.handlers(),
     ]
     server = ae.start_server(
         (settings.scp.host, settings.scp.port),
@@ -135,7 +139,6 @@ def start_scp(settings: Settings, on_complete: OnComplete) -> ScpHandle:
     if server is None:  # only with block=True
         raise RuntimeError("pynetdicom returned no server")
     port = int(server.server_address[1])
-    monitor = CompletionMonitor(spool, settings, on_complete)
     monitor.start()
     log.info("storage SCP listening", ae_title=settings.scp.ae_title, host=settings.scp.host,
              port=port, spool=str(spool.root), tls=settings.scp.tls.enabled)

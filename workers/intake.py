@@ -45,6 +45,8 @@ class JobCreator:
             "modality": str(s.get("modality") or ""),
             "series_description": str(s.get("series_description") or ""),
             "instance_count": int(s.get("instance_count") or 0),
+            "closed_by": str(s.get("closed_by") or ""),
+            "completion_wait_s": s.get("completion_wait_seconds") or 0.0,
             "chain": [st.name for st in self.chain],
         }
         job_id, created = self.store.create(series.series_uid, series.version, fields)
@@ -59,6 +61,7 @@ class JobCreator:
         if created:
             self.store.incr("series_completed")
             self.store.incr("instances_received", int(fields["instance_count"]))
+            self._record_early_close(job_id, job, s)
         decision = select(s, rules_for(self.settings.jobs.selection, series.calling_ae), series.path)
         if not decision.selected:
             self.store.update(job_id, job_dir=str(job_dir))
@@ -77,6 +80,19 @@ class JobCreator:
         self.store.event(job_id, "queued", stage=first.name)
         bound.info("job queued", stage=first.name)
         return job_id
+
+    def _record_early_close(self, job_id: str, job: dict[str, Any], summary: dict[str, Any]) -> None:
+        """A version that followed an early close says so, on its job and on the earlier one."""
+        for e in summary.get("events") or []:
+            if e.get("event") != "after_early_close":
+                continue
+            self.store.event(job_id, "after_early_close", message=e.get("message"),
+                             more_instances=e.get("more_instances"))
+            previous = str(job.get("previous_job") or "")
+            if previous:
+                self.store.event(previous, "early_close_overrun", message=e.get("message"),
+                                 next_job=job_id)
+                self.store.update(previous, more_after_close=int(e.get("more_instances") or 0))
 
 
 def make_on_complete(settings: Settings, store: JobStore, broker: RedisBroker,

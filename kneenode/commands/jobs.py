@@ -38,6 +38,13 @@ def _when(ts: Any) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _closed(job: dict[str, Any]) -> str:
+    """How the job's series was closed, and ``+N late`` when more came after an early close."""
+    text = str(job.get("closed_by") or "")
+    more = job.get("more_after_close")
+    return f"{text} +{more} late" if more else text
+
+
 @app.command("serve")
 def serve_cmd(
     ctx: typer.Context,
@@ -102,15 +109,15 @@ def jobs_cmd(
         typer.echo(json.dumps(jobs, indent=2, default=str))
         return
     table = Table(title=f"{len(jobs)} job(s)")
-    for col in ("id", "state", "progress", "series", "v", "description", "from", "error",
-                "updated"):
+    for col in ("id", "state", "progress", "series", "v", "description", "from", "closed",
+                "error", "updated"):
         table.add_column(col, overflow="fold")
     for j in jobs:
         err = j.get("error") or {}
         table.add_row(
             j["id"], j.get("state", ""), f"{100 * float(j.get('progress', 0)):.0f}%",
             "..." + str(j.get("series_uid", ""))[-12:], str(j.get("version", "")),
-            j.get("series_description", ""), j.get("calling_ae", ""),
+            j.get("series_description", ""), j.get("calling_ae", ""), _closed(j),
             str(err.get("code", "")) if isinstance(err, dict) else "", _when(j.get("updated")),
         )
     console.print(table)
@@ -134,7 +141,7 @@ def job_cmd(
     head = Table(show_header=False, title=f"job {job_id}")
     for key in ("state", "stage", "progress", "run", "attempts", "study_uid", "series_uid",
                 "version", "calling_ae", "modality", "series_description", "instance_count",
-                "previous_job", "reason", "job_dir", "series_path"):
+                "closed_by", "completion_wait_s", "more_after_close", "previous_job", "reason", "job_dir", "series_path"):
         head.add_row(key, str(job.get(key, "")))
     err = job.get("error")
     if isinstance(err, dict):

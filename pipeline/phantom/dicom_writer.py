@@ -159,6 +159,9 @@ def write_dicom_series(
     qp = phantom.qdess_params
     paths: list[Path] = []
     number = 0
+    # As GE writes it: the whole acquisition's image count (echoes x slices), which lets a
+    # receiver see a complete series without waiting (see docs/conformance.md, completion).
+    common["ImagesInAcquisition"] = len(phantom.echoes) * len(positions)
     for e, (echo, te) in enumerate(zip(phantom.echoes, phantom.echo_times_ms, strict=True)):
         stored = to_stored(echo)
         for k, pos in enumerate(positions):

@@ -69,7 +69,7 @@ def main() -> None:
                     log=root / "storescp.log", env=dcmtk_env())
         node = Node(root=root / "node", config={
             "scp": {"allow_any": True, "max_associations": 8},
-            "completion": {"quiet_seconds": 3600},
+            "completion": {"quiet_seconds": 3600, "policy": "timer"},  # ingest alone
             "logging": {"level": "WARNING"},
             "spool": {"fsync": not args.no_fsync},
         })

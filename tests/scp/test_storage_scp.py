@@ -27,7 +27,9 @@ from tests.support.mr import mr_series
 from tests.support.procs import kill9, wait_for
 
 QUIET = 1.5
-OPEN = {"scp": {"allow_any": True}, "completion": {"quiet_seconds": QUIET, "poll_seconds": 0.2}}
+# these tests are about the quiet timer; policy "auto" has its own (test_completion_auto.py)
+OPEN = {"scp": {"allow_any": True},
+        "completion": {"quiet_seconds": QUIET, "poll_seconds": 0.2, "policy": "timer"}}
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -73,7 +75,7 @@ def test_series_arrives_byte_identical_and_completes(node_factory, tmp_path):
 def test_restart_mid_series_loses_nothing(node_factory, tmp_path):
     files = mr_series(tmp_path / "src", slices=20)
     study, series, _ = uids(files[0])
-    config = {**OPEN, "completion": {"quiet_seconds": 3, "poll_seconds": 0.2}}
+    config = {**OPEN, "completion": {"quiet_seconds": 3, "poll_seconds": 0.2, "policy": "timer"}}
     node = node_factory(config)
     assert storescu(node.port, files[:10]).returncode == 0
     kill9(node.proc)  # a crash mid-series
@@ -86,7 +88,7 @@ def test_restart_mid_series_loses_nothing(node_factory, tmp_path):
 def test_completion_resumes_after_restart(node_factory, tmp_path):
     files = mr_series(tmp_path / "src", slices=5)
     study, series, _ = uids(files[0])
-    node = node_factory({**OPEN, "completion": {"quiet_seconds": 2, "poll_seconds": 0.2}})
+    node = node_factory({**OPEN, "completion": {"quiet_seconds": 2, "poll_seconds": 0.2, "policy": "timer"}})
     assert storescu(node.port, files).returncode == 0
     node.stop()  # stopped before the quiet period ended
     time.sleep(2.5)  # down for longer than the quiet period: downtime is not quiet time
@@ -186,7 +188,7 @@ def test_corrupt_dataset_fails_and_next_association_works(node_factory, tmp_path
 def test_duplicates_identical_and_different(node_factory, tmp_path):
     files = mr_series(tmp_path / "src", slices=4)
     study, series, sop = uids(files[0])
-    node = node_factory({**OPEN, "completion": {"quiet_seconds": 4, "poll_seconds": 0.2}})
+    node = node_factory({**OPEN, "completion": {"quiet_seconds": 4, "poll_seconds": 0.2, "policy": "timer"}})
     assert storescu(node.port, files).returncode == 0
     stored = node.spool / "incoming" / study / series / f"{sop}.dcm"
     before = stored.stat()
@@ -224,7 +226,7 @@ def test_late_arrivals_form_a_linked_new_version(node_factory, tmp_path):
 
 
 def test_four_concurrent_associations_four_series(node_factory, tmp_path):
-    node = node_factory({**OPEN, "completion": {"quiet_seconds": 2, "poll_seconds": 0.2}})
+    node = node_factory({**OPEN, "completion": {"quiet_seconds": 2, "poll_seconds": 0.2, "policy": "timer"}})
     sets = [mr_series(tmp_path / f"s{i}", slices=15, seed=i) for i in range(4)]
     results: list[int] = [None] * 4  # type: ignore[list-item]
 
@@ -250,7 +252,7 @@ def test_per_ae_quiet_period(node_factory, tmp_path):
     fast, slow = mr_series(tmp_path / "a", slices=2), mr_series(tmp_path / "b", slices=2, seed=3)
     node = node_factory({"scp": {"peers": [{"ae_title": "FAST", "quiet_seconds": 0.5},
                                            {"ae_title": "SLOW"}]},
-                         "completion": {"quiet_seconds": 30, "poll_seconds": 0.2}})
+                         "completion": {"quiet_seconds": 30, "poll_seconds": 0.2, "policy": "timer"}})
     assert storescu(node.port, fast, aet="FAST").returncode == 0
     assert storescu(node.port, slow, aet="SLOW").returncode == 0
     wait_complete(node, *uids(fast[0])[:2], timeout=10)

@@ -21,8 +21,12 @@ def mr_series(
     description: str = "SAG 3D DESS KNEE",
     spacing: float = 0.7,
     seed: int = 0,
+    images_in_acquisition: int | None = None,
 ) -> list[Path]:
-    """Write a sagittal MR series (one file per slice); returns the paths in slice order."""
+    """Write a sagittal MR series (one file per slice); returns the paths in slice order.
+
+    ``images_in_acquisition`` writes that header (as GE does), an expected count for completion.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
@@ -49,6 +53,8 @@ def mr_series(
         ds.MRAcquisitionType, ds.ScanningSequence, ds.SequenceVariant = "3D", "GR", "SS"
         ds.ScanOptions, ds.EchoTime, ds.RepetitionTime = "", 6.0, 20.0
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        if images_in_acquisition is not None:
+            ds.AcquisitionNumber, ds.ImagesInAcquisition = 1, images_in_acquisition
         ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
         ds.ImagePositionPatient = [round(i * spacing, 4), -50.0, 50.0]
         ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], spacing
