@@ -14,7 +14,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -104,17 +111,66 @@ class ScpSettings(Section):
     peers: list[PeerSettings] = Field(
         default_factory=list, description="Allow-list of calling AE titles with optional addresses."
     )
-    max_associations: int = Field(default=8, ge=1, description="Concurrent associations accepted.")
+    max_associations: int = Field(
+        default=8, ge=1,
+        description="Concurrent associations (past their A-ASSOCIATE-RQ); one more is rejected "
+        "at once (A-ASSOCIATE-RJ, transient, local limit exceeded). Connections still "
+        "negotiating do not take a slot.",
+    )
+    max_associations_per_address: int = Field(
+        default=4, ge=1,
+        description="Concurrent associations from one IP address (rejected like max_associations), "
+        "so one peer cannot take every slot.",
+    )
+    max_pending_connections: int = Field(
+        default=64, ge=1,
+        description="Connections that have not yet sent a complete A-ASSOCIATE-RQ, in all; one "
+        "more is answered A-ASSOCIATE-RJ (transient) and closed.",
+    )
+    max_pending_per_address: int = Field(
+        default=32, ge=1, description="The same limit for connections from one IP address."
+    )
+    negotiation_timeout: float = Field(
+        default=10, gt=0,
+        description="From TCP connect to a complete A-ASSOCIATE-RQ (s); a connection slower than "
+        "this, silent or sending part of a PDU, is aborted and closed.",
+    )
+    pdu_timeout: float = Field(
+        default=30, gt=0,
+        description="From the first to the last byte of one PDU (s), and the longest a send may "
+        "block; a peer slower than this is aborted (A-ABORT).",
+    )
     acse_timeout: float = Field(default=30, gt=0, description="Association negotiation timeout (s).")
     dimse_timeout: float = Field(default=60, gt=0, description="DIMSE message timeout (s).")
-    network_timeout: float = Field(default=120, gt=0, description="Idle network timeout (s).")
+    network_timeout: float = Field(
+        default=30, gt=0, description="An association with no PDU for this long is aborted (s)."
+    )
     max_pdu: int = Field(default=262144, ge=0, description="Maximum PDU length we receive (0 = unlimited).")
+    max_declared_pdu: int = Field(
+        default=4 * 1024**2, ge=1024,
+        description="Largest PDU length a peer may declare (bytes, any PDU type); a larger one is "
+        "aborted (A-ABORT, invalid PDU parameter value) before its body is read, so memory "
+        "stays bounded even with max_pdu = 0.",
+    )
+    max_instance_bytes: int = Field(
+        default=2 * 1024**3, ge=1024,
+        description="Largest instance accepted (bytes of the encoded data set; for Deflated "
+        "Explicit VR Little Endian, after inflation); a larger one is answered 0xA702 and "
+        "nothing of it is kept.",
+    )
     tls: TlsSettings = Field(default_factory=TlsSettings, description="DICOM TLS.")
 
     @field_validator("ae_title")
     @classmethod
     def _ae_title(cls, v: str) -> str:
         return _check_ae(v)
+
+    @model_validator(mode="after")
+    def _pdu_bounds(self) -> ScpSettings:
+        if self.max_pdu and self.max_declared_pdu < self.max_pdu:
+            raise ValueError("max_declared_pdu must be at least max_pdu (peers may send PDUs "
+                             "of the length we announce)")
+        return self
 
 
 class SpoolSettings(Section):
@@ -127,6 +183,15 @@ class SpoolSettings(Section):
         default=5.0, ge=0, le=100, description="Refuse new instances below this free percentage."
     )
     fsync: bool = Field(default=True, description="fsync each instance before answering Success.")
+    tmp_sweep_seconds: float = Field(
+        default=60, gt=0,
+        description="How often spool/tmp is swept of orphan temp files (receives that ended "
+        "without an answer); files a live association is still writing are never touched.",
+    )
+    tmp_grace_seconds: float = Field(
+        default=60, ge=0,
+        description="A temp file no live association owns is removed once it is this old (s).",
+    )
 
 
 class CompletionSettings(Section):

@@ -18,7 +18,13 @@ INSTANCES_FAILED = Counter(
     ["reason"],
 )
 ASSOCIATIONS_REJECTED = Counter(
-    "kneenode_edge_associations_rejected_total", "Associations rejected by access control."
+    "kneenode_edge_associations_rejected_total",
+    "Associations and connections rejected (A-ASSOCIATE-RJ): access control, caps, malformed.",
+)
+CONNECTIONS_ABORTED = Counter(
+    "kneenode_edge_connections_aborted_total",
+    "Connections the edge aborted, by reason (deadline, declared_pdu, malformed, shutdown).",
+    ["reason"],
 )
 SERIES_COMPLETED = Counter(
     "kneenode_edge_series_completed_total", "Series versions completed (by any policy)."

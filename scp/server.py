@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +31,11 @@ from kneenode.logs import get_logger
 from kneenode.settings import Settings, TlsSettings
 from scp.announce import OnComplete
 from scp.completion import CompletionMonitor
+from scp.connections import ConnectionGuard, EdgeRequestHandler, EdgeServer
 from scp.early import EarlyCompletion
 from scp.handlers import handle_echo, handle_requested, handle_store
+from scp.pynetdicom_hooks import TESTED_WITH, install_receive_file_factory, version_supported
+from scp.receive import ReceiveRegistry, TmpSweeper
 from scp.spool import Spool
 
 log = get_logger(__name__)
@@ -72,7 +76,9 @@ def build_ae(settings: Settings) -> AE:
         if cx.abstract_syntax is not None:
             ae.add_supported_context(cx.abstract_syntax, syntaxes)
     ae.add_supported_context(Verification)
-    ae.maximum_associations = settings.scp.max_associations
+    # The edge's own caps (scp.connections) count associations; pynetdicom's count would also
+    # include connections still negotiating and threads of closed ones, so it is set out of reach.
+    ae.maximum_associations = 1_000_000
     ae.acse_timeout = settings.scp.acse_timeout
     ae.dimse_timeout = settings.scp.dimse_timeout
     ae.network_timeout = settings.scp.network_timeout
@@ -89,6 +95,7 @@ class ScpHandle:
     monitor: CompletionMonitor
     spool: Spool
     port: int
+    sweeper: TmpSweeper | None = None
     _stopped: bool = field(default=False)
 
     def stop(self, grace_seconds: float = 30) -> None:
@@ -97,17 +104,24 @@ class ScpHandle:
             return
         self._stopped = True
         self.server.shutdown()  # closes the listening socket; running associations continue
+        guard = getattr(self.server, "guard", None)
+        if guard is not None:  # connections still negotiating have nothing to finish
+            guard.end("the node is stopping", pending_only=True)
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline and any(
             a.is_established for a in self.server.active_associations
         ):
             time.sleep(0.05)
+        if guard is not None:  # wakes any still blocked reading a PDU
+            guard.end("the node is stopping", pending_only=False)
         for assoc in self.server.active_associations:
             if assoc.is_established:  # still busy after the grace period
                 log.warning("aborting association still open at shutdown",
                             calling_ae=str(assoc.requestor.ae_title))
             assoc.abort()  # also idle connections that never sent an A-ASSOCIATE-RQ
         self.monitor.stop()
+        if self.sweeper is not None:
+            self.sweeper.stop()
         log.info("storage SCP stopped")
 
 
@@ -120,26 +134,38 @@ def start_scp(settings: Settings, on_complete: OnComplete) -> ScpHandle:
     # Header reads on the hot path check UIDs themselves (scp.spool.is_valid_uid); pydicom's
     # per-element value validation doubled the handler's time.
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-    tempfile.tempdir = str(spool.tmp)  # pynetdicom's NamedTemporaryFile lands on the spool fs
+    tempfile.tempdir = str(spool.tmp)  # received data sets land on the spool fs
+    if not version_supported():
+        log.warning("pynetdicom version not the one scp.pynetdicom_hooks was written for",
+                    tested=TESTED_WITH)
+    registry = ReceiveRegistry(settings.scp.max_instance_bytes)
+    install_receive_file_factory(registry.new_file)
     ae = build_ae(settings)
     monitor = CompletionMonitor(spool, settings, on_complete)
     early = EarlyCompletion(spool, settings, monitor)  # completion.policy "auto", on release
+    guard = ConnectionGuard(settings.scp)
     handlers: list[Any] = [
-        (evt.EVT_REQUESTED, handle_requested, [settings]),
+        (evt.EVT_REQUESTED, handle_requested, [settings, guard]),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, settings, early.stored]),
+        (evt.EVT_C_STORE, handle_store, [spool, settings, early.stored, registry]),
         *early.handlers(),
     ]
-    server = ae.start_server(
+    server = ae.make_server(
         (settings.scp.host, settings.scp.port),
-        block=False,
         evt_handlers=handlers,
         ssl_context=tls_context(settings.scp.tls),
+        server_class=EdgeServer,
+        request_handler=EdgeRequestHandler,
     )
-    if server is None:  # only with block=True
-        raise RuntimeError("pynetdicom returned no server")
+    assert isinstance(server, EdgeServer)
+    server.guard = guard
+    threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
     port = int(server.server_address[1])
     monitor.start()
+    sweeper = TmpSweeper(registry, spool.tmp, settings.spool.tmp_sweep_seconds,
+                         settings.spool.tmp_grace_seconds)
+    sweeper.start()
     log.info("storage SCP listening", ae_title=settings.scp.ae_title, host=settings.scp.host,
              port=port, spool=str(spool.root), tls=settings.scp.tls.enabled)
-    return ScpHandle(ae=ae, server=server, monitor=monitor, spool=spool, port=port)
+    return ScpHandle(ae=ae, server=server, monitor=monitor, spool=spool, port=port,
+                     sweeper=sweeper)

@@ -176,7 +176,11 @@ class Spool:
             created = not folder.exists()
             if created:
                 folder.mkdir(parents=True, exist_ok=True)
-                self._start_series(key, folder, source)
+                try:
+                    self._start_series(key, folder, source)
+                except OSError:  # e.g. ENOSPC: leave no series folder without its source
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise
             target = folder / f"{sop_uid}.dcm"
             outcome = StoreOutcome.STORED
             if target.exists():

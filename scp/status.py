@@ -13,7 +13,10 @@ class StoreStatus(IntEnum):
     OUT_OF_RESOURCES = 0xA700
     """Free disk below the spool watermark: nothing was written; retry later."""
     OUT_OF_RESOURCES_WRITE = 0xA701
-    """Writing to the spool failed (I/O error): nothing was kept; retry later."""
+    """Writing to the spool failed (ENOSPC, I/O error), while receiving or after: nothing was
+    kept; retry later."""
+    TOO_LARGE = 0xA702
+    """The instance is larger than ``scp.max_instance_bytes`` (inflated, for deflate): not kept."""
     INVALID_SOP_INSTANCE = 0x0117
     """The dataset's SOP Instance UID is missing, malformed or differs from the request's."""
     DATASET_SOP_CLASS_MISMATCH = 0xA900

@@ -1,7 +1,9 @@
 """The HTTP status server (starlette + uvicorn), loopback by default.
 
-``GET /health``  redis reachable, live workers per queue, free disk of data_dir (503 if redis is
-                 down or a queue has no worker).
+``GET /health``  redis reachable, live workers per queue, free disk of data_dir, whether the
+                 spool takes instances (``spool``: watermark and a write probe, see
+                 :mod:`scp.edgehealth`); 503 if redis is down, a queue has no worker or the
+                 spool is degraded (``status`` says which).
 ``GET /jobs``    newest jobs (``?state=failed&limit=50``).
 ``GET /jobs/{id}`` one job with its events.
 ``GET /metrics`` Prometheus text format (see :mod:`workers.metrics`).
@@ -23,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kneenode.settings import Settings
+from scp.edgehealth import spool_health
 from workers.jobstate import JobStore
 from workers.metrics import live_workers, render
 
@@ -44,10 +47,12 @@ def health(store: JobStore, settings: Settings) -> tuple[int, dict[str, Any]]:
         doc["status"] = "down"
         return 503, doc
     missing = [q for q, n in doc["workers"].items() if n == 0]
-    doc["status"] = "degraded" if missing else "ok"
+    doc["spool"] = spool_health(settings)
+    degraded = bool(missing) or doc["spool"]["status"] != "ok"
+    doc["status"] = "degraded" if degraded else "ok"
     if missing:
         doc["queues_without_workers"] = missing
-    return (503 if missing else 200), doc
+    return (503 if degraded else 200), doc
 
 
 def make_app(store: JobStore, settings: Settings) -> Starlette:
