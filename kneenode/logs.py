@@ -1,6 +1,9 @@
 """Logging set-up, written once for every process (SCP, workers, CLI).
 
 Logs carry Study/Series/SOP UIDs and job IDs as fields; callers never log patient names or IDs.
+Third-party libraries log below WARNING only at ``logging.level = DEBUG``: highdicom alone writes
+a dozen INFO lines per result object ("copy attributes of module ..."), which would bury the
+node's own lines.
 """
 
 from __future__ import annotations
@@ -11,6 +14,13 @@ import sys
 import structlog
 
 from kneenode.settings import LoggingSettings
+
+OWN_PACKAGES = frozenset({"kneenode", "scp", "pipeline", "workers", "__main__"})
+
+
+def _own_or_important(record: logging.LogRecord) -> bool:
+    """Keep the node's own records at any level and third-party records from WARNING on."""
+    return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in OWN_PACKAGES
 
 
 def configure_logging(settings: LoggingSettings) -> None:
@@ -43,6 +53,8 @@ def configure_logging(settings: LoggingSettings) -> None:
             ],
         )
     )
+    if settings.level != "DEBUG":
+        handler.addFilter(_own_or_important)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)

@@ -216,6 +216,64 @@ class CompletionSettings(Section):
     )
 
 
+class ReaderSettings(Section):
+    """Series reader tolerances and minimum sizes (docs/series.md); also the SCP summary's check.
+
+    Real scanners write Image Position rounded (GE: to 0.1 mm) and with a little slice-to-slice
+    jitter; a missing slice is a gap of about twice the spacing. The tolerances accept the first
+    and still refuse the second.
+    """
+
+    min_slices: int = Field(default=8, ge=2, description="Fewer slices than this cannot be "
+                            "segmented as 3-D (per echo).")
+    min_matrix: int = Field(default=16, ge=1, description="Rows and columns must be at least this.")
+    orientation_tolerance: float = Field(
+        default=1e-4, gt=0, description="Largest difference of direction cosines between frames."
+    )
+    echo_time_decimals: int = Field(
+        default=2, ge=0, description="Echo times are grouped after rounding to this many ms decimals."
+    )
+    position_precision_mm: float = Field(
+        default=0.1, ge=0,
+        description="Precision scanners write ImagePositionPatient with (GE rounds to 0.1 mm): two "
+        "rounded positions may be off by sqrt(3) x this, in-plane and along the normal.",
+    )
+    inplane_tolerance: float = Field(
+        default=0.01, ge=0,
+        description="Slices may drift in-plane by this fraction of the pixel spacing (or by the "
+        "position rounding, whichever is larger); beyond it: 'not stacked along their normal'.",
+    )
+    spacing_tolerance: float = Field(
+        default=0.1, ge=0, lt=0.5,
+        description="A slice gap may differ from the median gap by this fraction of it (or by the "
+        "position rounding, whichever is larger, at most 40 %); such a series is resampled onto a "
+        "uniform grid with a warning. Larger gaps are refused (missing slices, uneven spacing).",
+    )
+    uniform_tolerance_mm: float = Field(
+        default=0.01, ge=0,
+        description="Slices within this distance of a uniform grid are read as they are; farther "
+        "off, the volume is resampled along the normal and the job records a warning.",
+    )
+
+    @property
+    def rounding_allowance_mm(self) -> float:
+        """How far apart two positions written to ``position_precision_mm`` can be from the truth."""
+        return 3 ** 0.5 * self.position_precision_mm
+
+    def gap_tolerance_mm(self, spacing: float) -> float:
+        """Largest accepted deviation of one slice gap from the median ``spacing`` (mm).
+
+        It scales with the spacing, never falls below the rounding allowance and never reaches
+        half the spacing, so a missing slice (a gap of twice the spacing) always shows.
+        """
+        spacing = abs(spacing)
+        return min(max(self.spacing_tolerance * spacing, self.rounding_allowance_mm), 0.4 * spacing)
+
+    def inplane_tolerance_mm(self, pixel_spacing: float) -> float:
+        """Largest accepted in-plane drift of a slice from the first one (mm)."""
+        return max(self.inplane_tolerance * pixel_spacing, self.rounding_allowance_mm, 1e-3)
+
+
 DEMO_MODEL_DIR = (
     Path(__file__).resolve().parent.parent
     / "models"
@@ -509,7 +567,11 @@ class RetentionSettings(Section):
 class LoggingSettings(Section):
     """Logs: structured, with UIDs and job IDs, never patient names or IDs."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description="Log level of the node's own logs; third-party libraries (highdicom, "
+        "dramatiq, ...) log below WARNING only at DEBUG.",
+    )
     format: Literal["console", "json"] = Field(default="console", description="Human or JSON lines.")
 
 
@@ -579,6 +641,9 @@ class Settings(BaseSettings):
     spool: SpoolSettings = Field(default_factory=SpoolSettings, description="Durable spool.")
     completion: CompletionSettings = Field(
         default_factory=CompletionSettings, description="Series completion."
+    )
+    reader: ReaderSettings = Field(
+        default_factory=ReaderSettings, description="Series reader tolerances (docs/series.md)."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
     retention: RetentionSettings = Field(

@@ -182,7 +182,7 @@ class CompletionMonitor:
 
     def _build_summary(self, version_dir: Path) -> dict:
         source = _read_json(version_dir / "source.json")
-        summary = summarize_series(version_dir)
+        summary = summarize_series(version_dir, self.settings.reader)
         version = int(version_dir.name[1:])
         study_uid, series_uid = version_dir.parent.parent.name, version_dir.parent.name
         previous = source.get("previous_version")

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 
+from kneenode.settings import ReaderSettings
+
 _TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
     "SeriesDescription", "ProtocolName", "BodyPartExamined", "SeriesNumber", "StudyDate",
@@ -23,7 +25,7 @@ _TAGS = [
 ]
 
 
-def summarize_series(folder: Path) -> dict[str, Any]:
+def summarize_series(folder: Path, reader: ReaderSettings | None = None) -> dict[str, Any]:
     """Describe the ``*.dcm`` files of a series folder (header-only).
 
     Returns a JSON-ready dict: identifiers, descriptions, counts, SOP classes and transfer
@@ -61,15 +63,17 @@ def summarize_series(folder: Path) -> dict[str, Any]:
         "sop_class_uids": sorted({str(h.SOPClassUID) for h in headers if "SOPClassUID" in h}),
         "transfer_syntaxes": dict(syntaxes),
         "unreadable": unreadable,
-        "geometry": geometry_check(headers),
+        "geometry": geometry_check(headers, reader),
     }
 
 
-def geometry_check(headers: list[Any]) -> dict[str, Any]:
+def geometry_check(headers: list[Any], reader: ReaderSettings | None = None) -> dict[str, Any]:
     """Sanity of the slice geometry: one orientation, one matrix, unique, evenly spaced slices.
 
     Multi-echo series (several EchoTimes at each position) count each position once. An
     Enhanced (multi-frame) instance counts its frames. ``reason`` names the first problem found.
+    A slice gap is uneven when it differs from the median by more than the reader's gap tolerance
+    (``reader``, the ``reader`` settings): what the reader resamples the summary accepts.
     """
     result: dict[str, Any] = {
         "is_3d": False, "slices": 0, "echoes": 0, "consistent": False, "reason": None,
@@ -109,8 +113,10 @@ def geometry_check(headers: list[Any]) -> dict[str, Any]:
         return result
     if unique.size >= 2:
         steps = np.diff(unique)
-        result["slice_spacing"] = float(np.median(steps))
-        if steps.max() - steps.min() > 0.1 * abs(np.median(steps)) + 1e-3:
+        median = float(np.median(steps))
+        result["slice_spacing"] = median
+        tolerance = (reader or ReaderSettings()).gap_tolerance_mm(median)
+        if np.abs(steps - median).max() > tolerance:
             result["reason"] = (
                 f"uneven slice spacing ({steps.min():.3f}-{steps.max():.3f} mm): missing slices?"
             )

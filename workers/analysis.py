@@ -28,6 +28,7 @@ import SimpleITK as sitk
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_atomic, write_json_atomic
+from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from pipeline.results import RESULTS_FILE, update_results
 from workers.stages import Stage, StageContext
@@ -35,6 +36,8 @@ from workers.stages import Stage, StageContext
 IMAGE = "image.nii"
 VOLUME = "volume.json"
 RESULTS = RESULTS_FILE
+
+log = get_logger(__name__)
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:
@@ -76,7 +79,7 @@ def prepare(ctx: StageContext) -> None:
     from pipeline.series.kinds import refuse_blank, refuse_non_images, sop_classes_of
 
     if ctx.series_path.is_file():
-        volume = read_series(ctx.series_path)
+        volume = read_series(ctx.series_path, limits=ctx.settings.reader)
     else:
         files = series_files(ctx.series_path)
         if not files:
@@ -87,7 +90,7 @@ def prepare(ctx: StageContext) -> None:
         view.mkdir()
         for f in files:
             (view / f.name).symlink_to(f.resolve())
-        volume = read_series(view)
+        volume = read_series(view, limits=ctx.settings.reader)
     refuse_blank(volume.image)
     _write_image(volume.image, ctx.work_dir / IMAGE)
     if volume.is_multi_echo:
@@ -102,8 +105,11 @@ def prepare(ctx: StageContext) -> None:
         "frames": [ref.frame for ref in volume.slices[0]] if volume.slices else [],
         "size": list(volume.image.GetSize()),
         "spacing": list(volume.image.GetSpacing()),
+        "warnings": list(volume.warnings),
     }
     write_json_atomic(ctx.work_dir / VOLUME, info)
+    for warning in volume.warnings:
+        log.warning("series read with a warning", job_id=ctx.job_id, warning=warning)
     image = volume.image
     merge_results(ctx.job_dir, {
         "study_uid": volume.study_instance_uid, "series_uid": volume.series_instance_uid,
@@ -111,7 +117,15 @@ def prepare(ctx: StageContext) -> None:
                   "size": list(image.GetSize()), "spacing": _r6(image.GetSpacing()),
                   "origin": _r6(image.GetOrigin()), "direction": _r6(image.GetDirection()),
                   "echo_times_ms": list(volume.echo_times_ms)},
+        "warnings": _with_warnings(ctx.job_dir, volume.warnings),
     })
+
+
+def _with_warnings(job_dir: Path, new: tuple[str, ...]) -> list[str]:
+    """The job's ``warnings`` in results.json plus ``new`` (once each: a stage may be retried)."""
+    path = job_dir / RESULTS
+    old = json.loads(path.read_text(encoding="utf-8")).get("warnings", []) if path.exists() else []
+    return list(dict.fromkeys([*old, *new]))
 
 
 def load_image(ctx: StageContext, name: str = IMAGE) -> sitk.Image:

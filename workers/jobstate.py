@@ -119,6 +119,13 @@ class JobStore:
         raw = self.client.hgetall(self.key("job", job_id))
         return _decode(raw) if raw else None
 
+    def match_ids(self, part: str) -> list[str]:
+        """Job IDs equal to ``part``, or that start or end with it (the CLI's short IDs)."""
+        if self.client.exists(self.key("job", part)):
+            return [part]
+        ids = self.client.zrevrange(self.key("jobs"), 0, -1)
+        return [i for i in ids if part and (i.startswith(part) or i.endswith(part))]
+
     def list_jobs(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Newest jobs first; ``state`` filters (``running`` matches every ``running:<stage>``)."""
         ids = self.client.zrevrange(self.key("jobs"), 0, -1)

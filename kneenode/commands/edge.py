@@ -51,8 +51,8 @@ def scp_command(
 ) -> None:
     """Run only the DICOM edge: Storage SCP, spool and series completion.
 
-    Jobs for complete series are created in the shared redis (``jobs.redis_url``, or the embedded
-    redis of a running ``kneenode serve`` on the same data_dir); workers run elsewhere.
+    Jobs for complete series are created in the shared redis (jobs.redis_url, or the embedded
+    redis of a running `kneenode serve` on the same data_dir); workers run elsewhere.
     """
     settings = settings_for(ctx)
     on_complete = _log_only if no_jobs else _job_creator(settings)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -14,6 +13,7 @@ from rich.table import Table
 
 from kneenode.cli_app import CliState, app, fail, settings_for
 from kneenode.errors import NodeError
+from kneenode.joblist import jobs_table, when
 from kneenode.settings import Settings
 from workers.actors import enqueue_stage
 from workers.broker import make_broker, make_client, resolve_redis_url
@@ -32,17 +32,15 @@ def _store(settings: Settings) -> tuple[JobStore, str]:
     return JobStore(make_client(url), settings.jobs.namespace), url
 
 
-def _when(ts: Any) -> str:
-    if not ts:
-        return ""
-    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _closed(job: dict[str, Any]) -> str:
-    """How the job's series was closed, and ``+N late`` when more came after an early close."""
-    text = str(job.get("closed_by") or "")
-    more = job.get("more_after_close")
-    return f"{text} +{more} late" if more else text
+def resolve_job_id(store: JobStore, given: str) -> str:
+    """The full job ID for a full or short ID (as ``kneenode jobs`` shows it at 80 columns)."""
+    found = store.match_ids(given)
+    if not found:
+        raise fail(f"no job {given}")
+    if len(found) > 1:
+        raise fail(f"{len(found)} jobs match '{given}' ({', '.join(found[:4])}...): give more "
+                   "of the ID")
+    return found[0]
 
 
 @app.command("serve")
@@ -102,35 +100,28 @@ def jobs_cmd(
     limit: Annotated[int, typer.Option(min=1, help="At most this many (newest first).")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first.
+
+    Below about 150 columns the table is compact: short IDs (which job, retry, cancel and purge
+    accept), progress or error code next to the state, the description cut to fit.
+    """
     store, _ = _store(settings_for(ctx))
     jobs = store.list_jobs(state, limit)
     if as_json:
         typer.echo(json.dumps(jobs, indent=2, default=str))
         return
-    table = Table(title=f"{len(jobs)} job(s)")
-    for col in ("id", "state", "progress", "series", "v", "description", "from", "closed",
-                "error", "updated"):
-        table.add_column(col, overflow="fold")
-    for j in jobs:
-        err = j.get("error") or {}
-        table.add_row(
-            j["id"], j.get("state", ""), f"{100 * float(j.get('progress', 0)):.0f}%",
-            "..." + str(j.get("series_uid", ""))[-12:], str(j.get("version", "")),
-            j.get("series_description", ""), j.get("calling_ae", ""), _closed(j),
-            str(err.get("code", "")) if isinstance(err, dict) else "", _when(j.get("updated")),
-        )
-    console.print(table)
+    console.print(jobs_table(jobs, console.width))
 
 
 @app.command("job")
 def job_cmd(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    job_id: Annotated[str, typer.Argument(help="Job ID, full or short (as `jobs` lists it).")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
 ) -> None:
     """Show one job: record, stages and events."""
     store, _ = _store(settings_for(ctx))
+    job_id = resolve_job_id(store, job_id)
     job = store.get(job_id)
     if job is None:
         raise fail(f"no job {job_id}")
@@ -147,7 +138,7 @@ def job_cmd(
     if isinstance(err, dict):
         for key in ("code", "message", "hint"):
             head.add_row(f"error.{key}", str(err.get(key, "")))
-    head.add_row("created", _when(job.get("created")))
+    head.add_row("created", when(job.get("created")))
     console.print(head)
     stages = Table(title="stages")
     for col in ("stage", "state", "attempts", "start", "duration s", "worker"):
@@ -155,7 +146,7 @@ def job_cmd(
     for name, st in job["stages"].items():
         dur = st.get("duration")
         stages.add_row(name, str(st.get("state", "")), str(st.get("attempts", "")),
-                       _when(st.get("start")), f"{dur:.3f}" if dur is not None else "",
+                       when(st.get("start")), f"{dur:.3f}" if dur is not None else "",
                        str(st.get("worker", "")))
     console.print(stages)
     ev = Table(title="events")
@@ -163,20 +154,21 @@ def job_cmd(
         ev.add_column(col, overflow="fold")
     for e in events:
         details = {k: v for k, v in e.items() if k not in ("t", "kind")}
-        ev.add_row(_when(e["t"]), e["kind"], json.dumps(details, default=str) if details else "")
+        ev.add_row(when(e["t"]), e["kind"], json.dumps(details, default=str) if details else "")
     console.print(ev)
 
 
 @app.command("retry")
 def retry_cmd(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    job_id: Annotated[str, typer.Argument(help="Job ID, full or short (as `jobs` lists it).")],
     from_stage: Annotated[str | None, typer.Option(help="Redo from this stage (default: the "
                                                    "failed stage, else the first).")] = None,
 ) -> None:
     """Run an ended job again (failed, cancelled or done), from a stage on."""
     settings = settings_for(ctx)
     store, url = _store(settings)
+    job_id = resolve_job_id(store, job_id)
     job = store.get(job_id)
     if job is None:
         raise fail(f"no job {job_id}")
@@ -198,10 +190,11 @@ def retry_cmd(
 @app.command("cancel")
 def cancel_cmd(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    job_id: Annotated[str, typer.Argument(help="Job ID, full or short (as `jobs` lists it).")],
 ) -> None:
     """Cancel a job: no further stage starts; a running stage may finish or stop early."""
     store, _ = _store(settings_for(ctx))
+    job_id = resolve_job_id(store, job_id)
     job = store.get(job_id)
     if job is None:
         raise fail(f"no job {job_id}")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kneenode.cli_app import app, fail, settings_for
-from kneenode.commands.jobs import _store
+from kneenode.commands.jobs import _store, resolve_job_id
 from kneenode.demo import DemoResult
 from workers.retention import all_jobs, apply, plan_manual, run_retention
 
@@ -21,7 +21,8 @@ console = Console()
 @app.command("purge")
 def purge_cmd(
     ctx: typer.Context,
-    job_ids: Annotated[list[str] | None, typer.Argument(help="Jobs to remove (any ended state).")] = None,
+    job_ids: Annotated[list[str] | None, typer.Argument(
+        help="Jobs to remove (any ended state), full or short IDs.")] = None,
     state: Annotated[list[str] | None, typer.Option("--state", help="Remove every job in this "
                                                     "ended state (failed, done, ignored, cancelled).")] = None,
     older_than: Annotated[float, typer.Option(help="With --state: only jobs ended this many days ago.")] = 0.0,
@@ -43,6 +44,7 @@ def purge_cmd(
         raise fail(f"--state takes ended states only, not {sorted(bad)}", 2)
     if not job_ids and not state:
         raise fail("name job ids, --state or --policy", 2)
+    job_ids = [resolve_job_id(store, j) for j in job_ids or []]
     items = plan_manual(all_jobs(store), job_ids=set(job_ids or []), states=set(state or []),
                         older_than_days=older_than, now=time.time())
     for item in items:

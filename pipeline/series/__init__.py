@@ -7,7 +7,9 @@ Public API::
     model_img, plan = reorient(vol.image, "LPS")              # or a reference image
     labels_on_source = plan.undo(labels_in_model_orientation)
 
-See docs/series.md for the rules and error messages.
+Tolerances come from the ``reader`` settings section (``kneenode.settings.ReaderSettings``),
+passed as ``read_series(path, limits=settings.reader)``. See docs/series.md for the rules,
+warnings and error messages.
 """
 
 from pipeline.series.frames import Frame, SliceRef
@@ -18,12 +20,10 @@ from pipeline.series.reorient import (
     plan_reorientation,
     reorient,
 )
-from pipeline.series.stack import ReaderLimits
 from pipeline.series.volume import SeriesVolume, read_image_file, read_series, rss
 
 __all__ = [
     "Frame",
-    "ReaderLimits",
     "Reorientation",
     "SeriesVolume",
     "SliceRef",

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from kneenode.errors import ErrorCode, NodeError
+from kneenode.settings import ReaderSettings
 from pipeline.series.frames import (
     GE_CREATOR,
     Frame,
@@ -24,12 +25,12 @@ from pipeline.series.frames import (
     read_header,
 )
 from pipeline.series.stack import (
-    ReaderLimits,
     Stack,
     build_stack,
     check_common,
     check_echoes_match,
     group_by_echo,
+    resample_uniform,
 )
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -60,6 +61,10 @@ class SeriesVolume:
         Parameters T2 mapping needs: RepetitionTime, FlipAngle (and EchoTimes) in ms/degrees, the
         GE gradient tags ``gl_area`` (0019,10B6) and ``tg_us`` (0019,10B7) when present, plus
         Manufacturer and MagneticFieldStrength.
+    warnings
+        What the reader accepted but the operator should know (e.g. non-uniform slice spacing
+        resampled onto a uniform grid: slice ``k`` of the volume is then interpolated between
+        source slices ``k`` and a neighbour, off ``slices[e][k]`` by at most the gap tolerance).
     """
 
     image: sitk.Image
@@ -75,6 +80,7 @@ class SeriesVolume:
     modality: str | None = None
     header: Dataset | None = None
     acquisition: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @property
     def is_multi_echo(self) -> bool:
@@ -88,13 +94,17 @@ class SeriesVolume:
 
 
 def read_series(
-    path: str | Path | Sequence[str | Path], limits: ReaderLimits | None = None
+    path: str | Path | Sequence[str | Path], limits: ReaderSettings | None = None
 ) -> SeriesVolume:
     """Read a completed series folder, a single (multi-frame) DICOM file, a list of DICOM files,
     or a NIfTI/NRRD file.
 
     A folder is searched recursively; hidden files, ``DICOMDIR`` and ``*.json`` side-car files (the
     spool's own records) are skipped, any other non-DICOM file is an error.
+
+    ``limits`` are the reader tolerances (the ``reader`` settings section; defaults when None).
+    Slices a little off a uniform grid (within the tolerances) are resampled onto it and reported
+    in ``warnings``.
 
     Raises
     ------
@@ -104,7 +114,7 @@ def read_series(
         for several series in one folder, mixed matrix sizes or orientations, 2-D or too small
         input, duplicate or missing slices, uneven spacing, or echoes that do not match.
     """
-    limits = limits or ReaderLimits()
+    limits = limits or ReaderSettings()
     if not isinstance(path, (str, Path)):
         files = [Path(f) for f in path]
         missing = [f for f in files if not f.is_file()]
@@ -127,7 +137,7 @@ def read_series(
     return _read_dicom(p, files, limits)
 
 
-def _read_dicom(root: Path, files: list[Path], limits: ReaderLimits) -> SeriesVolume:
+def _read_dicom(root: Path, files: list[Path], limits: ReaderSettings) -> SeriesVolume:
     headers: list[tuple[Path, Dataset]] = []
     seen: set[str] = set()
     for f in files:
@@ -145,7 +155,7 @@ def _read_dicom(root: Path, files: list[Path], limits: ReaderLimits) -> SeriesVo
     stacks = [build_stack(g, limits) for g in group_by_echo(frames, limits)]
     check_echoes_match(stacks)
     datasets = dict(headers)
-    arrays = [load_pixels(s.frames, datasets) for s in stacks]
+    arrays = [resample_uniform(load_pixels(s.frames, datasets), s) for s in stacks]
     echoes = tuple(_stack_image(s, a) for s, a in zip(stacks, arrays, strict=True))
     image = echoes[0] if len(echoes) == 1 else _image_like(_rss_array(arrays), echoes[0])
     del arrays
@@ -165,6 +175,8 @@ def _read_dicom(root: Path, files: list[Path], limits: ReaderLimits) -> SeriesVo
         modality=_str(first, "Modality"),
         header=first,
         acquisition=_acquisition(first, stacks),
+        # every echo samples the same positions (checked), so the first echo's warning says it all
+        warnings=(stacks[0].warning,) if stacks[0].warning else (),
     )
 
 
@@ -235,9 +247,9 @@ def rss(echoes: tuple[sitk.Image, ...]) -> sitk.Image:
                        echoes[0])
 
 
-def read_image_file(path: Path, limits: ReaderLimits | None = None) -> SeriesVolume:
+def read_image_file(path: Path, limits: ReaderSettings | None = None) -> SeriesVolume:
     """A NIfTI / NRRD / MetaImage volume (SimpleITK) as a single-echo SeriesVolume."""
-    limits = limits or ReaderLimits()
+    limits = limits or ReaderSettings()
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:

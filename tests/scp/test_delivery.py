@@ -17,7 +17,7 @@ def test_down_destination_then_up_sends_only_what_is_missing(tmp_path):
     port = free_port()
     options = DeliverySettings(destinations=[DestinationSettings(ae_title="STORESCP",
                                                                  host="127.0.0.1", port=port)],
-                               timeout=5)
+                               timeout=30)  # per send; a loaded storescp may be slow
     settings = Settings(delivery=options)
     targets = resolve_targets(settings, "ANY")
     outbox = tmp_path / "outbox.json"
@@ -30,7 +30,7 @@ def test_down_destination_then_up_sends_only_what_is_missing(tmp_path):
     proc = start(["storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
                  log=tmp_path / "storescp.log", env=dcmtk_env())
     try:
-        wait_for(lambda: port_open(port), 10, what="storescp")
+        wait_for(lambda: port_open(port), 60, what="storescp")
         # pretend an earlier attempt already delivered two: they must not be sent again
         box = json.loads(outbox.read_text())
         entries = box["destinations"][f"STORESCP@127.0.0.1:{port}"]

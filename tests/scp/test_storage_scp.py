@@ -45,7 +45,7 @@ def uids(path: Path) -> tuple[str, str, str]:
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
 
 
-def wait_complete(node, study: str, series: str, versions: int = 1, timeout: float = 30) -> list[Path]:
+def wait_complete(node, study: str, series: str, versions: int = 1, timeout: float = 60) -> list[Path]:
     wait_for(lambda: len([v for v in node.versions(study, series) if (v / "announced").exists()])
              >= versions, timeout, what=f"{versions} complete version(s)")
     return node.versions(study, series)
@@ -255,8 +255,8 @@ def test_per_ae_quiet_period(node_factory, tmp_path):
                          "completion": {"quiet_seconds": 30, "poll_seconds": 0.2, "policy": "timer"}})
     assert storescu(node.port, fast, aet="FAST").returncode == 0
     assert storescu(node.port, slow, aet="SLOW").returncode == 0
-    wait_complete(node, *uids(fast[0])[:2], timeout=10)
-    time.sleep(1)
+    wait_complete(node, *uids(fast[0])[:2], timeout=25)  # well inside SLOW's 30 s
+    time.sleep(1)  # not a wait for a result: a chance for a wrong early completion to show
     assert not node.versions(*uids(slow[0])[:2])  # 30 s default still running
 
 

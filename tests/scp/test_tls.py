@@ -60,8 +60,8 @@ def test_delivery_over_tls_to_a_tls_peer(node_factory, pki, tmp_path):
     target = _target(DestinationSettings(ae_title="KNEENODE", host="127.0.0.1", port=node.port,
                                          tls=True, ca=pki / "ca.crt", cert=pki / "client.crt",
                                          key=pki / "client.key"))
-    report = send_files(files, target.destination, tls=target.tls, timeout=10)
+    report = send_files(files, target.destination, tls=target.tls, timeout=30)
     assert report.ok, report
     no_cert = _target(DestinationSettings(ae_title="KNEENODE", host="127.0.0.1", port=node.port,
                                           tls=True, ca=pki / "ca.crt"))
-    assert not send_files(files, no_cert.destination, tls=no_cert.tls, timeout=10).ok
+    assert not send_files(files, no_cert.destination, tls=no_cert.tls, timeout=30).ok

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -22,9 +24,13 @@ def mr_series(
     spacing: float = 0.7,
     seed: int = 0,
     images_in_acquisition: int | None = None,
+    orientation: Sequence[float] = (0, 1, 0, 0, 0, -1),
+    positions: Sequence[Sequence[float]] | None = None,
 ) -> list[Path]:
-    """Write a sagittal MR series (one file per slice); returns the paths in slice order.
+    """Write an MR series (one file per slice); returns the paths in slice order.
 
+    Sagittal slices ``spacing`` apart by default; ``orientation`` and ``positions`` (one
+    ImagePositionPatient per slice, written as given) describe any other geometry.
     ``images_in_acquisition`` writes that header (as GE does), an expected count for completion.
     """
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,8 +61,9 @@ def mr_series(
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
         if images_in_acquisition is not None:
             ds.AcquisitionNumber, ds.ImagesInAcquisition = 1, images_in_acquisition
-        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
-        ds.ImagePositionPatient = [round(i * spacing, 4), -50.0, 50.0]
+        ds.ImageOrientationPatient = [f"{v:.6g}" for v in orientation]
+        ds.ImagePositionPatient = ([f"{v:.6g}" for v in positions[i]] if positions is not None
+                                   else [round(i * spacing, 4), -50.0, 50.0])
         ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], spacing
         ds.Rows, ds.Columns = rows, columns
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -66,3 +73,42 @@ def mr_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+SCANNER_SPACING = 0.7
+SCANNER_SLICES = 40
+
+
+def oblique_plane() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column direction of a sagittal plane tilted 12 and 17 degrees, and its normal."""
+    a, b = np.radians(12.0), np.radians(17.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    rot = rx @ rz
+    row, col = rot @ np.array([0.0, 1.0, 0.0]), rot @ np.array([0.0, 0.0, -1.0])
+    return row, col, np.cross(row, col)
+
+
+def scanner_like_series(folder: Path, drop: int | None = None) -> np.ndarray:
+    """An oblique series as a GE scanner writes it: 0.3 % jitter on every gap, Image Position
+    rounded to 0.1 mm (``drop``: the index of a slice left out).
+
+    Each slice's pixels are 100 + 100 x its written distance along the normal from the first
+    slice (mm), so a correct linear resampling gives 100 + 100 x the uniform grid position.
+    Returns the written distances along the normal of the slices kept.
+    """
+    row, col, normal = oblique_plane()
+    rng = np.random.default_rng(7)
+    gaps = SCANNER_SPACING * (1 + 0.003 * rng.uniform(-1, 1, SCANNER_SLICES - 1))
+    dist = np.concatenate([[0.0], np.cumsum(gaps)])
+    positions = np.round(np.array([-31.27, 12.94, 40.51]) + dist[:, None] * normal, 1)
+    keep = [i for i in range(SCANNER_SLICES) if i != drop]
+    paths = mr_series(folder, slices=len(keep), orientation=[*row, *col],
+                      positions=positions[keep].tolist())
+    written = positions[keep] @ normal
+    for path, d in zip(paths, written, strict=True):
+        ds = dcmread(path)
+        ds.PixelData = np.full((ds.Rows, ds.Columns), round(100 * (d - written[0])) + 100,
+                               np.uint16).tobytes()
+        ds.save_as(path)
+    return written

@@ -8,6 +8,9 @@
 // ran: no page error, no console error, no HTTP status >= 400, no OHIF error boundary.
 // Checks read the app's state (window.services, window.cornerstone, window.cornerstoneTools)
 // rather than comparing screenshots; screenshots are saved for people.
+// Waiting: every check first polls (settle) until the viewer has reached the state the check
+// reads (the slice shown, its labelmap rendered, the canvas drawn), with a generous deadline, and
+// then checks that state; nothing waits a fixed time for a result (the suite runs on loaded CPUs).
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -51,10 +54,35 @@ async function launch() {
   await context.addInitScript(() => {
     try { window.localStorage?.setItem('shownTours', JSON.stringify(['basicViewerTour'])); } catch (e) { /* no storage */ }
   });
+  // Every text cornerstone draws next to an annotation, collected when it is drawn (a capturing
+  // listener sees the non-bubbling event on any viewport element): what the SR step checks.
+  // Also counts the renders per image shown (what the SR step waits for after each arrow click).
+  await context.addInitScript(() => {
+    window.__drawnText = new Set();
+    window.__rendersOn = {};
+    document.addEventListener('CORNERSTONE_TOOLS_ANNOTATION_RENDERED', e => {
+      for (const t of document.querySelectorAll('svg text')) window.__drawnText.add(t.textContent);
+      let id = null;
+      try { id = window.cornerstone.getEnabledElement(e.detail.element).viewport.getCurrentImageId(); } catch (err) { /* not a viewport */ }
+      if (id) window.__rendersOn[id] = (window.__rendersOn[id] || 0) + 1;
+    }, true);
+  });
   return context;
 }
 
 const sleep = ms => new Promise(r => setTimeout(r, ms));
+
+/** Read the app's state with `read` until `ready(state)` holds or `timeout` ms pass; returns the
+ * last state read, so the caller's checks report what the viewer showed at the deadline. */
+async function settle(read, ready, timeout = T.step) {
+  const end = Date.now() + timeout;
+  let state = await read();
+  while (!ready(state) && Date.now() < end) {
+    await sleep(250);
+    state = await read();
+  }
+  return state;
+}
 
 async function shot(page, name) {
   const file = path.join(cfg.out, `${name}.png`);
@@ -131,6 +159,15 @@ function pageSegmentation(probe) {
   });
   const viewportId = viewportGridService.getActiveViewportId();
   const reps = segmentationService.getSegmentationRepresentations(viewportId) || [];
+  // Ready when every labelmap image is cached, the viewport shows the probe's slice and has a
+  // labelmap actor for each labelmap image of that slice (what the world lookup below reads).
+  const vpNow = window.services.cornerstoneViewportService.getCornerstoneViewport(viewportId);
+  const onProbe = imageKey(vpNow?.getCurrentImageId?.() || '') === probe.image_key;
+  const probeLabelmaps = (lm.imageIds || []).filter((id, i) =>
+    imageKey((lm.referencedImageIds || [])[i] || '') === probe.image_key);
+  const actorRefs = new Set((vpNow?.getActors?.() || []).map(a => a.referencedId));
+  const ready = onProbe && probeLabelmaps.length > 0 && Object.values(perSop).every(h => h !== null)
+    && probeLabelmaps.every(id => actorRefs.has(id));
   // The segment the viewer finds at the probe's patient position (its own geometry mapping).
   let worldValue = null;
   try {
@@ -139,7 +176,7 @@ function pageSegmentation(probe) {
       seg.segmentationId, probe.world, { viewport });
   } catch (e) { worldValue = `error: ${e.message}`; }
   return {
-    count: segs.length, label: seg.label, segments, perSop, probeValue, worldValue,
+    count: segs.length, label: seg.label, segments, perSop, probeValue, worldValue, ready,
     representations: reps.map(r => ({ type: r.type, visible: r.visible, segmentationId: r.segmentationId })),
   };
 }
@@ -208,6 +245,7 @@ async function waitViewportSeries(page, seriesUid, what) {
   }, seriesUid, { timeout: T.step }).catch(() => { throw new Error(`${what} never showed in the viewport`); });
 }
 
+/** Adds to `problems` what shows the viewport has not drawn the series; returns `problems`. */
 function rendered(vp, seriesUid, what, problems) {
   if (!vp.imageId || !vp.imageId.includes(`/series/${seriesUid}/`)) {
     problems.push(`${what}: viewport shows ${vp.imageId}, not series ${seriesUid}`);
@@ -217,6 +255,7 @@ function rendered(vp, seriesUid, what, problems) {
   else if (c.max - c.min < 40 || c.litSamples < 50) {
     problems.push(`${what}: canvas looks blank (min ${c.min}, max ${c.max}, lit ${c.litSamples})`);
   }
+  return problems;
 }
 
 const steps = {
@@ -224,9 +263,11 @@ const steps = {
     await page.goto(`${cfg.base}/`);
     const row = page.getByText(study.expect.patient_name_shown, { exact: false }).first();
     await row.waitFor({ timeout: T.boot });
-    const text = await page.locator('body').innerText();
+    // the list fills in row by row: wait for all of them (or the deadline), then count
+    const name = new RegExp(study.expect.patient_name_shown.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'g');
+    const count = async () => ((await page.locator('body').innerText()).match(name) || []).length;
     const problems = [];
-    const rows = (text.match(new RegExp(study.expect.patient_name_shown.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'g')) || []).length;
+    const rows = await settle(count, n => n >= cfg.studies_in_pacs);
     if (rows < cfg.studies_in_pacs) problems.push(`study list shows ${rows} rows, expected ${cfg.studies_in_pacs}`);
     return { problems, details: { rows } };
   },
@@ -241,8 +282,8 @@ const steps = {
       if (!ds) problems.push(`no display set for the ${kind} series`);
       else if (ds.unsupported) problems.push(`${kind} display set is unsupported`);
     }
-    await sleep(500);
-    const vp = await page.evaluate(pageViewport);
+    const vp = await settle(() => page.evaluate(pageViewport),
+      v => !rendered(v, e.series.mr, 'MR', []).length && v.imageCount === e.slices);
     rendered(vp, e.series.mr, 'MR', problems);
     if (vp.imageCount !== e.slices) problems.push(`MR viewport has ${vp.imageCount} images, expected ${e.slices}`);
     return { problems, details: { displaySets: sets, viewport: vp } };
@@ -267,9 +308,10 @@ const steps = {
       const k = vp.getImageIds().findIndex(id => id.endsWith(`/instances/${key}`));
       return vp.setImageIdIndex(k);
     }, e.probe.image_key).catch(() => {});
-    await sleep(700);
-    const got = await page.evaluate(pageSegmentation, e.probe);
+    // The world lookup reads the labelmap actor of the slice on screen: wait until it is there.
+    const got = await settle(() => page.evaluate(pageSegmentation, e.probe), g => g.ready);
     const problems = [];
+    if (!got.ready) problems.push(`the probe's slice ${e.probe.slice} and its labelmap were not rendered within ${T.step} ms`);
     const names = got.segments.map(s => s.label);
     if (JSON.stringify(names) !== JSON.stringify(e.segment_names)) {
       problems.push(`segment names ${JSON.stringify(names)} != ${JSON.stringify(e.segment_names)}`);
@@ -310,10 +352,10 @@ const steps = {
       const ds = window.services.displaySetService.getActiveDisplaySets().find(d => d.SeriesInstanceUID === uid);
       return ds?.isLoaded && (ds.measurements || []).length > 0;
     }, e.series.sr, { timeout: T.step }).catch(() => { throw new Error('the SR never loaded'); });
-    await sleep(500);
-    const got = await page.evaluate(pageSR, e.series.sr);
-    const problems = [];
     const groups = Object.keys(e.sr_values);
+    const got = await settle(() => page.evaluate(pageSR, e.series.sr), g => g.annotations >= groups.length
+      && groups.every(id => g.measurements.some(m => m.id === id && m.loaded)));
+    const problems = [];
     const byId = Object.fromEntries(got.measurements.map(m => [m.id, m]));
     for (const id of groups) {
       const m = byId[id];
@@ -325,16 +367,34 @@ const steps = {
       }
     }
     if (got.annotations < groups.length) problems.push(`${got.annotations} SR annotations drawn, expected ${groups.length}`);
-    // Step through the groups with the viewport's arrows, as a reader does, and collect what is
-    // drawn on the image next to each outline.
-    const drawn = new Set(got.svgText);
+    // Step through the groups with the viewport's arrows, as a reader does; every text drawn next
+    // to an outline is collected as it is drawn (init script). After each click, wait for the
+    // viewport to draw its annotations again; at the end, for every group's value to have been
+    // drawn (each within the deadline, then checked).
+    // An arrow click moves the viewport to the next measurement's image (OHIF: setViewReference
+    // on measurements[k].imageId); wait until it shows that image and has drawn its annotations
+    // there since the click (nothing to wait for when the image stays the same).
+    const drawnText = () => page.evaluate(() => [...window.__drawnText]);
+    const view = () => page.evaluate(uid => {
+      const { viewportGridService, cornerstoneViewportService, displaySetService } = window.services;
+      const vp = cornerstoneViewportService.getCornerstoneViewport(viewportGridService.getActiveViewportId());
+      const ds = displaySetService.getActiveDisplaySets().find(d => d.SeriesInstanceUID === uid);
+      return { image: vp?.getCurrentImageId?.() || null, renders: { ...window.__rendersOn },
+        targets: (ds?.measurements || []).map(m => m.imageId) };
+    }, e.series.sr);
     const arrow = page.locator('[data-cy="viewport-action-arrows-right"] svg').first();
+    let now = await view();
     for (let i = 0; i < groups.length && !problems.length; i++) {
       if (!(await arrow.isVisible().catch(() => false))) { problems.push('no measurement arrows on the SR viewport'); break; }
+      const before = now;
+      const target = before.targets[(i + 1) % Math.max(before.targets.length, 1)];
       await arrow.click();
-      await sleep(250);
-      for (const t of await page.evaluate(() => Array.from(document.querySelectorAll('svg text')).map(t => t.textContent))) drawn.add(t);
+      now = await settle(view, v => target === before.image
+        || (v.image === target && (v.renders[target] || 0) > (before.renders[target] || 0)));
     }
+    const firsts = groups.map(id => e.sr_values[id][0]);
+    const drawn = new Set(problems.length ? await drawnText()  // already failed: no more waiting
+      : await settle(drawnText, texts => firsts.every(f => texts.some(t => t.includes(f)))));
     for (const id of groups) {
       const first = e.sr_values[id][0];
       if (![...drawn].some(t => t.includes(first))) problems.push(`SR group ${id}: "${first}" never drawn on the image`);
@@ -347,8 +407,8 @@ const steps = {
     const e = study.expect;
     await thumbnail(page, e.series.overlay);
     await waitViewportSeries(page, e.series.overlay, 'the overlay series');
-    await sleep(300);
-    const vp = await page.evaluate(pageViewport);
+    const vp = await settle(() => page.evaluate(pageViewport),
+      v => !rendered(v, e.series.overlay, 'overlay', []).length && v.imageCount === e.slices);
     const problems = [];
     rendered(vp, e.series.overlay, 'overlay', problems);
     if (vp.imageCount !== e.slices) problems.push(`overlay viewport has ${vp.imageCount} images, expected ${e.slices}`);
@@ -362,11 +422,11 @@ const steps = {
       .catch(() => { throw new Error('no PDF viewport'); });
     await page.waitForFunction(() => !!document.querySelector('object[type="application/pdf"]')?.data, null,
       { timeout: T.step }).catch(() => { throw new Error('the PDF viewport got no document'); });
-    const got = await page.evaluate(pagePdf);
+    const got = await settle(() => page.evaluate(pagePdf), g => g.magic === '%PDF-' && g.rendered);
     const problems = [];
     if (got.magic !== '%PDF-') problems.push(`the PDF viewport's document starts with ${JSON.stringify(got.magic)}`);
     if (!got.rendered) problems.push('the PDF viewport is not laid out');
-    await sleep(1500);  // let chromium's PDF viewer paint its pages for the screenshot
+    await sleep(1500);  // only for the screenshot (people look at it): chromium's PDF viewer paints
     return { problems, details: got };
   },
 };
@@ -384,6 +444,7 @@ async function runStudy(context, study, report) {
     } catch (err) {
       result.problems.push(`step failed: ${err.message.split('\n')[0]}`);
     }
+    // A short grace for late errors of this step to surface (an absence cannot be polled for).
     await sleep(200);
     if (await errorBoundaryShown(page)) result.problems.push('OHIF shows its error boundary ("Something went wrong")');
     result.events = watch.take();

@@ -94,7 +94,7 @@ def run_node(work: Path, orthanc: Orthanc, sources: list[list[Path]]) -> list[tu
             return jobs[0] if jobs else {}
 
         wait_for(lambda: all(job(uid).get("state") in ("done", "failed", "ignored") for uid in studies),
-                 300 * len(studies), interval=0.5, what="the kneenode jobs to end")
+                 360 * len(studies), interval=0.5, what="the kneenode jobs to end")
         out = []
         for uid in studies:
             record = job(uid)

@@ -28,6 +28,9 @@ from pipeline.encode.sr_viewer import outlines_by_key
 from pipeline.phantom import make_phantom, write_phantom
 from tests.viewer.objects import ALL_STEPS
 
+# Deadlines only (nothing here waits a fixed time): generous, the suite runs on loaded CPUs.
+pytestmark = pytest.mark.timeout(1200)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 ARTIFACTS = Path(os.environ.get("KNEENODE_VIEWER_ARTIFACTS", HERE / "artifacts"))
@@ -40,7 +43,7 @@ def viewer_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     phantom = write_phantom(knee, work / "phantom")
     enhanced = write_phantom(knee, work / "enhanced", enhanced=True)  # its own study
     shots = work / "screenshots"
-    config = {"out": str(shots), "browser_timeout_s": 240,
+    config = {"out": str(shots), "browser_timeout_s": 600,
               "source": [str(p) for p in phantom.dicom_files],
               "enhanced_source": [str(p) for p in enhanced.dicom_files]}
     (work / "config.json").write_text(json.dumps(config))
@@ -49,7 +52,7 @@ def viewer_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         # behind dies with the harness, which is its PID 1).
         ["unshare", "--net", "--pid", "--kill-child=SIGTERM", "--", sys.executable, "-m",
          "tests.viewer.harness", str(work)],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=1100)
     report = json.loads((work / "report.json").read_text()) if (work / "report.json").exists() else {}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for path in [*shots.glob("*.png"), work / "report.json", work / "browser.log"]:

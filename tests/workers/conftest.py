@@ -39,7 +39,14 @@ FAST_JOBS: dict[str, Any] = {
     "cpu_threads": 2,
     "io_threads": 2,
     "http_port": 0,
+    # Far beyond every wait below: a test that sees a killed worker's stage run again within its
+    # deadline proves the supervisor (or start-up recovery) requeued it, not the heartbeat.
+    "heartbeat_timeout_s": 600,
 }
+
+# Deadline of a wait for a job state: generous, because the suite runs on loaded CPUs; it only
+# matters when the awaited state never comes.
+JOB_WAIT_S = 120.0
 
 
 def toml_value(v: Any) -> str:
@@ -103,7 +110,7 @@ class Cluster:
         """Create a job as the edge would; return its id."""
         return self.creator.create(self.series(behaviour, **summary))
 
-    def wait(self, job_id: str, states: set[str], timeout: float = 30.0) -> dict[str, Any]:
+    def wait(self, job_id: str, states: set[str], timeout: float = JOB_WAIT_S) -> dict[str, Any]:
         """Wait until the job's state (or its ``running:<stage>``) is in ``states``."""
         deadline = time.monotonic() + timeout
         job: dict[str, Any] | None = None
@@ -117,7 +124,7 @@ class Cluster:
 
     def worker_pid(self, queue: str) -> int:
         """PID of a live worker process consuming ``queue`` (from its redis record)."""
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             for wid in self.store.client.smembers(self.store.key("workers")):
                 rec = self.store.client.hgetall(self.store.key("worker", wid))
@@ -139,6 +146,16 @@ def make_cluster(root: Path, monkeypatch: pytest.MonkeyPatch, **jobs: Any) -> Cl
     creator = JobCreator(settings, store, make_broker(redis.url, settings.jobs), load_chain(settings))
     specs = [ChildSpec(("cpu",), 2), ChildSpec(("gpu",), 1, "cpu"), ChildSpec(("io",), 2)]
     return Cluster(root, settings, config, redis, store, creator, specs=specs)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[JobStore]:
+    """A JobStore (namespace ``kntest``) on a private real redis-server, stopped afterwards."""
+    child = start_redis(tmp_path / "redis")
+    try:
+        yield JobStore(make_client(child.url), "kntest")
+    finally:
+        child.stop()
 
 
 @pytest.fixture

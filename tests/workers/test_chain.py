@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import psutil
 
 from tests.support.mr import mr_series
+from tests.support.procs import wait_for
 from tests.workers.chains import trace_lines
 from tests.workers.conftest import Cluster
 from workers.stages import is_done
@@ -52,10 +52,11 @@ def test_same_series_version_is_one_job_and_resend_links(cluster: Cluster) -> No
 
 def test_kill_9_worker_mid_stage_completes_once(cluster: Cluster) -> None:
     job_id = cluster.submit({"s2": "sleep:3"})
-    cluster.wait(job_id, {"running:s2"})
-    time.sleep(0.3)
+    job_dir = Path(cluster.wait(job_id, {"running:s2"})["job_dir"])
+    wait_for(lambda: ["s2", "start"] in [line[:2] for line in trace_lines(job_dir)], 60,
+             what="s2 to start its work")  # killed inside the stage, not before it began
     os.kill(cluster.worker_pid("gpu"), signal.SIGKILL)
-    job = cluster.wait(job_id, {"done", "failed"}, timeout=40)
+    job = cluster.wait(job_id, {"done", "failed"})
     assert job["state"] == "done", job
     lines = trace_lines(Path(job["job_dir"]))
     starts = Counter(line[0] for line in lines if line[1] == "start")
@@ -72,7 +73,7 @@ def test_kill_9_of_whole_worker_host_recovers_by_heartbeat(cluster_factory) -> N
     host = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         job_id = c.submit({"s2": "sleep:30"})
-        c.wait(job_id, {"running:s2"}, timeout=30)
+        c.wait(job_id, {"running:s2"})
         children = psutil.Process(host.pid).children()
         assert len(children) == 2  # gpu process + cpu,io process
         for proc in [psutil.Process(host.pid), *children]:
@@ -86,7 +87,7 @@ def test_kill_9_of_whole_worker_host_recovers_by_heartbeat(cluster_factory) -> N
         summary = Path(c.store.get(job_id)["series_path"]) / "summary.json"
         summary.write_text(summary.read_text().replace("sleep:30", "ok"))
         c.start_workers()
-        job = c.wait(job_id, {"done", "failed"}, timeout=40)
+        job = c.wait(job_id, {"done", "failed"})
         assert job["state"] == "done", job
         assert _ends(Path(job["job_dir"])) == {"s1": 1, "s2": 1, "s3": 1, "s4": 1}
     finally:
@@ -105,12 +106,12 @@ def test_redis_restart_with_jobs_queued(cluster: Cluster) -> None:
     cluster.redis = start_redis(folder, port=port)
     cluster.start_workers()
     for j in jobs:
-        assert cluster.wait(j, {"done", "failed"}, timeout=40)["state"] == "done"
+        assert cluster.wait(j, {"done", "failed"})["state"] == "done"
     # Workers already running survive a second restart: they reconnect and go on.
     cluster.redis.stop()
     cluster.redis = start_redis(folder, port=port)
     later = cluster.submit()
-    assert cluster.wait(later, {"done", "failed"}, timeout=40)["state"] == "done"
+    assert cluster.wait(later, {"done", "failed"})["state"] == "done"
 
 
 def test_default_chain_runs_prepare_in_a_worker(cluster_factory) -> None:

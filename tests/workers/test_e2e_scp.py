@@ -36,7 +36,7 @@ def test_storescu_to_scp_to_job_done(tmp_path: Path) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "kneenode.cli", "serve"], env=env,
                                 stdout=fh, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not (data / "serve.json").exists():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,6 @@ from workers.broker import make_client
 from workers.jobstate import JobStore
 from workers.middleware import backoff_s, classify
 from workers.redisproc import running_endpoint, start_redis
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[JobStore]:
-    redis = start_redis(tmp_path / "redis")
-    try:
-        yield JobStore(make_client(redis.url), "t")
-    finally:
-        redis.stop()
 
 
 def test_embedded_redis_runs_with_aof_and_stops_by_pid(tmp_path: Path) -> None:

@@ -8,24 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from kneenode.settings import RetentionSettings, Settings
-from workers.broker import make_client
 from workers.jobstate import JobStore
-from workers.redisproc import start_redis
 from workers.retention import DAY, apply, plan_emergency, plan_manual, run_retention
 
 KNEENODE = str(Path(sys.executable).with_name("kneenode"))
-
-
-@pytest.fixture
-def store(tmp_path):
-    child = start_redis(tmp_path / "redis")
-    try:
-        yield JobStore(make_client(child.url), "kntest")
-    finally:
-        child.stop()
 
 
 def make_job(store: JobStore, root: Path, state: str, age_days: float) -> tuple[str, Path, Path]:

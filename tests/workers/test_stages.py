@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from pydicom import dcmread
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.settings import Settings
-from tests.support.mr import mr_series
+from tests.support.mr import mr_series, scanner_like_series
 from workers.analysis import node_chain, prepare
 from workers.stages import (
     StageContext,
@@ -42,6 +43,28 @@ def test_prepare_reads_the_series_next_to_its_summary(tmp_path: Path) -> None:
     assert len(info["slices"]) == 24 and info["modality"] == "MR"
     assert len(info["echo_times_ms"]) == 1  # one echo: no echo images written
     assert not list(ctx.work_dir.glob("echo_*.nii"))
+
+
+def test_prepare_keeps_the_reader_warning_in_the_job(tmp_path: Path) -> None:
+    """A resampled series: the warning is in volume.json and results.json; the reader tolerances
+    come from the ``reader`` settings."""
+    series = tmp_path / "v1"
+    scanner_like_series(series)
+    ctx = _ctx(tmp_path, series)
+    prepare(ctx)
+    info = json.loads((ctx.work_dir / "volume.json").read_text())
+    assert len(info["warnings"]) == 1 and info["warnings"][0].startswith("non-uniform slice spacing")
+    results = json.loads((ctx.job_dir / "results.json").read_text())
+    assert results["warnings"] == info["warnings"]
+    prepare(replace(ctx, work_dir=fresh_work_dir(ctx.job_dir, "prepare")))
+    results = json.loads((ctx.job_dir / "results.json").read_text())
+    assert results["warnings"] == info["warnings"]  # a retried prepare does not repeat it
+    strict = Settings(data_dir=tmp_path, reader={"position_precision_mm": 0})
+    ctx2 = StageContext(job_id="k", job_dir=tmp_path / "job2", series_path=series,
+                        work_dir=fresh_work_dir(tmp_path / "job2", "prepare"), summary={},
+                        settings=strict)
+    with pytest.raises(NodeError, match="not stacked along their normal"):
+        prepare(ctx2)
 
 
 def test_prepare_reports_reader_errors(tmp_path: Path) -> None:

@@ -23,9 +23,10 @@ from pydicom.uid import (
 )
 
 from kneenode.errors import ErrorCode, NodeError
+from kneenode.settings import ReaderSettings
 from pipeline.phantom import grid_image, make_phantom, write_phantom
 from pipeline.phantom.dicom_writer import to_stored
-from pipeline.series import ReaderLimits, orientation_code, read_series, reorient
+from pipeline.series import orientation_code, read_series, reorient
 
 
 def _assert_geometry(img: sitk.Image, ph) -> None:
@@ -215,7 +216,7 @@ def test_two_d_and_too_small_inputs(plain_series, tmp_path: Path) -> None:
     for f in _files(plain_series[1])[:4]:
         shutil.copy(f, few / f.name)
     assert _reason(few).startswith("too few slices: 4")
-    assert _reason(plain_series[1], limits=ReaderLimits(min_matrix=128)).startswith("image too small")
+    assert _reason(plain_series[1], limits=ReaderSettings(min_matrix=128)).startswith("image too small")
 
 
 def test_file_list_and_json_sidecars(plain_series, tmp_path: Path) -> None:
