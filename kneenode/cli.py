@@ -9,6 +9,7 @@ from kneenode.commands import config as _config  # noqa: F401  (registers comman
 from kneenode.commands import edge as _edge  # noqa: F401
 from kneenode.commands import jobs as _jobs  # noqa: F401
 from kneenode.commands import ops as _ops  # noqa: F401
+from kneenode.commands import review as _review  # noqa: F401
 
 
 def main() -> None:

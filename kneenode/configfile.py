@@ -7,6 +7,7 @@ the documentation of every key cannot drift from the code.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,8 @@ def _table(data: dict[str, Any], prefix: str) -> str:
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             arrays.append((key, value))
         else:
-            scalars.append(f"{key} = {_toml_value(value)}")
+            bare = re.fullmatch(r"[A-Za-z0-9_-]+", key)  # else quoted ("femur/tibia" ratios)
+            scalars.append(f"{key if bare else json.dumps(key)} = {_toml_value(value)}")
     out = ("\n".join(scalars) + "\n") if scalars else ""
     for key, value in tables:
         name = f"{prefix}.{key}" if prefix else key

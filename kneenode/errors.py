@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     NOT_AN_IMAGE = "NOT_AN_IMAGE"
     BLANK_IMAGE = "BLANK_IMAGE"
     OUTPUT_MISSING = "OUTPUT_MISSING"
+    QC_FAILED = "QC_FAILED"
 
 
 HINTS: dict[ErrorCode, str] = {
@@ -59,6 +60,9 @@ HINTS: dict[ErrorCode, str] = {
     ErrorCode.OUTPUT_MISSING: "A result object the settings ask for was not written or does not "
     "re-read; nothing was delivered. Check the encode stage's events and disk space, then "
     "`kneenode retry ID --from-stage encode`.",
+    ErrorCode.QC_FAILED: "The segmentation failed quality control (see the reasons: input the "
+    "model was not made for, a cut field of view, another contrast); review it, then "
+    "`kneenode release ID` to deliver it flagged or `kneenode discard ID` to deliver nothing.",
 }
 
 PERMANENT: frozenset[ErrorCode] = frozenset(
@@ -74,6 +78,7 @@ PERMANENT: frozenset[ErrorCode] = frozenset(
         ErrorCode.NOT_AN_IMAGE,
         ErrorCode.BLANK_IMAGE,
         ErrorCode.OUTPUT_MISSING,  # re-encoding is a deliberate retry from encode
+        ErrorCode.QC_FAILED,
     }
 )
 

@@ -627,6 +627,95 @@ class NsmSettings(Section):
         return all(p is not None for p in need)
 
 
+#: Default plausible ranges of volume ratios ("A/B" = volume of A / volume of B), wide enough for
+#: both phantom presets and adult knees; a ratio outside its range fails QC.
+DEFAULT_QC_RATIOS: dict[str, tuple[float, float]] = {
+    "tibia/femur": (0.2, 5.0),
+    "patella/femur": (0.02, 0.6),
+    "femoral cartilage/femur": (0.005, 0.5),
+    "patellar cartilage/patella": (0.02, 1.5),
+    "medial tibial cartilage/lateral tibial cartilage": (0.25, 4.0),
+    "medial meniscus/lateral meniscus": (0.25, 4.0),
+    "patellar cartilage/femoral cartilage": (0.03, 1.0),
+}
+
+
+class QcSettings(Section):
+    """Segmentation QC (stage ``qc``, after ``segment``): plausibility and the model's confidence.
+
+    A ``fail`` reason makes the outcome ``fail``; ``on_fail`` decides what is delivered then.
+    """
+
+    enabled: bool = Field(default=True, description="Run the QC stage (off: outcome `pass` is not "
+                          "claimed; results carry no QC item).")
+    on_fail: Literal["deliver_flagged", "pdf_only", "hold"] = Field(
+        default="hold",
+        description="On outcome fail: deliver every object flagged (banner, SR QC item), deliver "
+        "only the PDF report with the reasons, or hold the job in state `review` until "
+        "`kneenode release` / `kneenode discard`.",
+    )
+    min_volume_mm3: float = Field(
+        default=15.0, ge=0, description="A structure smaller than this is missing (fail)."
+    )
+    min_main_component: float = Field(
+        default=0.8, ge=0, le=1,
+        description="Share of a bone's volume in its largest piece; below it the bone fails.",
+    )
+    min_main_component_soft: float = Field(
+        default=0.4, ge=0, le=1,
+        description="The same for cartilage and menisci (thin: two pieces at coarse spacing are "
+        "normal); below it the structure warns.",
+    )
+    on_bone_distance_mm: float = Field(
+        default=4.0, gt=0,
+        description="A cartilage voxel within this distance of its bone lies on it (a meniscus "
+        "voxel: of the tibia or its cartilage).",
+    )
+    min_on_bone: float = Field(
+        default=0.6, ge=0, le=1,
+        description="Share of a cartilage's (meniscus's) voxels that must lie on its bone "
+        "(femur, tibia, patella); below it the structure fails.",
+    )
+    max_border: float = Field(
+        default=0.02, ge=0, le=1,
+        description="Share of a cartilage's or meniscus's voxels on the image border above which "
+        "the field of view cuts it (fail).",
+    )
+    ratios: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_QC_RATIOS),
+        description="Plausible volume ratios, 'A/B' -> [low, high] (structure names of the "
+        "canonical labels); outside = fail.",
+    )
+    uncertain_probability: float = Field(
+        default=0.6, gt=0, lt=1,
+        description="A voxel whose winning class probability is below this is uncertain.",
+    )
+    warn_mean_confidence: float = Field(
+        default=0.95, ge=0, le=1, description="Mean foreground probability below this warns."
+    )
+    fail_mean_confidence: float = Field(
+        default=0.9, ge=0, le=1, description="Mean foreground probability below this fails."
+    )
+    warn_uncertain: float = Field(
+        default=0.15, ge=0, le=1,
+        description="Share of a structure's voxels that are uncertain above which it warns.",
+    )
+    fail_uncertain: float = Field(
+        default=0.35, ge=0, le=1,
+        description="Share of a structure's voxels that are uncertain above which it fails.",
+    )
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratio_names(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for key, (low, high) in v.items():  # the names are checked by pipeline.qc (layering)
+            if len([p for p in key.split("/") if p.strip()]) != 2:
+                raise ValueError(f"ratio '{key}' must be 'A/B' (two structure names)")
+            if not 0 <= low < high:
+                raise ValueError(f"ratio '{key}' needs 0 <= low < high")
+        return v
+
+
 class Settings(BaseSettings):
     """Root of the settings tree."""
 
@@ -661,6 +750,9 @@ class Settings(BaseSettings):
     )
     nsm: NsmSettings = Field(
         default_factory=NsmSettings, description="Neural shape model fit and BScore (stage shape)."
+    )
+    qc: QcSettings = Field(
+        default_factory=QcSettings, description="Segmentation QC and what a failed result delivers."
     )
 
     @property

@@ -25,13 +25,14 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_json_atomic, write_text_atomic
 from pipeline.labels import TISSUE_KEYS
+from pipeline.qc.record import QcRecord
 from pipeline.quantify.results import THICKNESS_REGIONS
 from pipeline.quantify.t2 import T2_REGIONS
 
@@ -92,6 +93,19 @@ class SelectionOverride(BaseModel):
     reason: str = Field(description="The refusal's reason.")
 
 
+def _qc_section(value: dict[str, Any]) -> dict[str, Any]:
+    """The qc stage's record: a :class:`pipeline.qc.record.QcRecord` plus ``policy`` (qc.on_fail
+    when it ran) and ``summary`` (one line), validated by QcRecord itself."""
+    extra = {k: value.get(k) for k in ("policy", "summary")}
+    if not all(isinstance(v, str) for v in extra.values()):
+        raise ValueError("qc needs the strings 'policy' and 'summary'")
+    QcRecord.model_validate({k: v for k, v in value.items() if k not in extra})
+    return value
+
+
+QcSection = Annotated[dict[str, Any], AfterValidator(_qc_section)]
+
+
 class ResultsBase(BaseModel):
     """Sections and descriptive keys of results.json (the measurement keys are added below)."""
 
@@ -108,6 +122,9 @@ class ResultsBase(BaseModel):
         default=None, description="Set only when selection refused the series and it was forced.")
     model: ModelInfo | None = None
     segmentation: SegmentationInfo | None = None
+    qc: QcSection | None = Field(
+        default=None, description="Segmentation QC (stage qc): QcRecord (version, outcome, "
+        "reasons, structures, ratios, confidence) plus policy and summary (docs/qc.md).")
     side: Literal["left", "right"] | None = Field(default=None, description="Knee side.")
     missing: dict[str, str] = Field(default_factory=dict, description="Key prefix -> why it is null.")
     units: dict[str, str] = Field(default_factory=dict, description="Unit per measurement kind.")

@@ -7,7 +7,9 @@ a job folder. Files, per stage folder:
 
 ``prepare/``  ``image.nii`` (the volume to segment), ``echo_<i>.nii`` (multi-echo only),
               ``volume.json`` (source slices in volume order, echo times, acquisition tags)
-``segment/``  ``labels.nii.gz``, ``segmentation.json`` (model card, voxel counts, timings)
+``segment/``  ``labels.nii.gz``, ``segmentation.json`` (model card, voxel counts, timings,
+              softmax summary)
+``qc/``       ``qc.json`` (outcome, reasons, per-structure numbers, the ``on_fail`` policy)
 ``encode/``   ``<kind>/<SOPInstanceUID>.dcm`` for SEG, SR, overlay images and the PDF
 ``verify/``   ``manifest.json``: the verified result files per kind
 ``deliver/``  nothing: the per-destination outbox is ``<job>/outbox.json`` (survives retries)
@@ -29,13 +31,14 @@ import SimpleITK as sitk
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_atomic, write_json_atomic
 from kneenode.logs import get_logger
-from kneenode.settings import Settings
+from kneenode.settings import EncodeSettings, Settings
 from pipeline.results import RESULTS_FILE, update_results
 from workers.stages import Stage, StageContext
 
 IMAGE = "image.nii"
 VOLUME = "volume.json"
 RESULTS = RESULTS_FILE
+QC_FILE = "qc.json"
 
 log = get_logger(__name__)
 
@@ -149,6 +152,28 @@ def segment(ctx: StageContext) -> None:
     })
 
 
+def qc(ctx: StageContext) -> None:
+    """Segmentation QC (:mod:`pipeline.qc`): outcome and reasons into qc.json and results.json.
+
+    What a ``fail`` does (hold for review, PDF only, deliver flagged) is decided from the
+    recorded ``policy``: :mod:`workers.review` after this stage, ``encode`` for ``pdf_only``.
+    """
+    from pipeline.qc import evaluate_qc
+    from workers.review import DECISION_FILE
+
+    (ctx.job_dir / DECISION_FILE).unlink(missing_ok=True)  # a new result needs a new decision
+    settings = ctx.settings.qc
+    if not settings.enabled:
+        return
+    labels = load_labels(ctx)
+    segmentation = read_json(ctx.stage_dir("segment") / "segmentation.json")
+    record = evaluate_qc(sitk.GetArrayViewFromImage(labels), tuple(reversed(labels.GetSpacing())),
+                         settings, confidence=segmentation.get("confidence"))
+    out = {**record.model_dump(), "policy": settings.on_fail, "summary": record.summary()}
+    write_json_atomic(ctx.work_dir / QC_FILE, out)
+    merge_results(ctx.job_dir, {"qc": out})
+
+
 def load_labels(ctx: StageContext) -> sitk.Image:
     """The canonical label map written by ``segment``."""
     path = ctx.stage_dir("segment") / "labels.nii.gz"
@@ -214,10 +239,24 @@ def encode(ctx: StageContext) -> None:
     results = read_json(ctx.job_dir / RESULTS)
     record = read_json(ctx.stage_dir("segment") / "segmentation.json")
     thickness_map = _thickness_map(ctx)
+    options = encode_options(ctx.settings.encode, results)
     encoded = encode_results(source=volume["slices"], labels=labels, results=results,
-                             model=record["model"], options=ctx.settings.encode,
-                             thickness_map=thickness_map, frames=frames if multiframe else None)
+                             model=record["model"], options=options,
+                             thickness_map=thickness_map, frames=frames if multiframe else None,
+                             thickness_points=_thickness_points(ctx))
     write_results(encoded, ctx.work_dir)
+
+
+def encode_options(options: EncodeSettings, results: dict[str, Any]) -> EncodeSettings:
+    """The objects this job's results get: the settings', or only the PDF for a failed QC with
+    policy ``pdf_only`` (read by ``encode`` and by ``verify``, so both expect the same set)."""
+    qc = results.get("qc") or {}
+    if qc.get("outcome") == "fail" and qc.get("policy") == "pdf_only":
+        # a failed QC result goes out as the report with its reasons only: no SEG/SR/overlay
+        # that a PACS or a viewer could show as if it were valid
+        return options.model_copy(update={"seg": False, "sr": False, "overlay": False,
+                                          "pdf": True})
+    return options
 
 
 def _thickness_map(ctx: StageContext) -> np.ndarray | None:
@@ -227,6 +266,16 @@ def _thickness_map(ctx: StageContext) -> np.ndarray | None:
     return np.load(path) if path.exists() else None
 
 
+def _thickness_points(ctx: StageContext) -> dict[str, np.ndarray] | None:
+    from pipeline.quantify.stage import POINTS_FILE
+
+    path = ctx.stage_dir("quantify") / POINTS_FILE
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
 def verify(ctx: StageContext) -> None:
     """Every result object the encode settings ask for exists and re-reads (OUTPUT_MISSING if
     not, so ``deliver`` never sends a partial set); writes ``verify/manifest.json``."""
@@ -234,7 +283,7 @@ def verify(ctx: StageContext) -> None:
 
     volume = read_json(ctx.stage_dir("prepare") / VOLUME)
     results = read_json(ctx.job_dir / RESULTS)
-    expected = expected_outputs(ctx.settings.encode, len(volume["slices"]))
+    expected = expected_outputs(encode_options(ctx.settings.encode, results), len(volume["slices"]))
     manifest = verify_outputs(ctx.stage_dir("encode"), expected, study_uid=results.get("study_uid"))
     write_json_atomic(ctx.work_dir / "manifest.json", {"expected": expected, "files": manifest})
 
@@ -277,6 +326,7 @@ def node_chain(settings: Settings) -> list[Stage]:
     return [
         Stage("prepare", "cpu", prepare),
         Stage("segment", "gpu", segment),
+        Stage("qc", "cpu", qc),
         Stage("quantify", "cpu", quantify),
         Stage("shape", "gpu", shape, optional=True),
         Stage("encode", "cpu", encode),

@@ -15,7 +15,8 @@ series version: creation is idempotent), ``lease:<job>:<stage>`` (message id run
 ``metrics:*`` (cross-process counters and stage-duration histograms).
 
 States: ``created`` (record written, first message not yet sent), ``queued``, ``running:<stage>``,
-``retry_wait``, ``done``, ``failed``, ``ignored``, ``cancelled``.
+``retry_wait``, ``review`` (QC failed and ``qc.on_fail = "hold"``: waits for ``kneenode release``
+or ``discard``, see :mod:`workers.review`), ``done``, ``failed``, ``ignored``, ``cancelled``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import redis
 
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "ignored", "cancelled"})
 STATES: tuple[str, ...] = (
-    "created", "queued", "running", "retry_wait", "done", "failed", "ignored", "cancelled"
+    "created", "queued", "running", "retry_wait", "review", "done", "failed", "ignored", "cancelled"
 )
 DURATION_BUCKETS: tuple[float, ...] = (
     0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600

@@ -32,6 +32,7 @@ from kneenode.logs import get_logger
 from kneenode.settings import Settings
 from workers.actors import STAGE_ACTORS, enqueue_stage, time_limit_s
 from workers.jobstate import TERMINAL, JobStore, now
+from workers.review import QC_STAGE, after_qc
 from workers.stages import Stage, StageCancelled, fresh_work_dir, is_done, mark_done, next_stage
 
 log = get_logger(__name__)
@@ -273,6 +274,9 @@ class JobMiddleware(Middleware):
         names = [s.name for s in chain]
         progress = (names.index(task.stage) + 1) / len(names)
         nxt = next_stage(chain, task.stage)
+        if task.stage == QC_STAGE and after_qc(
+                store, task.job_id, task.run, task.job_dir, nxt.name if nxt else None):
+            return  # held for review (workers.review): the operator releases or discards it
         if nxt is None:
             if store.transition(task.job_id, task.run, state="done", stage="", progress=1.0):
                 store.event(task.job_id, "done")

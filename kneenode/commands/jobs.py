@@ -132,7 +132,8 @@ def job_cmd(
     head = Table(show_header=False, title=f"job {job_id}")
     for key in ("state", "stage", "progress", "run", "attempts", "study_uid", "series_uid",
                 "version", "calling_ae", "modality", "series_description", "instance_count",
-                "closed_by", "completion_wait_s", "more_after_close", "previous_job", "reason", "job_dir", "series_path"):
+                "closed_by", "completion_wait_s", "more_after_close", "previous_job", "reason",
+                "qc", "job_dir", "series_path"):
         head.add_row(key, str(job.get(key, "")))
     err = job.get("error")
     if isinstance(err, dict):

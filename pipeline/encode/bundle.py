@@ -61,6 +61,7 @@ def encode_results(
     options: EncodeSettings,
     thickness_map: np.ndarray | None = None,
     software_version: str = "kneenode",
+    thickness_points: Mapping[str, np.ndarray] | None = None,
     frames: Sequence[int | None] | None = None,
 ) -> EncodedResults:
     """Encode the objects that ``options`` enables (the SR needs the SEG it references).
@@ -82,6 +83,8 @@ def encode_results(
         Optional 2-D femoral cartilage thickness map (mm) for the PDF.
     software_version
         Software Versions written into the SEG.
+    thickness_points
+        The quantify stage's per-vertex thickness (``thickness_points.npz``) for the PDF maps.
     frames
         For a multi-frame (Enhanced MR) source: the frame number of each ``source`` slice (the
         reader's ``volume.json`` ``frames``); every object then references those frames.
@@ -116,7 +119,8 @@ def encode_results(
         add_measurement_sources(out.sr, source=datasets, labels=labels, seg=out.seg)
     if options.overlay:
         out.overlay = encode_overlay(
-            source=datasets, labels=labels, model=info, side=side, options=options
+            source=datasets, labels=labels, model=info, side=side, options=options,
+            qc=results.get("qc"),
         )
     if options.pdf:
         out.pdf = encode_pdf(
@@ -126,6 +130,7 @@ def encode_results(
             model=info,
             thickness_map=thickness_map,
             options=options,
+            thickness_points=thickness_points,
         )
     log.info(
         "encoded results",

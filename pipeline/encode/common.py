@@ -64,6 +64,10 @@ SERIES_INDEX: dict[str, int] = {"seg": 1, "sr": 2, "overlay": 3, "pdf": 4}
 #: Banner text that every human-readable result object shows.
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
 DEMO_BANNER = "PHANTOM DEMO MODEL"
+#: Banner colour (RGB) per QC outcome: the same in the overlay and the PDF.
+QC_COLORS: dict[str, tuple[int, int, int]] = {
+    "pass": (30, 120, 50), "warn": (200, 130, 0), "fail": (170, 0, 0),
+}
 
 _PATIENT_STUDY_KEYWORDS = (
     "SpecificCharacterSet",
@@ -290,6 +294,24 @@ def content_datetime() -> tuple[str, str]:
     """Current date and time as DICOM DA / TM strings."""
     now = _dt.datetime.now()
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+
+def qc_banner(qc: Mapping[str, Any] | None) -> tuple[str, tuple[int, int, int]] | None:
+    """(one-line text, colour) of the segmentation QC outcome, None when QC did not run.
+
+    ``qc`` is ``results["qc"]`` (:class:`pipeline.qc.QcRecord` as a dict). A failed result says
+    so first, then the reasons, so a reader who sees only the banner knows not to trust it.
+    """
+    if not isinstance(qc, Mapping) or qc.get("outcome") not in QC_COLORS:
+        return None
+    outcome = str(qc["outcome"])
+    head = {"pass": "QC PASSED", "warn": "QC WARNING",
+            "fail": "QC FAILED - DO NOT USE THESE RESULTS"}[outcome]
+    reasons = [str(r.get("message", "")) for r in qc.get("reasons", []) if isinstance(r, Mapping)]
+    reasons.sort(key=lambda m: not any(  # the failing reasons first
+        r.get("message") == m and r.get("severity") == "fail" for r in qc.get("reasons", [])))
+    text = head + (": " + "; ".join(reasons) if reasons else "")
+    return text, QC_COLORS[outcome]
 
 
 def knee_side(results: Mapping[str, Any]) -> str | None:

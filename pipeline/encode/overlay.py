@@ -41,6 +41,7 @@ from pipeline.encode.common import (
     encode_error,
     load_source,
     new_uid,
+    qc_banner,
     series_description,
     series_number,
     slice_label_counts,
@@ -158,14 +159,30 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
+def fit_text(text: str, font: Any, width: float) -> str:
+    """``text`` shortened with an ellipsis so that it is at most ``width`` pixels long."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
 def banner_and_legend(
-    *, rows: int, cols: int, present: Sequence[int], info: AlgorithmInfo
+    *, rows: int, cols: int, present: Sequence[int], info: AlgorithmInfo,
+    qc: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Canvas: banner strip (top) and legend panel (right), and the image's (row, col) offset."""
+    """Canvas: banner strip (top) and legend panel (right), and the image's (row, col) offset.
+
+    With a QC record the banner gets one more strip in the outcome's colour (green, amber, red)
+    saying the outcome and its reasons.
+    """
     size = max(10, min(rows, cols) // 28)
     font = _font(size)
     lines = [NOT_FOR_DIAGNOSIS] + ([DEMO_BANNER] if info.is_demo else [])
-    banner_h = (size + 6) * (len(lines) + 1) + 6
+    banner = qc_banner(qc)
+    qc_h = size + 10 if banner else 0
+    banner_h = (size + 6) * (len(lines) + 1) + 6 + qc_h
     entries = [LEGEND[label] for label in present]
     legend_w = max(
         [size * 2 + 8 + int(font.getlength(t)) for t in [*entries, "Legend"]] + [size * 6]
@@ -177,7 +194,13 @@ def banner_and_legend(
     draw.rectangle([0, 0, width - 1, banner_h - 1], fill=(160, 0, 0))
     for i, line in enumerate(lines):
         draw.text((6, 4 + i * (size + 6)), line, fill=(255, 255, 255), font=font)
-    draw.text((6, 4 + len(lines) * (size + 6)), info.label[:64], fill=(255, 200, 200), font=font)
+    draw.text((6, 4 + len(lines) * (size + 6)), fit_text(info.label, font, width - 12),
+              fill=(255, 200, 200), font=font)
+    if banner:
+        text, colour = banner
+        top = banner_h - qc_h
+        draw.rectangle([0, top, width - 1, banner_h - 1], fill=colour)
+        draw.text((6, top + 4), fit_text(text, font, width - 12), fill=(255, 255, 255), font=font)
     y = banner_h + 4
     draw.text((cols + 6, y), "Legend", fill=(255, 255, 255), font=font)
     for label, text in zip(present, entries, strict=True):
@@ -193,6 +216,7 @@ def _template(
     opts: EncodeSettings,
     shape: tuple[int, int],
     side: str | None,
+    qc: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """Attributes common to every overlay image."""
     ds = Dataset()
@@ -215,7 +239,9 @@ def _template(
     ds.ContentDate, ds.ContentTime = date, time
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = f"Labels of {info.label} drawn over the source slice"[:1024]
-    ds.ImageComments = NOT_FOR_DIAGNOSIS + (f"; {DEMO_BANNER}" if info.is_demo else "")
+    banner = qc_banner(qc)
+    ds.ImageComments = (NOT_FOR_DIAGNOSIS + (f"; {DEMO_BANNER}" if info.is_demo else "")
+                        + (f"; {banner[0]}" if banner else ""))[:10240]
     ds.BurnedInAnnotation = "YES"
     ds.PatientOrientation = ""
     ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
@@ -236,6 +262,7 @@ def encode_overlay(
     model: Mapping[str, Any] | AlgorithmInfo,
     side: str | None = None,
     options: EncodeSettings | None = None,
+    qc: Mapping[str, Any] | None = None,
 ) -> list[Dataset]:
     """Encode the label map as a colour Secondary Capture series, one image per source slice.
 
@@ -251,6 +278,8 @@ def encode_overlay(
         ``"left"``/``"right"`` knee (Laterality when the source has none), or None.
     options
         The ``encode`` settings (opacity, outline, numbering, UID root).
+    qc
+        ``results["qc"]``: the QC outcome is burnt into the banner and written to Image Comments.
 
     Returns
     -------
@@ -267,9 +296,9 @@ def encode_overlay(
     counts = slice_label_counts(lab).sum(axis=0)
     present = [label for label in COLORS if counts[label]]
     canvas, (top, left) = banner_and_legend(
-        rows=lab.shape[1], cols=lab.shape[2], present=present, info=info
+        rows=lab.shape[1], cols=lab.shape[2], present=present, info=info, qc=qc
     )
-    template = _template(datasets[0], info, opts, canvas.shape[:2], side)
+    template = _template(datasets[0], info, opts, canvas.shape[:2], side, qc)
     out = []
     frame = canvas.copy()
     for i, src in enumerate(datasets):

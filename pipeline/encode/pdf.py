@@ -1,4 +1,10 @@
-"""Encapsulated PDF report: study header, measurements, thickness map, key slices, disclaimer.
+"""Encapsulated PDF report a radiologist reads in ten seconds.
+
+Page one: identification, the QC outcome (coloured banner with its reasons), the measurement
+table with the region colours, and continuous cartilage thickness maps (:mod:`report_maps`:
+femoral cartilage unrolled, both tibial plateaus from above, patella) with region boundaries,
+region means and one fixed colour scale in mm. Page two: the key slices with the overlay.
+Every text is wrapped or shortened to the page (:func:`fit_lines`).
 
 highdicom has no class for the Encapsulated PDF IOD, so the dataset is built with pydicom here
 (Patient, General Study, Encapsulated Document Series, General Equipment, SC Equipment,
@@ -21,11 +27,14 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.transforms import Bbox
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, EncapsulatedPDFStorage, ExplicitVRLittleEndian
 
 from kneenode.settings import EncodeSettings
 from pipeline.encode.common import (
+    COLORS,
     DEMO_BANNER,
     NOT_FOR_DIAGNOSIS,
     SUBREGIONS,
@@ -39,14 +48,18 @@ from pipeline.encode.common import (
     knee_side,
     load_source,
     new_uid,
+    qc_banner,
     series_description,
     series_number,
     slice_label_counts,
 )
 from pipeline.encode.frames import instance_references
 from pipeline.encode.overlay import colorize, source_volume, window_to_uint8
+from pipeline.encode.report_maps import MAP_RANGE_MM, ReportMap, map_from_grid, report_maps
 from pipeline.encode.sr import BSCORE_KEYS
 
+_FULL_AXES = Bbox.from_bounds(0, 0, 1, 1)  # a table filling its axes
+_CMAP = "turbo"  # continuous, high contrast between 1 and 3 mm where cartilage lies
 DISCLAIMER = (
     "NOT FOR DIAGNOSTIC USE. Automated research measurements of knee bone and cartilage computed "
     "by software that is not a medical device. Results must not be used for diagnosis or "
@@ -93,105 +106,237 @@ def measurement_rows(results: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _header_lines(first: Dataset, results: Mapping[str, Any], info: AlgorithmInfo) -> list[str]:
+_PAGE_PT = _A4[0] * 72  # page width in points
+_HELVETICA_EM = 0.56  # mean Helvetica glyph width (em) of mixed text, a little generous
+
+
+def fit_lines(text: str, fontsize: float, width: float, max_lines: int = 2) -> list[str]:
+    """``text`` wrapped to ``width`` (figure fraction) at ``fontsize``; at most ``max_lines``,
+    the last one shortened with an ellipsis. Long names and descriptions never leave the page."""
+    chars = max(8, int(width * _PAGE_PT / (fontsize * _HELVETICA_EM)))
+    lines = textwrap.wrap(" ".join(str(text).split()), chars, break_long_words=True) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: chars - 3].rstrip() + "..."
+    return lines
+
+
+def _bscore(results: Mapping[str, Any]) -> float | None:
+    return next((finite_float(results, k) for k in BSCORE_KEYS
+                 if finite_float(results, k) is not None), None)
+
+
+def _identification(first: Dataset, results: Mapping[str, Any], info: AlgorithmInfo
+                    ) -> list[tuple[str, str]]:
     side = knee_side(results)
-    bscore = next(
-        (finite_float(results, k) for k in BSCORE_KEYS if finite_float(results, k) is not None),
-        None,
-    )
+    bscore = _bscore(results)
     return [
-        (
-            f"Patient: {first.get('PatientName', '')}    ID: {first.get('PatientID', '')}    "
-            f"Born: {first.get('PatientBirthDate', '')}    Sex: {first.get('PatientSex', '')}"
-        ),
-        (
-            f"Study date: {first.get('StudyDate', '')}    Accession: {first.get('AccessionNumber', '')}    "
-            f"Study: {first.get('StudyDescription', '')}"
-        ),
-        (
-            f"Series: {first.get('SeriesNumber', '')} {first.get('SeriesDescription', '')}    "
-            f"Knee side: {side or 'unknown'}"
-        ),
-        f"Model: {info.name}  version {info.version}  ({info.family})"
-        + ("  PHANTOM DEMO MODEL" if info.is_demo else ""),
-        f"BScore (femur shape): {bscore:.2f}" if bscore is not None else "BScore: not computed",
+        ("Patient", f"{first.get('PatientName', '')}"),
+        ("ID / born / sex", (f"{first.get('PatientID', '')} / {first.get('PatientBirthDate', '')}"
+                            f" / {first.get('PatientSex', '')}")),
+        ("Study", (f"{first.get('StudyDate', '')}  {first.get('AccessionNumber', '')}  "
+                  f"{first.get('StudyDescription', '')}")),
+        ("Series", f"{first.get('SeriesNumber', '')} {first.get('SeriesDescription', '')}"),
+        ("Knee side", side or "unknown"),
+        ("Model", f"{info.name}  version {info.version}  ({info.family})"
+                  + ("  PHANTOM DEMO MODEL" if info.is_demo else "")),
+        ("BScore", f"BScore (femur shape): {bscore:.2f}" if bscore is not None
+         else "BScore: not computed"),
     ]
 
 
-def _page_one(first: Dataset, results: Mapping[str, Any], info: AlgorithmInfo) -> Figure:
-    fig = Figure(figsize=_A4)
-    fig.text(0.06, 0.95, "Knee MRI quantitative report", fontsize=16, weight="bold")
-    banner = NOT_FOR_DIAGNOSIS + (f" - {DEMO_BANNER}" if info.is_demo else "")
-    fig.text(
-        0.06,
-        0.925,
-        banner,
-        fontsize=12,
-        color="white",
-        weight="bold",
-        bbox={"facecolor": "#a00000", "edgecolor": "none", "pad": 4},
-    )
-    for i, line in enumerate(_header_lines(first, results, info)):
-        fig.text(0.06, 0.885 - i * 0.022, line, fontsize=9)
+def _banner(fig: Figure, y: float, text: str, colour: str, fontsize: float = 11,
+            max_lines: int = 1) -> float:
+    """A full-width coloured strip with white text; returns the y below it."""
+    lines = fit_lines(text, fontsize, 0.86, max_lines)
+    height = (len(lines) * fontsize * 1.25 + 6) / (_A4[1] * 72)
+    fig.patches.append(Rectangle((0.06, y - height), 0.88, height, transform=fig.transFigure,
+                                 facecolor=colour, edgecolor="none"))
+    for i, line in enumerate(lines):
+        fig.text(0.07, y - (4 + (i + 0.8) * fontsize * 1.25) / (_A4[1] * 72), line,
+                 fontsize=fontsize, color="white", weight="bold")
+    return y - height - 0.006
+
+
+def _qc_banner(fig: Figure, y: float, results: Mapping[str, Any]) -> float:
+    banner = qc_banner(results.get("qc"))
+    if banner is None:
+        return _banner(fig, y, "QC: not run - review the segmentation before using any value",
+                       "#606060", 9)
+    text, rgb = banner
+    return _banner(fig, y, text, "#{:02x}{:02x}{:02x}".format(*rgb), 10, max_lines=3)
+
+
+def _table(fig: Figure, top: float, results: Mapping[str, Any]) -> float:
+    """Measurement table with a colour swatch per structure; returns the y below it."""
     rows = measurement_rows(results)
-    ax = fig.add_axes((0.06, 0.18, 0.88, 0.56))
-    ax.axis("off")
-    if rows:
-        cols = [
-            "Structure",
-            "Volume (ml)",
-            "Thickness mean (mm)",
-            "median (mm)",
-            "std (mm)",
-            "T2 mean (ms)",
-        ]
-        table = ax.table(
-            cellText=rows,
-            colLabels=cols,
-            loc="upper center",
-            cellLoc="center",
-            colWidths=[0.34, 0.12, 0.16, 0.12, 0.12, 0.14],
-        )
-        table.auto_set_font_size(False)
-        table.set_fontsize(8)
-        table.scale(1, 1.3)
+    if not rows:
+        fig.text(0.5, top - 0.02, "No measurements available", ha="center", fontsize=10)
+        return top - 0.04
+    with_t2 = any(r[-1] for r in rows)
+    cols = ["", "Structure", "Volume (ml)", "Thickness mean (mm)", "median", "std"]
+    widths = [0.03, 0.37, 0.12, 0.18, 0.10, 0.10]
+    if with_t2:
+        cols.append("T2 mean (ms)")
+        widths.append(0.12)
     else:
-        ax.text(0.5, 0.9, "No measurements available", ha="center")
-    fig.text(0.06, 0.04, textwrap.fill(DISCLAIMER, 110), fontsize=8)
+        rows = [r[:-1] for r in rows]
+    scale = sum(widths) / 0.88
+    widths = [w / scale for w in widths]
+    line = 0.0165
+    height = line * (len(rows) + 1)
+    ax = fig.add_axes((0.06, top - height, 0.88, height))
+    ax.axis("off")
+    table = ax.table(cellText=[["", *r] for r in rows], colLabels=cols, loc="upper center",
+                     cellLoc="center", colWidths=widths, bbox=_FULL_AXES)
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    names = {text: label for label, (_, text) in (*TISSUES.items(), *SUBREGIONS.items())}
+    for i, r in enumerate(rows, start=1):
+        colour = COLORS.get(names.get(r[0], 0))
+        if colour is not None:
+            table[i, 0].set_facecolor((colour[0] / 255, colour[1] / 255, colour[2] / 255))
+        table[i, 1].get_text().set_horizontalalignment("left")
+        table[i, 1].PAD = 0.02
+    for j in range(len(cols)):
+        table[0, j].set_facecolor("#e8e8e8")
+    return top - height - 0.012
+
+
+def _draw_map(fig: Figure, box: tuple[float, float, float, float], m: ReportMap,
+              results: Mapping[str, Any]) -> Any:
+    ax = fig.add_axes(box)
+    image = ax.imshow(np.ma.masked_invalid(m.values), origin="lower", extent=m.extent,
+                      cmap=_CMAP, vmin=MAP_RANGE_MM[0], vmax=MAP_RANGE_MM[1],
+                      interpolation="bilinear", aspect="equal")
+    edges = m.boundaries()
+    if edges.any():
+        ax.imshow(np.ma.masked_where(~edges, edges.astype(float)), origin="lower",
+                  extent=m.extent, cmap="Greys", vmin=0, vmax=1, interpolation="nearest",
+                  aspect="equal")
+    keys = {label: key for label, (key, _) in (*TISSUES.items(), *SUBREGIONS.items())}
+    for code, (x, y) in m.means.items():
+        mean = finite_float(results, f"{keys.get(code, '')}_mm_mean")
+        if mean is None:
+            mean = float(np.nanmean(m.values[m.regions == code]))
+        ax.text(x, y, f"{mean:.2f}", ha="center", va="center", fontsize=7, weight="bold",
+                bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+    ax.set_title(m.title, fontsize=8)
+    ax.set_xlabel(m.x_label, fontsize=6)
+    ax.set_ylabel(m.y_label, fontsize=6)
+    ax.tick_params(labelsize=5, length=2)
+    return image
+
+
+def _maps(fig: Figure, top: float, bottom: float, maps: list[ReportMap],
+          results: Mapping[str, Any]) -> None:
+    """Femoral map on the left (large), tibia and patella stacked on the right, one colour bar."""
+    if not maps:
+        fig.text(0.06, top - 0.02, "Thickness maps: not available (no thickness or knee frame)",
+                 fontsize=8, color="grey")
+        return
+    fig.text(0.06, top - 0.005, "Cartilage thickness maps (mm; numbers: region means)",
+             fontsize=10, weight="bold")
+    top -= 0.03
+    height = top - bottom
+    femoral = [m for m in maps if m.title.startswith("Femoral")]
+    others = [m for m in maps if not m.title.startswith("Femoral")]
+    image = None
+    if femoral:
+        image = _draw_map(fig, (0.08, bottom + 0.02, 0.46, height - 0.04), femoral[0], results)
+    n = max(1, len(others))
+    for i, m in enumerate(others):
+        h = (height - 0.02) / n
+        image = _draw_map(fig, (0.60, top - (i + 1) * h + 0.02, 0.28, h - 0.04), m, results)
+    if image is not None:
+        cax = fig.add_axes((0.895, bottom + 0.04, 0.015, height - 0.08))
+        bar = fig.colorbar(image, cax=cax, extend="max")
+        bar.set_label("thickness (mm), fixed scale", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+
+
+def _page_one(first: Dataset, results: Mapping[str, Any], info: AlgorithmInfo,
+              maps: list[ReportMap]) -> Figure:
+    fig = Figure(figsize=_A4)
+    fig.text(0.06, 0.962, "Knee MRI quantitative report", fontsize=15, weight="bold")
+    y = _banner(fig, 0.952, NOT_FOR_DIAGNOSIS + (f" - {DEMO_BANNER}" if info.is_demo else ""),
+                "#a00000", 10)
+    y = _qc_banner(fig, y, results)
+    y -= 0.008
+    for key, value in _identification(first, results, info):
+        lines = fit_lines(value, 8.5, 0.70, 2)
+        fig.text(0.06, y, key, fontsize=8.5, weight="bold")
+        for line in lines:
+            fig.text(0.22, y, line, fontsize=8.5)
+            y -= 0.0155
+    y = _table(fig, y - 0.006, results)
+    _maps(fig, y, 0.075, maps, results)
+    for i, line in enumerate(fit_lines(DISCLAIMER, 7, 0.88, 3)):
+        fig.text(0.06, 0.05 - i * 0.012, line, fontsize=7)
     return fig
 
 
-def _page_two(
-    rgb_slices: list[tuple[int, np.ndarray]], thickness_map: np.ndarray | None, info: AlgorithmInfo
-) -> Figure:
+def _pct(value: Any) -> str:
+    return "" if value is None else f"{100 * float(value):.0f} %"
+
+
+def _qc_details(fig: Figure, top: float, qc: Any) -> None:
+    """The numbers QC judged, per structure, and every reason (page two)."""
+    if not isinstance(qc, Mapping) or not qc.get("structures"):
+        return
+    fig.text(0.06, top, "Segmentation QC details", fontsize=10, weight="bold")
+    cols = ["Structure", "Volume (ml)", "Largest piece", "On its bone", "On border",
+            "Confidence", "Uncertain"]
+    rows = []
+    for name, m in qc["structures"].items():
+        rows.append([name, f"{float(m.get('volume_mm3') or 0) / 1000:.2f}",
+                     _pct(m.get("main_component_fraction")), _pct(m.get("on_bone_fraction")),
+                     _pct(m.get("border_fraction")), _pct(m.get("mean_confidence")),
+                     _pct(m.get("uncertain_fraction"))])
+    height = 0.0165 * (len(rows) + 1)
+    ax = fig.add_axes((0.06, top - 0.01 - height, 0.88, height))
+    ax.axis("off")
+    table = ax.table(cellText=rows, colLabels=cols, cellLoc="center", bbox=_FULL_AXES,
+                     colWidths=[0.3, 0.12, 0.12, 0.12, 0.11, 0.12, 0.11])
+    table.auto_set_font_size(False)
+    table.set_fontsize(7.5)
+    y = top - 0.03 - height
+    reasons = [f"{r.get('severity', '').upper()}: {r.get('message', '')}"
+               for r in qc.get("reasons", []) if isinstance(r, Mapping)]
+    for text in (reasons or ["no findings"])[:8]:
+        for line in fit_lines(text, 8, 0.88, 1):
+            fig.text(0.06, y, line, fontsize=8)
+            y -= 0.015
+
+
+def _page_two(rgb_slices: list[tuple[int, np.ndarray]], results: Mapping[str, Any],
+              info: AlgorithmInfo) -> Figure:
     fig = Figure(figsize=_A4)
-    fig.text(0.06, 0.96, "Key slices with segmentation overlay", fontsize=13, weight="bold")
-    fig.text(
-        0.06,
-        0.94,
-        NOT_FOR_DIAGNOSIS + (f" - {DEMO_BANNER}" if info.is_demo else ""),
-        fontsize=9,
-        color="#a00000",
-        weight="bold",
-    )
+    fig.text(0.06, 0.962, "Key slices with segmentation overlay", fontsize=13, weight="bold")
+    y = _banner(fig, 0.952, NOT_FOR_DIAGNOSIS + (f" - {DEMO_BANNER}" if info.is_demo else ""),
+                "#a00000", 9)
+    y = _qc_banner(fig, y, results)
     n = len(rgb_slices)
-    top = 0.48 if thickness_map is not None else 0.08
+    cols = min(n, 3) or 1
+    rows_n = int(np.ceil(n / cols)) if n else 1
+    height = 0.27 / rows_n
     for i, (index, rgb) in enumerate(rgb_slices):
-        ax = fig.add_axes(
-            (0.04 + i * 0.92 / n, top, 0.9 / n, 0.42 if thickness_map is not None else 0.8)
-        )
+        r, c = divmod(i, cols)
+        ax = fig.add_axes((0.04 + c * 0.92 / cols, y - (r + 1) * height,
+                           0.9 / cols, height - 0.025))
         ax.imshow(rgb, interpolation="nearest")
         ax.set_title(f"slice {index + 1}", fontsize=8)
         ax.axis("off")
-    if thickness_map is not None:
-        ax = fig.add_axes((0.1, 0.06, 0.7, 0.36))
-        image = ax.imshow(
-            np.ma.masked_invalid(thickness_map), cmap="viridis", interpolation="nearest"
-        )
-        ax.set_title("Femoral cartilage thickness (mm)", fontsize=9)
-        ax.axis("off")
-        fig.colorbar(image, ax=ax, fraction=0.04, label="mm")
-    fig.text(0.06, 0.02, f"{info.name} {info.version}", fontsize=7, color="grey")
+    y -= 0.29
+    legend = [(COLORS[label], text) for label, (_, text) in TISSUES.items()]
+    for i, (colour, text) in enumerate(legend):
+        x, yy = 0.06 + (i % 3) * 0.3, y - (i // 3) * 0.02
+        fig.patches.append(Rectangle((x, yy - 0.002), 0.015, 0.011, transform=fig.transFigure,
+                                     facecolor=tuple(v / 255 for v in colour), edgecolor="none"))
+        fig.text(x + 0.02, yy, text, fontsize=7.5)
+    _qc_details(fig, y - 0.08, results.get("qc"))
+    for i, line in enumerate(fit_lines(f"{info.name} {info.version}", 7, 0.88, 2)):
+        fig.text(0.06, 0.05 - i * 0.012, line, fontsize=7, color="grey")
     return fig
 
 
@@ -201,18 +346,28 @@ def render_report(
     results: Mapping[str, Any],
     info: AlgorithmInfo,
     rgb_slices: list[tuple[int, np.ndarray]],
-    thickness_map: np.ndarray | None,
+    thickness_map: np.ndarray | None = None,
+    thickness_points: Mapping[str, np.ndarray] | None = None,
 ) -> bytes:
-    """The report as PDF bytes (two A4 pages)."""
+    """The report as PDF bytes (two A4 pages).
+
+    Maps come from ``thickness_points`` (the quantify stage's per-vertex thickness) in the knee
+    frame of ``results["subregion_rule"]``; without them a legacy 2-D ``thickness_map`` is drawn.
+    """
+    maps = report_maps(thickness_points, results.get("subregion_rule"))
+    if not maps and thickness_map is not None and np.isfinite(thickness_map).any():
+        maps = [map_from_grid(thickness_map)]
     buf = io.BytesIO()
     font_log = logging.getLogger("matplotlib.font_manager")
     level = font_log.level
     font_log.setLevel(logging.ERROR)  # "weight normal not found for Helvetica, using medium"
     try:
         meta = {"Title": "Knee MRI quantitative report", "Creator": "kneenode"}
-        with rc_context({"pdf.use14corefonts": True}), PdfPages(buf, metadata=meta) as pdf:
-            pdf.savefig(_page_one(first, results, info))
-            pdf.savefig(_page_two(rgb_slices, thickness_map, info))
+        # core fonts lack the minus sign U+2212: plain hyphens on the map axes
+        with rc_context({"pdf.use14corefonts": True, "axes.unicode_minus": False}), \
+                PdfPages(buf, metadata=meta) as pdf:
+            pdf.savefig(_page_one(first, results, info, maps))
+            pdf.savefig(_page_two(rgb_slices, results, info))
     finally:
         font_log.setLevel(level)
     return buf.getvalue()
@@ -226,6 +381,7 @@ def encode_pdf(
     model: Mapping[str, Any] | AlgorithmInfo,
     thickness_map: np.ndarray | None = None,
     options: EncodeSettings | None = None,
+    thickness_points: Mapping[str, np.ndarray] | None = None,
 ) -> Dataset:
     """Encode the report as an Encapsulated PDF instance in the source's study.
 
@@ -240,9 +396,13 @@ def encode_pdf(
     model
         Model card (``ModelCard.as_dict()``) or :class:`AlgorithmInfo`.
     thickness_map
-        Optional 2-D femoral cartilage thickness map in mm (NaN where there is no cartilage).
+        Optional 2-D femoral cartilage thickness map in mm (NaN where there is no cartilage);
+        drawn only when ``thickness_points`` give no maps.
     options
         The ``encode`` settings (key slice count, numbering, UID root).
+    thickness_points
+        The quantify stage's ``thickness_points.npz`` arrays (per bone: LPS vertices, areas,
+        thickness, region): the femoral, tibial and patellar maps of page one.
 
     Returns
     -------
@@ -268,6 +428,7 @@ def encode_pdf(
         info=info,
         rgb_slices=list(zip(chosen, rgb, strict=True)),
         thickness_map=thickness_map,
+        thickness_points=thickness_points,
     )
     return _pdf_dataset(datasets, document, info, opts)
 

@@ -17,7 +17,9 @@ T2 of the deep and superficial halves (``<region>_deep_t2_ms_<stat>``, as the ph
 the old pipeline spell them; ``<region>_t2_ms_deep_<stat>`` is accepted too) is a T2 measurement
 whose finding site has the topographical modifier Deep / Superficial. BScore and ASSD have no
 standard code: they use the private coding scheme ``99KNEENODE``, declared in the Coding Scheme
-Identification Sequence.
+Identification Sequence. The segmentation QC outcome (``results["qc"]["outcome"]``) is a
+qualitative evaluation (private code ``SEGQC``: ``QCPASS`` / ``QCWARN`` / ``QCFAIL``) in every
+group, so no measurement can be read without it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ PRIVATE_SCHEME = "99KNEENODE"
 BSCORE = Code("BSCORE", PRIVATE_SCHEME, "BScore (femur shape score)")
 ASSD_BONE = Code("ASSDBONE", PRIVATE_SCHEME, "NSM fit ASSD bone")
 ASSD_CART = Code("ASSDCART", PRIVATE_SCHEME, "NSM fit ASSD cartilage")
+#: Segmentation QC (pipeline.qc): a qualitative evaluation in every measurement group.
+QC = Code("SEGQC", PRIVATE_SCHEME, "Segmentation quality control")
+QC_OUTCOMES = {
+    "pass": Code("QCPASS", PRIVATE_SCHEME, "QC passed"),
+    "warn": Code("QCWARN", PRIVATE_SCHEME, "QC passed with warnings"),
+    "fail": Code("QCFAIL", PRIVATE_SCHEME, "QC failed"),
+}
 THICKNESS = Code("59089-3", "LN", "Thickness")
 VOLUME = Code("118565006", "SCT", "Volume")
 T2 = Code("113065", "DCM", "T2")
@@ -147,6 +156,15 @@ def shape_measurements(results: Mapping[str, Any]) -> list[hd.sr.Measurement]:
     return out
 
 
+def qc_evaluations(results: Mapping[str, Any]) -> list[hd.sr.QualitativeEvaluation] | None:
+    """The QC outcome as a coded item, when the qc stage ran."""
+    qc = results.get("qc")
+    outcome = qc.get("outcome") if isinstance(qc, Mapping) else None
+    if outcome not in QC_OUTCOMES:
+        return None
+    return [hd.sr.QualitativeEvaluation(name=QC, value=QC_OUTCOMES[str(outcome)])]
+
+
 def _segments_by_key(seg: Dataset) -> dict[str, int]:
     """Tracking ID (results key prefix) -> segment number, read from the SEG itself."""
     out = {}
@@ -174,6 +192,7 @@ def _groups(
         for key, _ in (*TISSUES.values(), *SUBREGIONS.values())
     ]
     plan.append((SHAPE_GROUP, shape_measurements(results)))
+    qc = qc_evaluations(results)
     groups = []
     for key, measurements in plan:
         if not measurements:
@@ -192,6 +211,7 @@ def _groups(
                 algorithm_id=algo,
                 finding_sites=sites,
                 measurements=measurements,
+                qualitative_evaluations=qc,
             )
         )
     return groups
@@ -320,7 +340,7 @@ def encode_sr(
     )
     scheme = Dataset()
     scheme.CodingSchemeDesignator = PRIVATE_SCHEME
-    scheme.CodingSchemeName = "kneenode private codes (BScore, NSM fit quality)"
+    scheme.CodingSchemeName = "kneenode private codes (BScore, NSM fit quality, QC)"
     scheme.CodingSchemeResponsibleOrganization = "kneenode"
     sr.CodingSchemeIdentificationSequence = [scheme]
     return _plain(sr)
@@ -341,6 +361,7 @@ def _plain(sr: hd.sr.Comprehensive3DSR) -> Dataset:
 _STAT_BY_CODE = {code.value: stat for stat, code in _STATS.items()}
 _LAYER_BY_CODE = {code.value: layer for layer, code in _LAYERS.items()}
 _SIDE_BY_CODE = {code.value: side for side, code in _SIDE.items()}
+_QC_BY_CODE = {code.value: outcome for outcome, code in QC_OUTCOMES.items()}
 
 
 def read_sr_measurements(sr: Dataset) -> dict[str, Any]:
@@ -354,6 +375,9 @@ def read_sr_measurements(sr: Dataset) -> dict[str, Any]:
                 out["side"] = _SIDE_BY_CODE[site.laterality.value]
         for m in group.get_measurements():
             out[_key(prefix, m)] = float(m.value)
+        for item in group.get_qualitative_evaluations():
+            if item.name.value == QC.value:
+                out["qc_outcome"] = _QC_BY_CODE[item.value.value]
     return out
 
 

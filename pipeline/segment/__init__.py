@@ -22,12 +22,13 @@ from kneenode.errors import ErrorCode, NodeError
 from pipeline.segment.labels import CANONICAL, native_to_canonical
 from pipeline.segment.model import LoadedModel, ModelCard, load_model, unload_all
 from pipeline.segment.postprocess import postprocess
-from pipeline.segment.predict import Progress, predict_native
+from pipeline.segment.predict import LogitsTap, Progress, predict_native
 from pipeline.series.reorient import plan_reorientation
 
 __all__ = [
     "CANONICAL",
     "LoadedModel",
+    "LogitsTap",
     "ModelCard",
     "Progress",
     "load_model",
@@ -45,6 +46,7 @@ def segment_array(
     model: LoadedModel,
     *,
     progress: Progress | None = None,
+    on_logits: LogitsTap | None = None,
 ) -> np.ndarray:
     """Canonical uint8 labels for a 3-D array (axes and ``spacing`` in SimpleITK's z, y, x order).
 
@@ -55,7 +57,7 @@ def segment_array(
         (GPU_OOM when CUDA runs out of memory).
     """
     try:
-        native = predict_native(model, np.asarray(image), spacing, progress)
+        native = predict_native(model, np.asarray(image), spacing, progress, on_logits)
     except NodeError:
         raise
     except torch.cuda.OutOfMemoryError as exc:
@@ -69,7 +71,8 @@ def segment_array(
 
 
 def segment_image(
-    image: sitk.Image, model: LoadedModel, *, progress: Progress | None = None
+    image: sitk.Image, model: LoadedModel, *, progress: Progress | None = None,
+    on_logits: LogitsTap | None = None,
 ) -> sitk.Image:
     """Canonical labels as a SimpleITK image on exactly the input's grid (geometry copied).
 
@@ -85,7 +88,8 @@ def segment_image(
     work = plan.apply(image) if plan is not None and not plan.is_identity else image
     array = sitk.GetArrayViewFromImage(work)
     spacing = tuple(reversed(work.GetSpacing()))
-    labels = sitk.GetImageFromArray(segment_array(array, spacing, model, progress=progress))
+    labels = sitk.GetImageFromArray(segment_array(array, spacing, model, progress=progress,
+                                                  on_logits=on_logits))
     labels.CopyInformation(work)
     if plan is not None and work is not image:
         labels = plan.undo(labels)  # a permutation and flips of the voxel grid: exact

@@ -7,7 +7,8 @@ nothing about queues or job records. Outputs (atomic writes):
     canonical labels on the input's grid (geometry copied from the input image);
 ``segmentation.json``
     the model identification (``model``: algorithm name/version, demo flag, folds, checkpoint
-    hashes), label names, voxel counts and timings.
+    hashes), label names, voxel counts, timings and ``confidence``, the softmax summary per
+    structure (:mod:`pipeline.segment.softmax`; no probability map is written).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kneenode.settings import SegmentSettings
 from pipeline.segment import load_model, segment_image
 from pipeline.segment.labels import CANONICAL
 from pipeline.segment.predict import Progress
+from pipeline.segment.softmax import summarize_logits
 
 LABELS_FILE = "labels.nii.gz"
 RECORD_FILE = "segmentation.json"
@@ -71,7 +73,10 @@ def segment_to_folder(
     t0 = time.perf_counter()
     model = load_model(settings)
     t1 = time.perf_counter()
-    labels = segment_image(image, model, progress=progress)
+    confidence: dict[str, Any] = {}
+    labels = segment_image(image, model, progress=progress,
+                           on_logits=lambda logits: confidence.update(
+                               summarize_logits(logits, model.lut)))
     t2 = time.perf_counter()
     counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel(), minlength=len(CANONICAL) + 1)
     record = {
@@ -82,6 +87,7 @@ def segment_to_folder(
         "device": str(model.device),
         "tta": settings.tta,
         "seconds": {"load": round(t1 - t0, 3), "predict": round(t2 - t1, 3)},
+        "confidence": confidence or None,
     }
     write_image_atomic(labels, Path(out_dir) / LABELS_FILE)
     _write_json(Path(out_dir) / RECORD_FILE, record)

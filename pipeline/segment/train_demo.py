@@ -12,7 +12,8 @@ Dice + cross-entropy loss, and the checkpoint dict its trainer writes. What it d
 supervision, spatial augmentation (only left-right mirroring and intensity jitter) and the 5-fold
 split (one fold ``0``). The result loads unchanged in stock nnU-Net.
 
-The training data are synthetic knee phantoms (:mod:`pipeline.phantom`, ``small`` preset), both
+The training data are synthetic knee phantoms (:mod:`pipeline.phantom`: ``small`` and ``full``
+presets and grids between them, :data:`GRIDS`; half of every batch from each size), both
 sides, sagittal/coronal/axial/oblique slices, reoriented to the model's input orientation. The
 dataset.json uses the label names of the public knee model (native numbering) so the name-based
 remap runs for the demo too. The model card (``kneenode_model.json``) names it a phantom demo.
@@ -48,7 +49,7 @@ CONFIGURATION = "3d_fullres"
 #: Orientation code (pipeline.series.reorient) the model's arrays are in (that of a sagittal phantom series): array axis 0
 #: runs left-right, so mirroring axis 0 turns a left knee into a right one.
 ORIENTATION = "PIR"
-PATCH = (48, 32, 32)
+PATCH = (64, 48, 48)
 FEATURES = (8, 16, 32, 64)
 BLOCKS = (1, 1, 2, 2)
 #: Isotropic at the small preset's in-plane spacing: every orientation is upsampled (never
@@ -58,7 +59,11 @@ ALGORITHM_NAME = "kneenode PHANTOM DEMO knee segmentation (NOT FOR CLINICAL USE)
 ALGORITHM_VERSION = "phantom-demo-1.0"
 ORIENTATIONS = ("sagittal", "coronal", "axial", "oblique")
 TRAIN_SEED0 = 10_000
-VALIDATION_SEEDS = (90_001, 90_002, 90_003)
+#: Unseen validation phantoms (seed, side, orientation, grid): both presets.
+VALIDATION = ((90_001, "left", "sagittal", "small"), (90_002, "right", "coronal", "small"),
+              (90_011, "right", "sagittal", "full"), (90_012, "left", "coronal", "full"))
+#: Extra training grids: name -> (first seed, count).
+LARGE_CASES = {"full@model": (20_000, 10), "mid": (30_000, 4), "full": (40_000, 2)}
 
 
 @dataclass
@@ -68,13 +73,27 @@ class Case:
     data: np.ndarray  # float32 (z, y, x)
     seg: np.ndarray  # int8 (z, y, x), native labels
     fg: dict[int, np.ndarray]  # native label -> voxel indices (N, 3)
+    grid: str = "small"
 
 
-def phantom_images(seed: int, side: str, orientation: str) -> tuple[sitk.Image, sitk.Image]:
-    """A small phantom as (image, canonical labels), both in the model's orientation."""
+#: Training grids besides the presets themselves (``make_phantom`` overrides). The ``full`` knee is
+#: generated directly at the model's spacing (what the network sees after nnU-Net's resampling of a
+#: full series, at an eighth of the generation cost); ``mid`` covers the knee sizes and spacings
+#: between the presets.
+GRIDS: dict[str, dict[str, Any]] = {
+    "small": {"preset": "small"},
+    "full": {"preset": "full"},
+    "full@model": {"preset": "full", "spacing": (0.7, 0.7, 0.7), "shape": (200, 200, 160)},
+    "mid": {"preset": "full", "scale": 0.75, "spacing": (0.5, 0.5, 0.8), "shape": (200, 200, 120)},
+}
+
+
+def phantom_images(seed: int, side: str, orientation: str,
+                   grid: str = "small") -> tuple[sitk.Image, sitk.Image]:
+    """A phantom on one of :data:`GRIDS` as (image, canonical labels), in the model's orientation."""
     from pipeline.phantom import make_phantom  # the generator is only needed for training/tests
 
-    ph = make_phantom(seed, "small", side=side, orientation=orientation)
+    ph = make_phantom(seed, side=side, orientation=orientation, **GRIDS[grid])
     out = []
     for array in (ph.image.astype(np.float32), ph.labels.astype(np.uint8)):
         img = sitk.GetImageFromArray(array)
@@ -102,9 +121,9 @@ def make_plans() -> dict[str, Any]:
 
 
 def make_case(seed: int, side: str, orientation: str, pm: PlansManager,
-              dataset: dict[str, Any]) -> Case:
+              dataset: dict[str, Any], grid: str = "small") -> Case:
     """Generate and preprocess one phantom exactly as inference will see it."""
-    image, labels = phantom_images(seed, side, orientation)
+    image, labels = phantom_images(seed, side, orientation, grid)
     native = canonical_to_native()[sitk.GetArrayFromImage(labels)]
     spacing = list(reversed(image.GetSpacing()))
     data, seg, _ = DefaultPreprocessor(verbose=False).run_case_npy(
@@ -112,8 +131,8 @@ def make_case(seed: int, side: str, orientation: str, pm: PlansManager,
         pm, pm.get_configuration(CONFIGURATION), dataset,
     )
     seg = np.where(seg[0] < 0, 0, seg[0]).astype(np.int8)
-    fg = {int(v): np.argwhere(seg == v) for v in np.unique(seg) if v > 0}
-    return Case(data=data[0].astype(np.float32), seg=seg, fg=fg)
+    fg = {int(v): np.argwhere(seg == v).astype(np.int16) for v in np.unique(seg) if v > 0}
+    return Case(data=data[0].astype(np.float32), seg=seg, fg=fg, grid=grid)
 
 
 def _crop(case: Case, rng: np.random.Generator, foreground: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +140,7 @@ def _crop(case: Case, rng: np.random.Generator, foreground: bool) -> tuple[np.nd
     patch = np.array(PATCH)
     if foreground and case.fg:
         label = rng.choice(list(case.fg))
-        centre = case.fg[label][rng.integers(len(case.fg[label]))]
+        centre = case.fg[label][rng.integers(len(case.fg[label]))].astype(np.int64)
     else:
         centre = rng.integers(0, shape)
     start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
@@ -134,8 +153,11 @@ def _crop(case: Case, rng: np.random.Generator, foreground: bool) -> tuple[np.nd
 def batch(cases: list[Case], rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches (2/3 centred on a random foreground class), LR mirroring, intensity jitter."""
     xs, ys = [], []
+    small = [c for c in cases if c.grid == "small"]
+    large = [c for c in cases if c.grid != "small"] or small
     for i in range(size):
-        x, y = _crop(cases[rng.integers(len(cases))], rng, foreground=rng.random() < 0.67)
+        pool = small if (rng.random() < 0.5 and small) else large  # half the patches each
+        x, y = _crop(pool[rng.integers(len(pool))], rng, foreground=rng.random() < 0.67)
         if rng.random() < 0.5:
             x, y = x[::-1], y[::-1]
         x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)
@@ -189,21 +211,27 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
 
 
-def evaluate(model_dir: Path, seeds: tuple[int, ...]) -> dict[str, dict[str, float]]:
-    """Dice per structure of the written model on unseen phantoms, through the real inference path."""
+def evaluate(model_dir: Path, cases: tuple[tuple[int, str, str, str], ...]
+             ) -> dict[str, dict[str, float]]:
+    """Dice per structure of the written model on unseen phantoms, through the real inference path.
+
+    ``cases`` are (seed, side, orientation, grid); the key records the inference seconds too.
+    """
     from kneenode.settings import SegmentSettings
     from pipeline.segment import load_model, segment_image
 
     model = load_model(SegmentSettings(model_dir=model_dir, device="cpu"))
     out: dict[str, dict[str, float]] = {}
-    for i, seed in enumerate(seeds):
-        side, orientation = ("left", "right")[i % 2], ("sagittal", "coronal")[i % 2]
-        image, truth = phantom_images(seed, side, orientation)
+    for seed, side, orientation, grid in cases:
+        image, truth = phantom_images(seed, side, orientation, grid)
+        t0 = time.monotonic()
         pred = sitk.GetArrayFromImage(segment_image(image, model))
+        seconds = time.monotonic() - t0
         ref = sitk.GetArrayFromImage(truth)
-        out[f"{seed}-{side}-{orientation}"] = {
-            CANONICAL[c]: round(dice(pred == c, ref == c), 4) for c in CANONICAL
-        }
+        scores = {CANONICAL[c]: round(dice(pred == c, ref == c), 4) for c in CANONICAL}
+        out[f"{seed}-{grid}-{side}-{orientation}"] = {**scores, "seconds": round(seconds, 1)}
+        print(seed, grid, side, orientation, f"{seconds:.0f} s",
+              " ".join(f"{k.split()[0][:4]}:{v:.3f}" for k, v in scores.items()), flush=True)
     return out
 
 
@@ -216,14 +244,14 @@ def model_card(iterations: int, seconds: float, seeds: list[int], losses: list[f
         "algorithm_name": ALGORITHM_NAME,
         "algorithm_version": ALGORITHM_VERSION,
         "description": "Tiny nnU-Net v2 ResidualEncoderUNet trained only on kneenode's synthetic "
-        "knee phantoms (small preset). It demonstrates the pipeline; it has never seen a real MRI "
+        "knee phantoms (small and full presets and sizes between). It demonstrates the pipeline; it has never seen a real MRI "
         "and must not be used on patients.",
         "is_demo": True,
         "input_orientation": ORIENTATION,
         "training": {
             "script": "pipeline/segment/train_demo.py",
             "phantom_generator_version": GENERATOR_VERSION,
-            "phantom_preset": "small",
+            "phantom_preset": "small+full",
             "phantom_seeds": seeds,
             "iterations": iterations,
             "seconds": round(seconds, 1),
@@ -249,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest on a shared machine: no spin-waiting)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-large", dest="large", action="store_false",
+                    help="train on the small preset only (the first demo model)")
     ap.add_argument("--lr", type=float, default=4e-3, help="peak learning rate")
     ap.add_argument("--init", type=Path, default=None,
                     help="continue from this trained-model folder (a warm start; the model card "
@@ -258,9 +288,15 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     plans, dataset = make_plans(), mf.dataset_json(DATASET, PUBLIC_MODEL_LABELS)
     pm = PlansManager(plans)
-    seeds = [TRAIN_SEED0 + i for i in range(args.cases)]
-    cases = [make_case(s, ("left", "right")[i % 2], ORIENTATIONS[(i // 2) % 4], pm, dataset)
-             for i, s in enumerate(seeds)]
+    specs = [(TRAIN_SEED0 + i, "small") for i in range(args.cases)]
+    if args.large:
+        specs += [(s0 + i, grid) for grid, (s0, n) in LARGE_CASES.items() for i in range(n)]
+    seeds = [s for s, _ in specs]
+    cases = []
+    for i, (s, grid) in enumerate(specs):
+        cases.append(make_case(s, ("left", "right")[i % 2], ORIENTATIONS[(i // 2) % 4], pm,
+                               dataset, grid))
+        print(f"case {i + 1}/{len(specs)} {grid} seed {s} {time.monotonic() - t0:.0f} s", flush=True)
     dataset["numTraining"] = len(cases)
     print(f"{len(cases)} phantoms preprocessed in {time.monotonic() - t0:.0f} s", flush=True)
     torch.manual_seed(args.seed)
@@ -284,13 +320,12 @@ def main(argv: list[str] | None = None) -> None:
         logging={"train_losses": [round(v, 5) for v in losses[::10]]},
     )
     card = model_card(len(losses), seconds, seeds, losses, {})
+    card["training"]["grids"] = {g: sum(1 for _, x in specs if x == g) for _, g in specs}
     card["training"].update(lr=args.lr, batch_size=args.batch_size, earlier_rounds=earlier)
     mf.write_json(out / mf.MODEL_CARD, card)
-    validation = evaluate(out, VALIDATION_SEEDS)
+    validation = evaluate(out, VALIDATION)
     card["validation_dice"] = validation
     mf.write_json(out / mf.MODEL_CARD, card)
-    for case, scores in validation.items():
-        print(case, " ".join(f"{k.split()[0][:4]}:{v:.3f}" for k, v in scores.items()))
     print(f"wrote {out} in {time.monotonic() - t0:.0f} s")
 
 

@@ -96,3 +96,24 @@ def test_jpeg_option(series, labels, card, tmp_path):
     reference = plain[6].pixel_array.astype(int)
     assert decoded.shape == reference.shape
     assert np.abs(decoded - reference).mean() < 8  # lossy, but the same picture
+
+
+@pytest.mark.parametrize("outcome", ["pass", "warn", "fail"])
+def test_qc_outcome_banner_and_comments(series, labels, card, tmp_path, outcome):
+    from pipeline.encode.common import QC_COLORS
+
+    qc = {"outcome": outcome, "reasons": [] if outcome == "pass" else [
+        {"severity": outcome, "message": "patellar cartilage missing (0 mm3) " * 6}]}
+    plain = encode_overlay(source=series, labels=labels, model=card)[6].pixel_array
+    flagged = encode_overlay(source=series, labels=labels, model=card, qc=qc)
+    rgb = flagged[6].pixel_array
+    assert rgb.shape[0] > plain.shape[0]  # one more banner strip above the image
+    colour = np.array(QC_COLORS[outcome])
+    is_colour = np.abs(rgb.astype(int) - colour).sum(axis=2) < 6
+    strip_rows = np.flatnonzero(is_colour.mean(axis=1) > 0.5)
+    assert len(strip_rows) >= 5 and strip_rows.max() < rgb.shape[0] - labels.shape[1]
+    assert not (np.abs(plain.astype(int) - colour).sum(axis=2) < 6).mean(axis=1).max() > 0.5
+    head = {"pass": "QC PASSED", "warn": "QC WARNING", "fail": "QC FAILED"}[outcome]
+    assert all(head in d.ImageComments for d in flagged)
+    errors, _ = dciodvfy(flagged[6], tmp_path, f"ov-{outcome}.dcm")
+    assert errors == []

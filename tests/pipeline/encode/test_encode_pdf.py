@@ -60,7 +60,7 @@ def test_pdf_valid_and_readable(series, labels, results, card, tmp_path):
         "PHANTOM DEMO MODEL",
         "kneenode-phantom-demo",
         "version 0.1.0",
-        "Knee side: right",
+        "Knee side right",
         "Medial tibial cartilage",
         "2.50",
         "BScore (femur shape): 1.23",

@@ -135,3 +135,25 @@ def test_unknown_side_is_no_laterality(series, seg, card, tmp_path):
         res = {"side": side, "femur_ml": 80.0}
         sr = _write_read(encode_sr(source=series, seg=seg, results=res, model=card), tmp_path)
         assert read_sr_measurements(sr) == {"femur_ml": 80.0}
+
+
+@pytest.mark.parametrize("outcome", ["pass", "warn", "fail"])
+def test_qc_outcome_is_a_coded_item_in_every_group(series, seg, results, card, tmp_path, outcome):
+    """The QC outcome re-reads with highdicom from every group, and dciodvfy stays clean."""
+    with_qc = {**results, "qc": {"outcome": outcome, "reasons": []}}
+    sr = _write_read(encode_sr(source=series, seg=seg, results=with_qc, model=card), tmp_path)
+    doc = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    groups = doc.content.get_volumetric_roi_measurement_groups()
+    codes = {(e.name.value, e.value.value) for g in groups for e in g.get_qualitative_evaluations()}
+    assert codes == {("SEGQC", f"QC{outcome.upper()}")}
+    assert all(len(g.get_qualitative_evaluations()) == 1 for g in groups)
+    assert read_sr_measurements(sr) == {**results, "qc_outcome": outcome}
+    errors, _ = dciodvfy(sr, tmp_path, f"sr-qc-{outcome}.dcm")
+    assert errors == []
+
+
+def test_no_qc_item_without_qc(series, seg, results, card):
+    doc = hd.sr.Comprehensive3DSR.from_dataset(
+        encode_sr(source=series, seg=seg, results=results, model=card))
+    assert all(not g.get_qualitative_evaluations()
+               for g in doc.content.get_volumetric_roi_measurement_groups())

@@ -58,10 +58,11 @@ def test_stage_function_reads_segment_labels_and_qdess_echoes(tmp_path: Path) ->
         assert abs(res[f"{region}_t2_ms_median"] - truth) < 4.0  # default blur biases thin plates up
 
 
-def test_quantify_follows_segment_in_the_chain() -> None:
+def test_quantify_follows_segment_and_its_qc_in_the_chain() -> None:
     chain = node_chain(Settings())
     names = [s.name for s in chain]
-    assert names.index("quantify") == names.index("segment") + 1
+    assert names.index("qc") == names.index("segment") + 1  # QC before anything is measured
+    assert names.index("quantify") == names.index("qc") + 1
     assert chain[names.index("quantify")].queue == "cpu" and chain[names.index("quantify")].fn is quantify
 
 
