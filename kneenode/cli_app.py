@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -45,11 +45,15 @@ def _global_options(
     ctx.obj = CliState(config=config)
 
 
-def settings_for(ctx: typer.Context, *, configure_logs: bool = True) -> Settings:
-    """Load the settings for a command; an invalid value exits 2 with one clear message."""
+def settings_for(ctx: typer.Context, *, configure_logs: bool = True,
+                 overrides: dict[str, Any] | None = None) -> Settings:
+    """Load the settings for a command; an invalid value exits 2 with one clear message.
+
+    ``overrides`` (nested, e.g. from ``--set``) win over the config file and are validated with it.
+    """
     state: CliState = ctx.obj if isinstance(ctx.obj, CliState) else CliState(None)
     try:
-        settings = load_settings(state.config)
+        settings = load_settings(state.config, **(overrides or {}))
     except SettingsError as exc:
         err_console.print(f"[bold red]configuration error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None

@@ -25,6 +25,9 @@ class ErrorCode(StrEnum):
     NOT_KNEE = "NOT_KNEE"
     NOT_SELECTED = "NOT_SELECTED"
     SEND_FAILED = "SEND_FAILED"
+    NOT_AN_IMAGE = "NOT_AN_IMAGE"
+    BLANK_IMAGE = "BLANK_IMAGE"
+    OUTPUT_MISSING = "OUTPUT_MISSING"
     QC_FAILED = "QC_FAILED"
 
 
@@ -50,6 +53,13 @@ HINTS: dict[ErrorCode, str] = {
     ErrorCode.NOT_SELECTED: "The series did not match the selection rules (see the reason).",
     ErrorCode.SEND_FAILED: "The destination did not accept the results; check it is up, then "
     "`kneenode retry ID --from-stage deliver`.",
+    ErrorCode.NOT_AN_IMAGE: "The series holds non-image objects (SR, SEG, presentation states, "
+    "key objects, documents); send or choose the MR image series they belong to.",
+    ErrorCode.BLANK_IMAGE: "Every voxel of the volume has the same value (a blank or failed "
+    "acquisition); check the series on the scanner or PACS and resend it.",
+    ErrorCode.OUTPUT_MISSING: "A result object the settings ask for was not written or does not "
+    "re-read; nothing was delivered. Check the encode stage's events and disk space, then "
+    "`kneenode retry ID --from-stage encode`.",
     ErrorCode.QC_FAILED: "The segmentation failed quality control (see the reasons: input the "
     "model was not made for, a cut field of view, another contrast); review it, then "
     "`kneenode release ID` to deliver it flagged or `kneenode discard ID` to deliver nothing.",
@@ -65,6 +75,9 @@ PERMANENT: frozenset[ErrorCode] = frozenset(
         ErrorCode.DICOM_ERROR,
         ErrorCode.SEGMENTATION_FAILED,
         ErrorCode.NSM_FAILED,
+        ErrorCode.NOT_AN_IMAGE,
+        ErrorCode.BLANK_IMAGE,
+        ErrorCode.OUTPUT_MISSING,  # re-encoding is a deliberate retry from encode
         ErrorCode.QC_FAILED,
     }
 )

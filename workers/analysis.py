@@ -2,7 +2,8 @@
 
 Each function takes a :class:`~workers.stages.StageContext`, reads what earlier stages left in the
 job folder, calls one ``pipeline`` (or ``scp``) function and writes its outputs under
-``ctx.work_dir``. Files, per stage folder:
+``ctx.work_dir``. ``kneenode analyze`` runs the same functions in-process on a folder laid out like
+a job folder. Files, per stage folder:
 
 ``prepare/``  ``image.nii`` (the volume to segment), ``echo_<i>.nii`` (multi-echo only),
               ``volume.json`` (source slices in volume order, echo times, acquisition tags)
@@ -10,10 +11,11 @@ job folder, calls one ``pipeline`` (or ``scp``) function and writes its outputs 
               softmax summary)
 ``qc/``       ``qc.json`` (outcome, reasons, per-structure numbers, the ``on_fail`` policy)
 ``encode/``   ``<kind>/<SOPInstanceUID>.dcm`` for SEG, SR, overlay images and the PDF
+``verify/``   ``manifest.json``: the verified result files per kind
 ``deliver/``  nothing: the per-destination outbox is ``<job>/outbox.json`` (survives retries)
 
-The merged ``results.json`` of the job lives at ``<job>/results.json``; every stage that adds
-measurements rewrites it atomically.
+The job's ``results.json`` (and ``results.csv``) live at ``<job>/``; every stage writes its keys
+through :func:`pipeline.results.update_results`, which validates them against the schema.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ import SimpleITK as sitk
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_atomic, write_json_atomic
 from kneenode.logs import get_logger
-from kneenode.settings import Settings
+from kneenode.settings import EncodeSettings, Settings
 from kneenode.warm import WarmCache
+from pipeline.results import RESULTS_FILE, update_results
 from workers.stages import Stage, StageContext
 
 IMAGE = "image.nii"
 VOLUME = "volume.json"
-RESULTS = "results.json"
+RESULTS = RESULTS_FILE
 QC_FILE = "qc.json"
 
 log = get_logger(__name__)
@@ -56,12 +59,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def merge_results(job_dir: Path, update: dict[str, Any]) -> dict[str, Any]:
-    """Add ``update`` to the job's results.json (atomic) and return the merged results."""
-    path = job_dir / RESULTS
-    results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    results.update(update)
-    write_json_atomic(path, results)
-    return results
+    """Add ``update`` to the job's results.json (validated, atomic) and return the record."""
+    return update_results(job_dir, update)
 
 
 def series_files(series_path: Path) -> list[Path]:
@@ -69,18 +68,34 @@ def series_files(series_path: Path) -> list[Path]:
     return sorted(series_path.glob("*.dcm"))
 
 
-def prepare(ctx: StageContext) -> None:
-    """Read the series (strict geometry checks) and store the volume for the later stages."""
-    from pipeline.series import read_series
+def _r6(values: Any) -> list[float]:
+    return [round(float(v), 6) for v in values]
 
-    files = series_files(ctx.series_path)
-    if not files:
-        raise NodeError(ErrorCode.FILE_NOT_FOUND, f"no *.dcm files in {ctx.series_path}")
-    view = ctx.work_dir / "input"  # only the instances: the spool folder also holds JSON files
-    view.mkdir()
-    for f in files:
-        (view / f.name).symlink_to(f.resolve())
-    volume = read_series(view, limits=ctx.settings.reader)
+
+def prepare(ctx: StageContext) -> None:
+    """Read the series (strict geometry checks) and store the volume for the later stages.
+
+    ``ctx.series_path`` is a spool version folder (``*.dcm``) or, for ``kneenode analyze``, a
+    NIfTI/NRRD/MetaImage file. Refuses non-image objects (NOT_AN_IMAGE: SR, SEG, presentation
+    states, ...) before reading pixels and blank or constant volumes (BLANK_IMAGE) after.
+    """
+    from pipeline.series import read_series
+    from pipeline.series.kinds import refuse_blank, refuse_non_images, sop_classes_of
+
+    if ctx.series_path.is_file():
+        volume = read_series(ctx.series_path, limits=ctx.settings.reader)
+    else:
+        files = series_files(ctx.series_path)
+        if not files:
+            raise NodeError(ErrorCode.FILE_NOT_FOUND, f"no *.dcm files in {ctx.series_path}")
+        classes = ctx.summary.get("sop_class_uids")
+        refuse_non_images(classes if isinstance(classes, list) else sop_classes_of(files))
+        view = ctx.work_dir / "input"  # only the instances: the spool folder also holds JSON files
+        view.mkdir()
+        for f in files:
+            (view / f.name).symlink_to(f.resolve())
+        volume = read_series(view, limits=ctx.settings.reader)
+    refuse_blank(volume.image)
     _write_image(volume.image, ctx.work_dir / IMAGE)
     if volume.is_multi_echo:
         for i, echo in enumerate(volume.echoes):
@@ -99,9 +114,15 @@ def prepare(ctx: StageContext) -> None:
     write_json_atomic(ctx.work_dir / VOLUME, info)
     for warning in volume.warnings:
         log.warning("series read with a warning", job_id=ctx.job_id, warning=warning)
-    merge_results(ctx.job_dir, {"study_uid": volume.study_instance_uid,
-                                "series_uid": volume.series_instance_uid,
-                                "warnings": _with_warnings(ctx.job_dir, volume.warnings)})
+    image = volume.image
+    merge_results(ctx.job_dir, {
+        "study_uid": volume.study_instance_uid, "series_uid": volume.series_instance_uid,
+        "input": {"kind": volume.source_format, "modality": volume.modality,
+                  "size": list(image.GetSize()), "spacing": _r6(image.GetSpacing()),
+                  "origin": _r6(image.GetOrigin()), "direction": _r6(image.GetDirection()),
+                  "echo_times_ms": list(volume.echo_times_ms)},
+        "warnings": _with_warnings(ctx.job_dir, volume.warnings),
+    })
 
 
 def _with_warnings(job_dir: Path, new: tuple[str, ...]) -> list[str]:
@@ -124,8 +145,12 @@ def segment(ctx: StageContext) -> None:
     from pipeline.segment.stage import segment_to_folder
 
     record = segment_to_folder(load_image(ctx), ctx.work_dir, ctx.settings.segment,
-                               device=ctx.device)
-    merge_results(ctx.job_dir, {"model": record["model"]})
+                               device=ctx.device, progress=ctx.progress)
+    merge_results(ctx.job_dir, {
+        "model": record["model"],
+        "segmentation": {k: record[k] for k in ("labels", "voxels", "device", "tta")},
+        "seconds": {f"segment_{k}": v for k, v in record["seconds"].items()},
+    })
 
 
 def qc(ctx: StageContext) -> None:
@@ -172,7 +197,9 @@ def quantify(ctx: StageContext) -> None:
                                      acquisition=volume["acquisition"])
     ctx.check_cancelled()
     quantify_to_folder(labels, ctx.work_dir, volume=echoes)
-    merge_results(ctx.job_dir, read_json(ctx.work_dir / RESULTS_FILE))
+    quant = read_json(ctx.work_dir / RESULTS_FILE)
+    quant["seconds"] = {f"quantify_{k}": v for k, v in quant.get("seconds", {}).items()}
+    merge_results(ctx.job_dir, quant)
 
 
 _SHAPE_MODELS: WarmCache[Any] = WarmCache("nsm")
@@ -199,7 +226,8 @@ def shape(ctx: StageContext) -> None:
     out = shape_stage(sitk.GetArrayFromImage(labels), labels.GetSpacing(), labels.GetDirection(),
                       labels.GetOrigin(), models=models, settings=nsm, side=side)
     write_json_atomic(ctx.work_dir / "shape.json", out)
-    merge_results(ctx.job_dir, {k: v for k, v in out.items() if k != "nsm_fits"})
+    merge_results(ctx.job_dir, {**{k: v for k, v in out.items() if k != "nsm_fits"},
+                                "seconds": {"shape": out["nsm_seconds"]}})
 
 
 def encode(ctx: StageContext) -> None:
@@ -208,26 +236,32 @@ def encode(ctx: StageContext) -> None:
 
     volume = read_json(ctx.stage_dir("prepare") / VOLUME)
     if not volume["slices"]:
-        raise NodeError(ErrorCode.INVALID_FORMAT, "result objects need a DICOM source series "
-                        "(NIfTI and NRRD input are analysed, not encoded)")
+        raise NodeError(ErrorCode.INVALID_FORMAT, f"result objects need a DICOM source series; "
+                        f"this input is {volume['source_format']} (analysed, not encoded)")
     frames = volume.get("frames") or []
     multiframe = any(f is not None for f in frames)
     labels = sitk.GetArrayFromImage(load_labels(ctx)).astype(np.uint8)
     results = read_json(ctx.job_dir / RESULTS)
     record = read_json(ctx.stage_dir("segment") / "segmentation.json")
     thickness_map = _thickness_map(ctx)
-    options = ctx.settings.encode
-    qc = results.get("qc") or {}
-    if qc.get("outcome") == "fail" and qc.get("policy") == "pdf_only":
-        # a failed QC result goes out as the report with its reasons only: no SEG/SR/overlay
-        # that a PACS or a viewer could show as if it were valid
-        options = options.model_copy(update={"seg": False, "sr": False, "overlay": False,
-                                             "pdf": True})
+    options = encode_options(ctx.settings.encode, results)
     encoded = encode_results(source=volume["slices"], labels=labels, results=results,
                              model=record["model"], options=options,
                              thickness_map=thickness_map, frames=frames if multiframe else None,
                              thickness_points=_thickness_points(ctx))
     write_results(encoded, ctx.work_dir)
+
+
+def encode_options(options: EncodeSettings, results: dict[str, Any]) -> EncodeSettings:
+    """The objects this job's results get: the settings', or only the PDF for a failed QC with
+    policy ``pdf_only`` (read by ``encode`` and by ``verify``, so both expect the same set)."""
+    qc = results.get("qc") or {}
+    if qc.get("outcome") == "fail" and qc.get("policy") == "pdf_only":
+        # a failed QC result goes out as the report with its reasons only: no SEG/SR/overlay
+        # that a PACS or a viewer could show as if it were valid
+        return options.model_copy(update={"seg": False, "sr": False, "overlay": False,
+                                          "pdf": True})
+    return options
 
 
 def _thickness_map(ctx: StageContext) -> np.ndarray | None:
@@ -247,11 +281,29 @@ def _thickness_points(ctx: StageContext) -> dict[str, np.ndarray] | None:
         return {k: data[k] for k in data.files}
 
 
+def verify(ctx: StageContext) -> None:
+    """Every result object the encode settings ask for exists and re-reads (OUTPUT_MISSING if
+    not, so ``deliver`` never sends a partial set); writes ``verify/manifest.json``."""
+    from pipeline.encode.verify import expected_outputs, verify_outputs
+
+    volume = read_json(ctx.stage_dir("prepare") / VOLUME)
+    results = read_json(ctx.job_dir / RESULTS)
+    expected = expected_outputs(encode_options(ctx.settings.encode, results), len(volume["slices"]))
+    manifest = verify_outputs(ctx.stage_dir("encode"), expected, study_uid=results.get("study_uid"))
+    write_json_atomic(ctx.work_dir / "manifest.json", {"expected": expected, "files": manifest})
+
+
 def result_files(ctx: StageContext) -> list[Path]:
-    """The encoded instances, in sending order (SEG before the SR that references it)."""
+    """The result instances to send, in sending order (SEG before the SR that references it):
+    those ``verify`` checked when it ran (its manifest), else everything ``encode`` wrote."""
     order = {"seg": 0, "sr": 1, "overlay": 2, "pdf": 3}
     folder = ctx.stage_dir("encode")
-    files = [p for p in folder.glob("*/*.dcm")]
+    manifest = ctx.stage_dir("verify") / "manifest.json"
+    if manifest.exists():
+        listed = read_json(manifest)["files"]
+        files = [folder / kind / name for kind, names in listed.items() for name in names]
+    else:
+        files = list(folder.glob("*/*.dcm"))
     return sorted(files, key=lambda p: (order.get(p.parent.name, 9), p.name))
 
 
@@ -273,7 +325,8 @@ def deliver(ctx: StageContext) -> None:
 
 def node_chain(settings: Settings) -> list[Stage]:
     """The node's stages in order (DESIGN.md); ``shape`` runs when the job's
-    ``jobs.optional_stages`` lists it and its NSM settings are active."""
+    ``jobs.optional_stages`` lists it and its NSM settings are active; ``verify`` checks
+    encode's outputs before ``deliver`` sends any of them."""
     del settings  # every stage reads its own settings section
     return [
         Stage("prepare", "cpu", prepare),
@@ -282,5 +335,6 @@ def node_chain(settings: Settings) -> list[Stage]:
         Stage("quantify", "cpu", quantify),
         Stage("shape", "gpu", shape, optional=True, enabled=lambda s: s.nsm.active()),
         Stage("encode", "cpu", encode),
+        Stage("verify", "cpu", verify),
         Stage("deliver", "io", deliver),
     ]

@@ -54,6 +54,9 @@ class StageContext:
         1 for the first attempt of this stage in this run.
     cancelled
         Set when the job is cancelled while the stage runs; long stages may poll it.
+    progress
+        ``progress(done, total)`` for long steps (segmentation tiles); ``kneenode analyze``
+        draws it as a progress bar, the node leaves it unset.
     """
 
     job_id: str
@@ -65,6 +68,7 @@ class StageContext:
     device: str = "cpu"
     attempt: int = 1
     cancelled: threading.Event = field(default_factory=threading.Event)
+    progress: Callable[[int, int], None] | None = None
 
     def check_cancelled(self) -> None:
         """Raise :class:`StageCancelled` if the job was cancelled (call it between steps)."""

@@ -20,7 +20,6 @@ import numpy as np
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_atomic, write_json_atomic
 from kneenode.logs import get_logger
-from kneenode.settings import ReaderSettings
 from pipeline.quantify.geometry import Geometry, KneeFrame, knee_frame, label_boxes
 from pipeline.quantify.maps import ThicknessMap, femoral_thickness_map
 from pipeline.quantify.results import THICKNESS_REGIONS, assemble, null_t2_keys, thickness_keys
@@ -190,24 +189,3 @@ def quantify_to_folder(labels_image: Any, out_dir: Path, *, volume: Any | None =
         write_atomic(out / MAP_FILE, lambda tmp: np.save(tmp, tmap.values), suffix=".npy")
     write_json_atomic(out / RESULTS_FILE, q.results)
     return q.results
-
-
-def quantify_input(labels_path: Path, input_path: Path, out_dir: Path,
-                   limits: ReaderSettings | None = None) -> dict[str, Any]:
-    """``kneenode analyze``'s quantification: the written label map and the input it came from.
-
-    A DICOM folder input is read again with :func:`pipeline.series.read_series` (with the reader
-    tolerances ``limits``, the ``reader`` settings) for its qDESS echoes (T2); other inputs give
-    null T2 keys with the reason.
-    """
-    import SimpleITK as sitk
-
-    labels = sitk.ReadImage(str(labels_path))
-    volume = None
-    if Path(input_path).is_dir():
-        from pipeline.series import read_series
-
-        vol = read_series(input_path, limits=limits)
-        if len(vol.echoes) >= 2 and vol.echoes[0].GetSize() == labels.GetSize():
-            volume = vol
-    return quantify_to_folder(labels, out_dir, volume=volume)

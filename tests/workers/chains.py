@@ -124,3 +124,22 @@ def settings_chain(settings: Settings) -> list[Stage]:
     del settings
     return [Stage("s1", "cpu", _recording("s1")), Stage("s2", "gpu", _recording("s2")),
             Stage("s3", "cpu", _recording("s3"))]
+
+
+def lossy_encode_chain(settings: Settings) -> list[Stage]:
+    """The node's own chain, whose ``encode`` loses one overlay image of a series described
+    ``... LOSSY`` after writing it (a disk or encoder that drops a file cannot be produced on
+    demand for real; this stands in for it). Every other series runs exactly the node's chain."""
+    from dataclasses import replace
+
+    from workers.analysis import node_chain
+
+    return [replace(s, fn=_lossy_encode) if s.name == "encode" else s for s in node_chain(settings)]
+
+
+def _lossy_encode(ctx: StageContext) -> None:
+    from workers.analysis import encode
+
+    encode(ctx)
+    if "LOSSY" in str(ctx.summary.get("series_description", "")):
+        min((ctx.work_dir / "overlay").glob("*.dcm")).unlink()
