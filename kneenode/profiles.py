@@ -1,9 +1,9 @@
 """Processing profiles beyond the settings tree: ``--set`` overrides, model checks, model cards.
 
 ``[profiles.<name>]`` is parsed and merged by :meth:`kneenode.settings.Settings.for_profile`. Here:
-turning ``--set key=value`` into a profile-shaped (and, for analyze, a node-wide) override, checking at startup that every model
-folder a profile names exists (CONFIG_ERROR naming the profile and the key, before anything
-starts), and the fingerprint of those folders (model card + checksums) a job stores in its
+turning ``--set key=value`` into a profile-shaped (and, for analyze, a node-wide) override,
+checking at startup that every model folder a profile names exists (CONFIG_ERROR naming the
+profile and the key, before anything starts), and the fingerprint of those folders (model card + checksums) a job stores in its
 snapshot. Path checks only: no torch import, so the edge process stays light.
 """
 
