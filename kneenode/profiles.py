@@ -1,9 +1,9 @@
 """Processing profiles beyond the settings tree: ``--set`` overrides, model checks, model cards.
 
 ``[profiles.<name>]`` is parsed and merged by :meth:`kneenode.settings.Settings.for_profile`. Here:
-turning ``--set key=value`` into a profile-shaped override, checking at startup that every model
-folder a profile names exists (CONFIG_ERROR naming the profile and the key, before anything
-starts), and the fingerprint of those folders (model card + checksums) a job stores in its
+turning ``--set key=value`` into a profile-shaped (and, for analyze, a node-wide) override,
+checking at startup that every model folder a profile names exists (CONFIG_ERROR naming the
+profile and the key, before anything starts), and the fingerprint of those folders (model card + checksums) a job stores in its
 snapshot. Path checks only: no torch import, so the edge process stays light.
 """
 
@@ -50,36 +50,75 @@ _NSM_FOLDERS = {"bone_and_cart": ("bone_cart_model", "bone_cart_bscore"),
                 "bone_only": ("bone_only_model", "bone_only_bscore")}
 
 
-def parse_sets(items: Iterable[str]) -> dict[str, Any]:
-    """``["segment.configuration=3d_cascade_fullres", ...]`` -> a profile-shaped override.
+def _parse_item(item: str) -> tuple[list[str], Any]:
+    """``"segment.tta=true"`` -> (``["segment", "tta"]``, ``True``): TOML literal, else string."""
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or any(not p.strip() for p in parts):
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE (e.g. segment.tta=true)")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return [p.strip() for p in parts], value
 
-    Values are TOML literals (``true``, ``3``, ``["shape"]``), else plain strings. A leading
-    ``jobs.`` is accepted for the stage options (``jobs.optional_stages=[]``).
+
+def _put(out: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = out
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {'.'.join(parts)}: {part} is given a value and sub-keys")  # noqa: TRY004
+    node[parts[-1]] = value
+
+
+def _profile_parts(parts: list[str]) -> list[str] | None:
+    """The key as a profile key (``jobs.`` dropped from the stage options), None if not one."""
+    if parts[0] == "jobs" and len(parts) > 1 and parts[1] in PROFILE_JOB_KEYS:
+        parts = parts[1:]
+    return parts if parts[0] in (*PROFILE_SECTIONS, *PROFILE_JOB_KEYS) else None
+
+
+def split_sets(items: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--set`` items as (node-wide overrides, a profile-shaped override).
+
+    Profile keys (:data:`PROFILE_SECTIONS`, the stage options with or without ``jobs.``) win over
+    the job's profile; every other key (``jobs.selection.*``, ``reader.*`` ...) belongs to the
+    node-wide settings, before routing (``kneenode analyze``). Values are TOML literals
+    (``true``, ``3``, ``["shape"]``), else plain strings.
 
     Raises
     ------
     ValueError
-        For an item without ``=`` or a key that profiles do not override.
+        For an item without ``=``, an empty key part, or a key given a value and sub-keys.
     """
-    out: dict[str, Any] = {}
+    node: dict[str, Any] = {}
+    profile: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().removeprefix("jobs.")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE (e.g. segment.tta=true)")
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
-        parts = key.split(".")
-        if parts[0] not in (*PROFILE_SECTIONS, *PROFILE_JOB_KEYS):
-            raise ValueError(f"--set {key}: profiles override "
-                             f"{', '.join((*PROFILE_SECTIONS, *PROFILE_JOB_KEYS))}")
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
+        parts, value = _parse_item(item)
+        as_profile = _profile_parts(parts)
+        if as_profile is None:
+            _put(node, parts, value)
+        else:
+            _put(profile, as_profile, value)
+    return node, profile
+
+
+def parse_sets(items: Iterable[str]) -> dict[str, Any]:
+    """``["segment.configuration=3d_cascade_fullres", ...]`` -> a profile-shaped override.
+
+    Raises
+    ------
+    ValueError
+        As :func:`split_sets`, and for a key that profiles do not override.
+    """
+    items = list(items)
+    node, profile = split_sets(items)
+    if node:
+        key = next(".".join(p) for p, _ in map(_parse_item, items) if _profile_parts(p) is None)
+        raise ValueError(f"--set {key}: profiles override "
+                         f"{', '.join((*PROFILE_SECTIONS, *PROFILE_JOB_KEYS))}")
+    return profile
 
 
 def profile_names(settings: Settings) -> list[str]:

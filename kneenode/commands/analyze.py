@@ -4,9 +4,12 @@ INPUT is a DICOM series folder, or a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) 
 (.mha, .mhd) file. The output folder is laid out like a node job folder: one folder per stage
 (``prepare/``, ``segment/labels.nii.gz``, ``quantify/``, ``shape/``, ``encode/<kind>/*.dcm``,
 ``verify/``) and ``results.json`` + ``results.csv`` written by the same stage functions
-(:mod:`workers.analysis`) through the same schema (:mod:`pipeline.results`). A DICOM folder
-is first judged by the node's selection rules (``--force`` overrides them, and results.json
-records it); non-image objects and blank volumes are refused whatever ``--force`` says.
+(:mod:`workers.analysis`) through the same schema (:mod:`pipeline.results`), with the
+settings a node job for the series would get: its route's profile (or ``--profile``), then
+``--set``, as the job's configuration snapshot (``config.json``, :mod:`workers.jobconfig`).
+The input is first judged by the node's routes (an ``ignore`` route refuses it) and, a DICOM
+folder, by its selection rules (``--force`` overrides both, and results.json records it);
+non-image objects and blank volumes are refused whatever ``--force`` says.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -23,47 +26,15 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from kneenode.cli_app import app, err_console, fail, settings_for
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_json_atomic
+from kneenode.profiles import split_sets
 from kneenode.settings import Settings
+
+if TYPE_CHECKING:
+    from scp.routing import RouteMatch
 
 _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _SKIP_NAMES = {"DICOMDIR"}
 SERIES_VIEW = "series"  # the input's instances as a spool-like folder (*.dcm + summary.json)
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["segment.tta=true", ...]`` -> nested overrides for the settings tree.
-
-    Values are TOML literals (``true``, ``3``, ``["shape"]``, ``"text"``), else plain strings;
-    keys and values are validated by the settings model itself (unknown keys are errors).
-    """
-    import tomllib
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not p for p in key.split(".")):
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE (e.g. segment.tta=true)")
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {part} is given a value and sub-keys")  # noqa: TRY004
-        node[parts[-1]] = value
-    return out
-
-
-def _effective_settings(ctx: typer.Context, profile: str | None, sets: dict[str, Any]) -> Settings:
-    """The config file's settings with the profile and ``--set`` overrides applied."""
-    if profile is not None:
-        raise fail(f"{ErrorCode.CONFIG_ERROR}: --profile {profile}: this node has no processing "
-                   "profiles yet; use --set KEY=VALUE", 2)
-    return settings_for(ctx, overrides=sets)
 
 
 def dicom_files(folder: Path) -> list[Path]:
@@ -96,20 +67,29 @@ def series_view(input_path: Path, out: Path) -> tuple[Path, dict[str, Any]]:
     return view, summary
 
 
-def check_selection(summary: dict[str, Any], view: Path, settings: Settings, *, force: bool
-                    ) -> dict[str, Any] | None:
-    """The node's selection rules on the input; the refusal, when ``force`` overrides it.
+def check_selection(summary: dict[str, Any], view: Path | None, settings: Settings,
+                    match: RouteMatch, *, force: bool) -> dict[str, Any] | None:
+    """The node's route and selection rules on the input; the refusal, when ``force``
+    overrides it.
+
+    As at job creation: a route whose action is ``ignore`` refuses the series (NOT_SELECTED,
+    naming the route), else the selection rules with the route's overrides judge it. An image
+    file (``view`` None) has no header for the selection rules: only its route judges it.
 
     Non-image objects are refused first (NOT_AN_IMAGE, never overridden): the modality rule would
     only say "modality SR", not what the object is.
     """
     from pipeline.series.kinds import refuse_non_images
-    from workers.selection import rules_for, select
+    from workers.selection import Decision, rules_for, select
 
     refuse_non_images(summary.get("sop_class_uids") or [])
-    # No sender offline: the node-wide rules (None works for both the calling-AE and the
-    # route-target form of rules_for).
-    decision = select(summary, rules_for(settings.jobs.selection, None), view)  # type: ignore[arg-type]
+    if match.target.action == "ignore":
+        decision = Decision(False, ErrorCode.NOT_SELECTED,
+                            f"route '{match.name}' ignores this series ({match.reason})")
+    elif view is None:
+        decision = Decision(True)
+    else:
+        decision = select(summary, rules_for(settings.jobs.selection, match.target), view)
     if decision.selected:
         return None
     code = decision.code or ErrorCode.NOT_SELECTED
@@ -132,16 +112,47 @@ def check_input(input_path: Path) -> str:
     return "file"
 
 
-def analyze_chain(settings: Settings, *, encode: bool) -> list[Any]:
-    """The node's chain without ``deliver``: optional stages as the settings say (``shape`` only
-    with an active NSM: the node runs it as a no-op otherwise), encode and verify when asked."""
-    from workers.stages import load_chain
+def job_like(settings: Settings, match: RouteMatch, *, profile: str | None,
+             sets: dict[str, Any], encode: bool, out: Path) -> tuple[Settings, list[Any]]:
+    """The effective settings and the stages a node job for this series would run.
 
-    stages = [s for s in load_chain(settings) if s.name != "deliver"
-              and not (s.name == "shape" and not settings.nsm.active())]
-    if not encode:
-        stages = [s for s in stages if s.name not in ("encode", "verify")]
-    return stages
+    The same path as the node's job creation: route (``match``) -> profile (``profile`` wins)
+    -> ``--set`` -> the job's configuration snapshot (written to ``out/config.json``) -> its
+    chain, without ``deliver`` (and without encode/verify unless ``encode``).
+
+    Raises
+    ------
+    NodeError
+        CONFIG_ERROR for an unknown profile, an invalid ``--set`` or a bad ``jobs.chain``.
+    """
+    from workers.jobconfig import build_config, job_chain, job_settings
+    from workers.stages import load_stages
+
+    stages = load_stages(settings)
+    config = build_config(settings, stages, match, profile=profile, sets=sets)
+    write_json_atomic(out / "config.json", config.model_dump(mode="json"))
+    chain = [s for s in job_chain({s.name: s for s in stages}, config, stages)
+             if s.name != "deliver" and (encode or s.name not in ("encode", "verify"))]
+    return job_settings(settings, config), chain
+
+
+def open_input(input_path: Path, out: Path, *, encode: bool
+               ) -> tuple[Path, dict[str, Any], Path | None]:
+    """(series path, summary, spool-like view) for the stages: a view of a DICOM folder and its
+    summary, or the image file itself, no summary and no view; ``out`` cleared of a previous
+    record."""
+    kind = check_input(input_path)
+    if encode and kind != "dicom":
+        raise NodeError(ErrorCode.INVALID_FORMAT, f"--encode needs a DICOM series: result "
+                        f"objects are written into the source's study, and {input_path.name} "
+                        "is an image file", hint="Run without --encode, or give the DICOM folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.csv", "config.json"):  # fresh, never a stale merge
+        (out / name).unlink(missing_ok=True)
+    if kind != "dicom":
+        return input_path, {}, None
+    view, summary = series_view(input_path, out)
+    return view, summary, view
 
 
 def run_chain(stages: list[Any], *, out: Path, series_path: Path, summary: dict[str, Any],
@@ -182,8 +193,8 @@ def analyze(
         "--out", "-o", metavar="DIR", help="Output folder (default: ./<INPUT name>.kneenode).")
     ] = None,
     profile: Annotated[str | None, typer.Option(
-        "--profile", metavar="NAME", help="Processing profile to apply (profiles.NAME of the "
-        "config).")] = None,
+        "--profile", metavar="NAME", help="Processing profile (profiles.NAME of the config; "
+        "default: the one the node's routes give this series).")] = None,
     sets: Annotated[list[str] | None, typer.Option(
         "--set", metavar="KEY=VALUE", help="Override one setting, KEY=VALUE (e.g. --set nsm.enabled=false); repeatable.")
     ] = None,
@@ -191,7 +202,8 @@ def analyze(
         "--encode", help="Also write the result DICOM objects (SEG, SR, overlay, PDF) and verify "
         "them (DICOM input only).")] = False,
     force: Annotated[bool, typer.Option(
-        "--force", help="Analyse a series the node's selection rules refuse (recorded).")] = False,
+        "--force", help="Analyse a series the node's routes or selection rules refuse "
+        "(recorded).")] = False,
     model_dir: Annotated[Path | None, typer.Option(
         help="Shortcut for --set segment.model_dir=DIR.")] = None,
     device: Annotated[str | None, typer.Option(
@@ -201,39 +213,29 @@ def analyze(
 ) -> None:
     """Analyse one knee MRI offline with the node's stages: prepare, segment, quantify, shape
     (when configured) and, with --encode, the result DICOM objects; writes results.json/.csv."""
-    try:
-        overrides = parse_sets(sets or [])
-    except ValueError as exc:
-        raise fail(f"{ErrorCode.CONFIG_ERROR}: {exc}", 2) from None
-    shortcuts = {"model_dir": model_dir, "device": device, "tta": tta}
-    for key, value in shortcuts.items():
-        if value is not None:
-            overrides.setdefault("segment", {})[key] = str(value) if key == "model_dir" else value
-    settings = _effective_settings(ctx, profile, overrides)
+    from pipeline.results import update_results
+    from scp.routing import match_series
+
+    node_sets, profile_sets = _overrides(sets or [], model_dir=model_dir, device=device, tta=tta)
+    node_settings = settings_for(ctx, overrides=node_sets)
     out = out if out is not None else Path.cwd() / f"{input_path.name.split('.')[0]}.kneenode"
     t0 = time.perf_counter()
     try:
-        kind = check_input(input_path)
-        if encode and kind != "dicom":
-            raise NodeError(ErrorCode.INVALID_FORMAT, f"--encode needs a DICOM series: result "
-                            f"objects are written into the source's study, and {input_path.name} "
-                            "is an image file", hint="Run without --encode, or give the DICOM folder.")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("results.json", "results.csv"):  # a fresh record, never a stale merge
-            (out / name).unlink(missing_ok=True)
-        if kind == "dicom":
-            series_path, summary = series_view(input_path, out)
-            forced = check_selection(summary, series_path, settings, force=force)
-        else:
-            series_path, summary, forced = input_path, {}, None
+        series_path, summary, view = open_input(input_path, out, encode=encode)
+        match = match_series(node_settings, summary)
+        forced = check_selection(summary, view, node_settings, match, force=force)
+        try:
+            settings, stages = job_like(node_settings, match, profile=profile, sets=profile_sets,
+                                        encode=encode, out=out)
+        except NodeError as exc:  # an unknown profile or a bad --set: a usage error
+            if exc.code is not ErrorCode.CONFIG_ERROR:
+                raise
+            raise fail(f"{exc.code}: {exc.message}\nhint: {exc.hint}", 2) from None
         if forced is not None:
             err_console.print(f"[bold yellow]forced:[/] {forced['code']}: {forced['reason']}",
                               highlight=False)
-        stages = analyze_chain(settings, encode=encode)
         seconds = _run_with_progress(stages, out=out, series_path=series_path, summary=summary,
                                      settings=settings)
-        from pipeline.results import update_results
-
         results = update_results(out, {"selection": forced,
                                        "seconds": {f"stage_{k}": v for k, v in seconds.items()}})
     except NodeError as exc:
@@ -248,6 +250,19 @@ def analyze(
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.csv'} and "
                f"{out / 'segment' / 'labels.nii.gz'}{encoded} "
                f"({time.perf_counter() - t0:.1f} s, model {model.get('algorithm_version')})")
+
+
+def _overrides(sets: list[str], **shortcuts: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--set`` items and the ``segment`` shortcut options as (node-wide, profile-shaped)
+    overrides (:func:`kneenode.profiles.split_sets`); exit 2 when an item is malformed."""
+    try:
+        node, profile = split_sets(sets)
+    except ValueError as exc:
+        raise fail(f"{ErrorCode.CONFIG_ERROR}: {exc}", 2) from None
+    for key, value in shortcuts.items():
+        if value is not None:
+            profile.setdefault("segment", {})[key] = str(value) if key == "model_dir" else value
+    return node, profile
 
 
 def _run_with_progress(stages: list[Any], **kwargs: Any) -> dict[str, float]:

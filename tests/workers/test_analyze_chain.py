@@ -200,3 +200,54 @@ def test_analyze_encodes_and_verifies_an_enhanced_mr_qdess(tmp_path: Path) -> No
     results = json.loads((out / "results.json").read_text())
     assert results["input"]["kind"] == "dicom-multiframe" and len(results["input"]["echo_times_ms"]) == 2
     assert results["t2_protocol"] is not None
+
+
+def test_analyze_takes_the_profile_its_route_gives_and_set_wins(encoded: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    """Routing -> profile -> ``--set`` -> the job's snapshot, as for a node job."""
+    dicom, _ = encoded
+    config = tmp_path / "kneenode.toml"
+    config.write_text('[profiles.segpdf]\nencode = {sr = false, overlay = false}\n\n'
+                      '[[routes]]\nname = "knees"\nbody_part = "KNEE"\nprofile = "segpdf"\n',
+                      encoding="utf-8")
+
+    def run(out: Path, *args: str) -> tuple[dict, dict]:
+        result = runner.invoke(app, ["--config", str(config), "analyze", str(dicom), "--out",
+                                     str(out), "--encode", "--device", "cpu", *args])
+        assert result.exit_code == 0, result.output
+        snapshot = json.loads((out / "config.json").read_text())
+        return json.loads((out / "verify" / "manifest.json").read_text())["expected"], snapshot
+
+    expected, snapshot = run(tmp_path / "routed")
+    assert expected == {"seg": 1, "pdf": 1}
+    assert (snapshot["profile"], snapshot["route"]) == ("segpdf", "knees")
+    expected, snapshot = run(tmp_path / "chosen", "--profile", "default", "--set", "encode.pdf=false")
+    assert expected == {"seg": 1, "sr": 1, "overlay": SLICES} and snapshot["profile"] == "default"
+    assert snapshot["sets"] == {"encode": {"pdf": False}, "segment": {"device": "cpu"}}
+
+
+def test_analyze_refuses_what_an_ignore_route_ignores(encoded: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    """An ``ignore`` route refuses like selection (``--force`` records it); a node-wide ``--set``
+    (``jobs.selection.*``) applies before routing and selection."""
+    dicom, _ = encoded
+    config = tmp_path / "kneenode.toml"
+    config.write_text('[[routes]]\nname = "orbits"\nbody_part = "ORBIT"\naction = "ignore"\n',
+                      encoding="utf-8")
+    orbit = _variant(dicom, tmp_path / "orbit", _orbit)
+    refused = "NOT_SELECTED: route 'orbits' ignores this series (body_part 'ORBIT' ~ /ORBIT/)"
+    result = runner.invoke(app, ["--config", str(config), "analyze", str(orbit), "--out",
+                                 str(tmp_path / "o1"), "--device", "cpu"])
+    assert result.exit_code == 1 and refused in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "o1" / "results.json").exists()
+    code, output = _analyze(str(dicom), "--out", str(tmp_path / "o2"),
+                            "--set", 'jobs.selection.modalities=["CT"]')
+    assert code == 1 and "NOT_SELECTED: modality MR is not one of ['CT']" in output, output
+    out = tmp_path / "forced"
+    result = runner.invoke(app, ["--config", str(config), "analyze", str(orbit), "--out",
+                                 str(out), "--device", "cpu", "--force"])
+    assert result.exit_code == 0, result.output
+    assert "forced: NOT_SELECTED: route 'orbits'" in " ".join(result.output.split())
+    selection = json.loads((out / "results.json").read_text())["selection"]
+    assert selection == {"forced": True, "code": "NOT_SELECTED", "reason": refused.split(": ", 1)[1]}
+    assert json.loads((out / "config.json").read_text())["route"] == "orbits"

@@ -94,10 +94,11 @@ def test_analyze_errors(tiny_model, tmp_path):
                                      "--device", "cpu"])
         assert result.exit_code == 1, result.output
         assert code in " ".join(result.output.split())
-    bad_options = [(["--set", "segment.nope=1"], "invalid setting 'segment.nope'"),
+    bad_options = [(["--set", "segment.nope=1"], "segment.nope"),
+                   (["--set", "jobs.selection.nope=1"], "jobs.selection.nope"),
                    (["--set", "tta"], "CONFIG_ERROR: --set 'tta': expected KEY=VALUE"),
-                   (["--set", "segment.tile_step_size=2"], "invalid setting 'segment.tile_step_size'"),
-                   (["--profile", "research"], "CONFIG_ERROR: --profile research")]
+                   (["--set", "segment.tile_step_size=2"], "segment.tile_step_size"),
+                   (["--profile", "research"], "CONFIG_ERROR: no profile 'research'")]
     for args, text in bad_options:
         result = runner.invoke(app, ["analyze", str(tmp_path / "knee.nii.gz"), *args])
         assert result.exit_code == 2, result.output
