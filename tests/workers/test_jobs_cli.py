@@ -60,10 +60,10 @@ def test_jobs_at_80_columns_shows_whole_short_ids(store) -> None:
 
 def test_jobs_when_wider_shows_full_ids_and_short_ids_resolve(store) -> None:
     ids = _jobs(store)
-    out = _cli(store, 160, "jobs")
+    out = _cli(store, 200, "jobs")  # the full layout (route and profile columns too) fits
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert max(len(line) for line in lines) <= 160
+    assert max(len(line) for line in lines) <= 200
     for job_id in ids:
         assert len([line for line in lines if job_id in line]) == 1, out.stdout
     assert "INVALID_FORMAT" in out.stdout and "40%" in out.stdout
