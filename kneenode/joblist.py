@@ -1,8 +1,8 @@
 """The ``kneenode jobs`` table: readable in an 80-column terminal, complete in a wide one.
 
 Why two layouts: a full job ID (``20261201-083412-a1b2c3``), the series UID tail, how the series
-was closed, the error code and a full time stamp and the route and profile need about 170 columns; rich folds them into
-four-line rows at 80. In a narrower terminal (:func:`jobs_table` measures) the table shows the
+was closed, the error code, a full time stamp, the route and the profile need about 170 columns;
+rich folds them into four-line rows at 80. In a narrower terminal (:func:`jobs_table` measures) the table shows the
 short ID (the random tail, which ``kneenode job``, ``retry``, ``cancel`` and ``purge`` accept),
 merges progress and error code into the state column, and cuts the description rather than
 wrapping anything.
