@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kneenode.errors import NodeError
-from workers.broker import make_client
 from workers.jobstate import JobStore
-from workers.redisproc import start_redis
 from workers.review import after_qc, discard, release
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[JobStore]:
-    redis = start_redis(tmp_path / "redis")
-    try:
-        yield JobStore(make_client(redis.url), "t")
-    finally:
-        redis.stop()
 
 
 def _job(store: JobStore, tmp_path: Path, outcome: str, policy: str) -> tuple[str, Path]:
