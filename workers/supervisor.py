@@ -212,10 +212,11 @@ class Supervisor:
             f"stopping; its worker process (pid {child.proc.pid}) was killed and restarted",
             retryable=False,
         )
-        self.store.fail(task["job_id"], task["stage"], err.as_dict(), run=int(task["run"]))
+        # The job's state last: whoever sees it failed also sees the event and the stage record.
+        self.store.event(task["job_id"], "watchdog", stage=task["stage"], pid=child.proc.pid)
         self.store.stage_update(task["job_id"], task["stage"], state="error", end=now(),
                                 error=err.as_dict())
-        self.store.event(task["job_id"], "watchdog", stage=task["stage"], pid=child.proc.pid)
+        self.store.fail(task["job_id"], task["stage"], err.as_dict(), run=int(task["run"]))
         log.error("watchdog: stage stuck past its time limit; killing worker",
                   job_id=task["job_id"], stage=task["stage"], pid=child.proc.pid)
         return True
