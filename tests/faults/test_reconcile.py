@@ -10,7 +10,6 @@ the real redis; everything else is real (storescu, ``kneenode scp``, redis-serve
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from tests.support.dcmtk import storescu
 from tests.support.mr import mr_series
+from tests.support.node import node_env
 from tests.support.procs import wait_for
 from workers.broker import make_client
 from workers.jobstate import JobStore
@@ -114,7 +114,7 @@ def test_retry_re_sends_a_stranded_job_and_refuses_a_live_one(node_factory, redi
     node = _edge(node_factory, redis, reconcile_interval_s=3600)  # only `retry` reconciles here
     store = JobStore(make_client(redis.url), NS)
     job = _send(node, tmp_path, store)
-    env = {**os.environ, "KNEENODE_CONFIG": str(node.config_path), "COLUMNS": "200"}
+    env = node_env(KNEENODE_CONFIG=str(node.config_path), COLUMNS="200")
 
     def retry() -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "kneenode.cli", "retry", job["id"]],

@@ -7,7 +7,6 @@ Real senders only (DCMTK storescu, Orthanc, pynetdicom as an SCU). The quiet tim
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -21,7 +20,7 @@ from kneenode.orthanc import start_orthanc
 from pipeline.phantom import make_phantom, write_phantom
 from tests.support.dcmtk import storescu
 from tests.support.mr import mr_series
-from tests.support.node import KNEENODE
+from tests.support.node import KNEENODE, node_env
 from tests.support.procs import free_port, kill9, wait_for
 from workers.broker import make_client
 from workers.jobstate import JobStore
@@ -233,7 +232,7 @@ def test_early_close_overrun_shows_in_jobs_cli_and_metrics(node_factory, tmp_pat
         message]
     overrun = [e for e in store.events(v1["id"]) if e["kind"] == "early_close_overrun"]
     assert overrun and overrun[0]["next_job"] == v2["id"]
-    env = {**os.environ, "KNEENODE_CONFIG": str(node.config_path), "COLUMNS": "250"}
+    env = node_env(KNEENODE_CONFIG=str(node.config_path), COLUMNS="250")
 
     def cli(*args: str) -> str:
         done = subprocess.run([KNEENODE, *args], env=env, capture_output=True, text=True,

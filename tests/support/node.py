@@ -13,6 +13,15 @@ from kneenode.configfile import toml_document
 from tests.support.procs import free_port, start, stop, wait_for
 
 KNEENODE = str(Path(sys.executable).with_name("kneenode"))
+REPO = Path(__file__).resolve().parents[2]
+
+
+def node_env(**extra: str) -> dict[str, str]:
+    """The environment for a node under test: the repository root on PYTHONPATH, so the test
+    chains (``tests.workers.chains``, ``tests.faults.gated_chain``) load in the node process
+    as they do under pytest, which puts the root on ``sys.path`` only for itself."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def write_toml(path: Path, config: dict[str, Any]) -> None:
@@ -53,7 +62,7 @@ class Node:
         cfg.setdefault("spool", {}).setdefault("min_free_bytes", 0)
         cfg["spool"].setdefault("min_free_percent", 0)
         write_toml(self.config_path, cfg)
-        env = {**os.environ, "KNEENODE_CONFIG": str(self.config_path)}
+        env = node_env(KNEENODE_CONFIG=str(self.config_path))
         # "scp" = the edge alone (--no-jobs); "scp-jobs" = the edge creating jobs in redis
         args = {"scp": ["scp", "--no-jobs"], "scp-jobs": ["scp"]}.get(self.command, [self.command])
         offset = len(self.log())  # a restart appends to the same log: read only what is new

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from tests.support.mr import mr_series
+from tests.support.node import node_env
 from tests.support.procs import wait_for
 from tests.workers.chains import trace_lines
 from tests.workers.conftest import Cluster
@@ -68,7 +69,7 @@ def test_kill_9_worker_mid_stage_completes_once(cluster: Cluster) -> None:
 def test_kill_9_of_whole_worker_host_recovers_by_heartbeat(cluster_factory) -> None:
     """No supervisor survives: dramatiq's heartbeat timeout hands the message to a new worker."""
     c: Cluster = cluster_factory(heartbeat_timeout_s=2, maintenance_chance=1000000)
-    env = {**os.environ, "KNEENODE_CONFIG": str(c.config)}
+    env = node_env(KNEENODE_CONFIG=str(c.config))
     cmd = [sys.executable, "-m", "kneenode.cli", "worker", "--queues", "gpu,cpu,io"]
     host = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:

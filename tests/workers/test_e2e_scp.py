@@ -7,7 +7,6 @@ stage chain is the no-fault test chain so the test exercises the job system, not
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import psutil
 
 from tests.support.dcmtk import storescu
 from tests.support.mr import mr_series
+from tests.support.node import node_env
 from tests.workers.conftest import FAST_JOBS, toml_value
 
 
@@ -30,7 +30,7 @@ def test_storescu_to_scp_to_job_done(tmp_path: Path) -> None:
     lines += [f"{k} = {toml_value(v)}" for k, v in jobs.items()]
     config = tmp_path / "kneenode.toml"
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    env = {**os.environ, "KNEENODE_CONFIG": str(config)}
+    env = node_env(KNEENODE_CONFIG=str(config))
     log = tmp_path / "serve.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "kneenode.cli", "serve"], env=env,

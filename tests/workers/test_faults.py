@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.support.node import node_env
 from tests.support.procs import wait_for
 from tests.workers.chains import trace_lines
 from tests.workers.conftest import Cluster
@@ -20,7 +20,7 @@ def _kinds(cluster: Cluster, job_id: str) -> list[str]:
 
 
 def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KNEENODE_CONFIG": str(cluster.config), "COLUMNS": "200"}
+    env = node_env(KNEENODE_CONFIG=str(cluster.config), COLUMNS="200")
     return subprocess.run([sys.executable, "-m", "kneenode.cli", *args], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
 

@@ -8,7 +8,6 @@ content, no knee); the real chain runs on it: prepare, segment (demo model), qc,
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from kneenode.settings import Settings
 from pipeline.encode.pdf import pdf_document
 from tests.support.dcmtk import dcmtk_env, storescu
 from tests.support.mr import mr_series
-from tests.support.node import KNEENODE
+from tests.support.node import KNEENODE, node_env
 from tests.support.procs import free_port, port_open, start, stop, wait_for
 from workers.analysis import node_chain
 from workers.broker import make_client
@@ -42,7 +41,7 @@ def received(folder: Path) -> dict[str, dict[str, int]]:
 
 
 def _cli(node, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KNEENODE_CONFIG": str(node.config_path)}
+    env = node_env(KNEENODE_CONFIG=str(node.config_path))
     return subprocess.run([KNEENODE, *args], capture_output=True, text=True, env=env, timeout=120,
                           check=False)
 

@@ -9,7 +9,6 @@ their profiles and routes say, each recording its rule; a CT series is ignored w
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import pydicom
 from pipeline.phantom import make_phantom, write_phantom
 from tests.support.dcmtk import dcmtk_env, echoscu, storescu
 from tests.support.mr import mr_series
+from tests.support.node import node_env
 from tests.support.procs import free_port, port_open, start, stop, wait_for
 from workers.broker import make_client
 from workers.jobstate import JobStore
@@ -138,7 +138,7 @@ def test_two_callers_two_called_aes_three_profiles(node_factory, tmp_path: Path)
         for profile, route in (("full", "research"), ("segpdf", "clinical"), ("shape", "scanner")):
             assert (f'kneenode_route_jobs{{profile="{profile}",route="{route}",state="done"}} 1.0'
                     in metrics), metrics
-        env = {**os.environ, "KNEENODE_CONFIG": str(node.config_path), "COLUMNS": "250"}
+        env = node_env(KNEENODE_CONFIG=str(node.config_path), COLUMNS="250")
         shown = subprocess.run([sys.executable, "-m", "kneenode.cli", "job", scanner["id"]],
                                env=env, capture_output=True, text=True, timeout=120, check=False)
         assert shown.returncode == 0, shown.stderr

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from kneenode.settings import load_settings
+from tests.support.node import node_env
 from tests.support.procs import wait_for
 from tests.workers.conftest import FAST_JOBS, write_config
 from workers.broker import make_broker, make_client
@@ -25,7 +26,7 @@ from workers.stages import load_stages
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KNEENODE_CONFIG": str(config)}
+    env = node_env(KNEENODE_CONFIG=str(config))
     with open(log, "ab") as fh:
         return subprocess.Popen([sys.executable, "-m", "kneenode.cli", "serve", "--no-scp"],
                                 env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -152,7 +153,7 @@ def test_serve_without_redis_server_says_so(tmp_path: Path) -> None:
     jobs = {**{k: v for k, v in FAST_JOBS.items() if k != "redis_url"},
             "redis_server": "/nonexistent/redis-server"}
     config = write_config(tmp_path / "kneenode.toml", tmp_path / "data", jobs)
-    env = {**os.environ, "KNEENODE_CONFIG": str(config), "COLUMNS": "200"}
+    env = node_env(KNEENODE_CONFIG=str(config), COLUMNS="200")
     out = subprocess.run([sys.executable, "-m", "kneenode.cli", "serve", "--no-scp"], env=env,
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1

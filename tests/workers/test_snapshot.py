@@ -5,12 +5,12 @@ job with the new configuration. Real redis, real worker processes, the real CLI.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support.node import node_env
 from tests.workers.conftest import FAST_JOBS, Cluster, write_config
 
 JOBS = {"chain": "tests.workers.chains:settings_chain"}
@@ -30,7 +30,7 @@ def _seen(job: dict[str, Any], stage: str) -> dict[str, Any]:
 
 
 def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KNEENODE_CONFIG": str(cluster.config), "COLUMNS": "250"}
+    env = node_env(KNEENODE_CONFIG=str(cluster.config), COLUMNS="250")
     return subprocess.run([sys.executable, "-m", "kneenode.cli", *args], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 
