@@ -28,6 +28,7 @@ from kneenode.warm import release_cuda_cache
 from workers.dispatch import STAGE_ACTORS, enqueue_stage, time_limit_s
 from workers.jobconfig import job_chain, job_settings
 from workers.jobstate import TERMINAL, now
+from workers.priors import note_prior_end
 from workers.retries import backoff_s, classify, retry_policy
 from workers.review import QC_STAGE, after_qc
 from workers.runtime import Task, WorkerRuntime
@@ -176,6 +177,7 @@ class JobMiddleware(Middleware):
             if store.transition(task.job_id, task.run, state="done", stage="", progress=1.0,
                                 error=None):
                 store.event(task.job_id, "done")
+                note_prior_end(task.job_dir, "done")
             return
         if not store.transition(task.job_id, task.run, state="queued", stage=nxt.name,
                                 progress=progress, error=None):
@@ -210,6 +212,7 @@ class JobMiddleware(Middleware):
             return
         if not store.fail(task.job_id, task.stage, info, run=task.run):
             return
+        note_prior_end(task.job_dir, "failed", info)
         if self.rt.chain[task.stage].queue == "io" or task.stage == "deliver":
             store.incr("delivery_failures")
 

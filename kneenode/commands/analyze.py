@@ -132,7 +132,8 @@ def job_like(settings: Settings, match: RouteMatch, *, profile: str | None,
     config = build_config(settings, stages, match, profile=profile, sets=sets)
     write_json_atomic(out / "config.json", config.model_dump(mode="json"))
     chain = [s for s in job_chain({s.name: s for s in stages}, config, stages)
-             if s.name != "deliver" and (encode or s.name not in ("encode", "verify"))]
+             if s.name not in ("deliver", "compare")  # offline: no PACS, no priors
+             and (encode or s.name not in ("encode", "verify"))]
     return job_settings(settings, config), chain
 
 
