@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+from kneenode.history import ExamRecord, HistoryStore, model_key, open_history, read_patient_header
 from kneenode.logs import get_logger
 from kneenode.settings import PriorsSettings
+from pipeline.change import PriorExam, compute_change, model_id, not_compared
 from pipeline.results import RESULTS_FILE, Results, update_results
 from workers.intake import CONFIG_FILE
-from workers.priors import PRIORS_DIR, PriorsWait, prior_states, wait_for_priors
+from workers.priors import PriorsWait, prior_states, wait_for_priors
 from workers.stages import StageContext
 
 log = get_logger(__name__)
-#: How long a processed prior may take to appear in the history after its job ended (s).
+#: How long a processed prior may take to appear in the history after its job ended (s); its
+#: ``history`` stage commits before the job is done, so this is only a safety margin.
 HISTORY_GRACE_S = 30.0
+SIDES = ("left", "right")
 
 
 def _why_not(wait: PriorsWait, job_dir: Path) -> tuple[str, str]:
@@ -36,44 +41,52 @@ def _why_not(wait: PriorsWait, job_dir: Path) -> tuple[str, str]:
         states = prior_states(job_dir)
         errors = [f"{uid}: {(states.get(uid, {}).get('error') or {}).get('message', 'failed')}"
                   for uid in wait.failed]
-        return "prior_failed", "the prior could not be processed: " + "; ".join(errors)
-    return "no_prior", wait.message or "no earlier exam of this knee measured by this model"
+        return "prior_failed", "the prior could not be retrieved or processed: " + "; ".join(errors)
+    return "no_prior", "no earlier exam of this knee measured by this model"
+
+
+def _history_priors(history: HistoryStore, who: str, side: str, model: str, before: date,
+                    wait: PriorsWait, deadline: float, check: Any) -> list[ExamRecord]:
+    """Earlier exams of this knee by this model, once every processed prior is recorded."""
+    while wait.done:
+        recorded = {e.series_uid for s in SIDES for e in history.exams(who, s)}
+        if set(wait.done) <= recorded or time.monotonic() >= deadline:
+            break
+        check()
+        time.sleep(0.5)
+    return [e for e in history.exams(who, side, model)
+            if e.exam_date is not None and e.exam_date < before]
 
 
 def compare(ctx: StageContext) -> None:
     """Wait (bounded) for the priors, then write the change report into results.json."""
-    from kneenode.history import open_history
-    from pipeline.change import PriorExam, compute_change, not_compared
-
     config = json.loads((ctx.job_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     if not config.get("priors"):
         return
     priors = PriorsSettings.model_validate(config["priors"])
     started = time.monotonic()
     wait = wait_for_priors(ctx.job_dir, started + priors.wait_s, check=ctx.check_cancelled)
-    current = Results.model_validate(json.loads((ctx.job_dir / RESULTS_FILE).read_text(encoding="utf-8")))
-    history = open_history(ctx.settings)
-    exam = history.exam_of(ctx.job_id, ctx.series_path, current)
-    found: list[Any] = []
-    if wait.done and current.side is not None:
+    raw = json.loads((ctx.job_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+    current = Results.model_validate(raw)
+    header = read_patient_header(ctx.series_path)
+    today = header.study_date or header.acquisition_date or date.today()
+    found: list[ExamRecord] = []
+    if header.patient_id and current.side is not None and wait.status == "ready":
         deadline = min(started + priors.wait_s, time.monotonic() + HISTORY_GRACE_S)
-        while True:  # a prior's history record is written when its job ends
-            found = history.priors_of(exam)
-            have = {r.series_uid for r in found}
-            if set(wait.done) <= have or time.monotonic() >= deadline:
-                break
-            ctx.check_cancelled()
-            time.sleep(0.5)
+        with open_history(ctx.settings) as history:
+            found = _history_priors(history, history.pseudonym(header.patient_id, header.issuer),
+                                    current.side, model_key(raw.get("model")), today, wait,
+                                    deadline, ctx.check_cancelled)
     if found:
-        report = compute_change(current, exam.study_date, [
-            PriorExam(study_date=r.exam_date, results=Results.model_validate(r.results),
-                      model_id=None, job_id=r.job_id) for r in found],
+        report = compute_change(current, today, [
+            PriorExam(study_date=e.exam_date, results=Results.model_validate(e.results),
+                      model_id=model_id(e.results.get("model")), job_id=e.job_id)
+            for e in found if e.exam_date is not None],
             ctx.settings.change, current_job_id=ctx.job_id)
     else:
         status, reason = _why_not(wait, ctx.job_dir)
-        report = not_compared(current, exam.study_date, status, reason,  # type: ignore[arg-type]
+        report = not_compared(current, today, status, reason,  # type: ignore[arg-type]
                               settings=ctx.settings.change, current_job_id=ctx.job_id)
     update_results(ctx.job_dir, {"change": report.model_dump(mode="json")})
     log.info("change since the prior", job_id=ctx.job_id, status=report.status,
-             waited_s=round(time.monotonic() - started, 2),
-             priors=len(list((ctx.job_dir / PRIORS_DIR).glob("*.json"))))
+             waited_s=round(time.monotonic() - started, 2), priors=len(found))

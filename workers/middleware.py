@@ -28,7 +28,7 @@ from kneenode.warm import release_cuda_cache
 from workers.dispatch import STAGE_ACTORS, enqueue_stage, time_limit_s
 from workers.jobconfig import job_chain, job_settings
 from workers.jobstate import TERMINAL, now
-from workers.priors import note_prior_end
+from workers.priors import COMPARE_STAGE, after_compare, note_prior_end
 from workers.retries import backoff_s, classify, retry_policy
 from workers.review import QC_STAGE, after_qc
 from workers.runtime import Task, WorkerRuntime
@@ -168,6 +168,8 @@ class JobMiddleware(Middleware):
         names = [s.name for s in chain]
         progress = (names.index(task.stage) + 1) / len(names)
         nxt = next_stage(chain, task.stage)
+        if task.stage == COMPARE_STAGE:
+            after_compare(store, task.job_id, task.job_dir)
         if task.stage == QC_STAGE and after_qc(
                 store, task.job_id, task.run, task.job_dir, nxt.name if nxt else None):
             return  # held for review (workers.review): the operator releases or discards it

@@ -283,6 +283,9 @@ def prior_config(current: JobConfig, current_job: str) -> JobConfig:
     settings = json.loads(json.dumps(current.settings))
     settings.setdefault("delivery", {})["destinations"] = []
     settings["delivery"]["to_sender"] = False
+    # a failed QC must not hold a prior for review: the current job waits for it, and
+    # compute_change skips failed-QC priors itself (change.use_failed_qc_priors)
+    settings.setdefault("qc", {})["on_fail"] = "deliver_flagged"
     return current.model_copy(update={
         "chain": [StageRef(name=s.name, queue=s.queue) for s in current.chain
                   if s.name not in PRIOR_SKIPS],
@@ -334,13 +337,13 @@ def _known(settings: Settings, model: str) -> Known:
     """Whether the history holds a series measured with ``model`` (history errors: no)."""
     def known(current: Current, series: SeriesRecord) -> bool:
         try:
-            from kneenode.history import open_history, pseudonym
+            from kneenode.history import open_history
 
-            history = open_history(settings)
-            who = pseudonym(history.secret, current.patient_id, current.issuer)
-            sides = [current.side] if current.side else ["left", "right"]
-            return any(e.series_uid == series.series_uid
-                       for side in sides for e in history.exams(who, side, model))
+            with open_history(settings) as history:
+                who = history.pseudonym(current.patient_id, current.issuer)
+                sides = [current.side] if current.side else ["left", "right"]
+                return any(e.series_uid == series.series_uid
+                           for side in sides for e in history.exams(who, side, model))
         except Exception as exc:  # noqa: BLE001 - a broken history means: retrieve again
             log.warning("history not readable for the priors lookup", error=str(exc))
             return False
@@ -475,3 +478,16 @@ def wait_for_priors(job_dir: Path, deadline: float, *, check: Callable[[], None]
             return PriorsWait("timeout", why)
         check()
         time.sleep(poll_s)
+
+
+def after_compare(store: JobStore, job_id: str, job_dir: Path) -> None:
+    """Record the compare stage's outcome on the job: field ``change`` (the status) and event
+    ``compare`` (status and reason), as :func:`workers.review.after_qc` does for QC."""
+    path = Path(job_dir) / "results.json"
+    change = (json.loads(path.read_text(encoding="utf-8")).get("change") or {}) \
+        if path.exists() else {}
+    if not change:
+        return
+    store.update(job_id, change=change.get("status"))
+    store.event(job_id, "compare", status=change.get("status"), reason=change.get("reason"),
+                flagged=change.get("flagged") or [])
