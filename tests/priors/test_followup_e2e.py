@@ -145,3 +145,34 @@ def test_followup_gets_the_change_since_the_baseline(node_factory, tmp_path: Pat
         assert {"priors_requested", "priors_lookup", "prior_received", "compare"} <= set(events)
     finally:
         orthanc.stop()
+
+
+def test_followup_with_cget(node_factory, tmp_path: Path) -> None:
+    """The same flow with ``method = "get"``: the baseline comes back on the node's own C-GET
+    association, is written into the spool by the io worker and completes on the quiet timer."""
+    pair = write_followup_pair(tmp_path / "pair", seed=SEED + 10, preset="small", side="right")
+    base = pydicom.dcmread(pair.baseline.dicom_files[0], stop_before_pixels=True)
+    follow = pydicom.dcmread(pair.followup.dicom_files[0], stop_before_pixels=True)
+    node = node_factory(None, command="serve", start=False)
+    orthanc = start_orthanc(tmp_path / "orthanc", modalities={
+        "kneenode": ["KNEENODE", "127.0.0.1", node.port]})
+    try:
+        assert storescu(orthanc.dicom_port, list(pair.baseline.dicom_files), aet="KNEENODE",
+                        aec="ORTHANC").returncode == 0
+        node.config = serve_config(orthanc.dicom_port, method="get")
+        node.start()
+        store = job_store(node)
+        assert storescu(node.port, list(pair.followup.dicom_files), aet="MRSCANNER").returncode == 0
+        wait_for(lambda: job_of(store, str(follow.SeriesInstanceUID)).get("state")
+                 in ("done", "failed"), 1500, interval=1, what="the follow-up's job to end")
+        job = job_of(store, str(follow.SeriesInstanceUID))
+        assert job["state"] == "done", (job, store.events(job["id"]))
+        prior = job_of(store, str(base.SeriesInstanceUID))
+        assert prior.get("prior_of") == job["id"] and prior["state"] == "done", prior
+        source = json.loads((Path(prior["series_path"]) / "source.json").read_text())
+        assert source["retrieved_by"] == "C-GET"
+        change = json.loads((Path(job["job_dir"]) / "results.json").read_text())["change"]
+        assert change["status"] == "compared", change
+        assert change["prior"]["series_uid"] == str(base.SeriesInstanceUID)
+    finally:
+        orthanc.stop()

@@ -132,6 +132,17 @@ def test_lookup_moves_the_earlier_same_knee(pacs: dict[str, Any]) -> None:
     assert len(got) == len(exams["a_left"].files)
 
 
+def test_move_to_an_unknown_destination_is_a_failed_status(pacs: dict[str, Any]) -> None:
+    exams: dict[str, Exam] = pacs["exams"]
+    studies = find_studies(pacs["peer"], patient_id="P-A", issuer="HOSPITAL_A",
+                           study_date="20250601", max_age_days=3650, timeout=30).studies
+    study = next(s for s in studies if s.study_uid == exams["a_left"].study_uid)
+    series = find_series(pacs["peer"], study, timeout=30).series[0]
+    status = move_series(pacs["peer"], series, move_destination="NOWHERE", timeout=60)
+    assert status.state == "failed" and status.code is not None and status.code != 0, status
+    assert f"0x{status.code:04X}" in status.message
+
+
 def test_lookup_skips_what_the_history_holds_with_this_model(pacs: dict[str, Any]) -> None:
     exams: dict[str, Exam] = pacs["exams"]
     retrieved: list[str] = []
