@@ -19,6 +19,7 @@ from datetime import date, timedelta
 from typing import Any, Literal
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -100,7 +101,7 @@ class Found:
 
 def _text(ds: Dataset, name: str) -> str:
     value = ds.get(name, "")
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+    if isinstance(value, MultiValue | list | tuple):
         return "\\".join(str(v) for v in value)
     return str(value or "").strip()
 

@@ -264,16 +264,12 @@ def read_lookup(job_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def route_priors(settings: Settings, route: str) -> tuple[PriorsSettings, RouteTarget]:
-    """The priors settings and target of the route named ``route`` (``default``: the default
-    route)."""
+def lookup_rules(settings: Settings, route: str) -> Rules:
+    """The selection rules of the route named ``route`` (``default``: the default route), which
+    a prior must pass like the current series did."""
     target: RouteTarget = next((r for r in settings.routes if r.name == route),
                                settings.default_route)
-    return target.priors, target
-
-
-def lookup_rules(settings: Settings, route: str) -> Rules:
-    return rules_for(settings.jobs.selection, route_priors(settings, route)[1])
+    return rules_for(settings.jobs.selection, target)
 
 
 # -- prior jobs ----------------------------------------------------------------------------------
