@@ -5,6 +5,8 @@ cluster whose record appears with the right pseudonym, side and model."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,30 @@ def test_a_finished_job_of_the_worker_cluster_is_recorded(cluster_factory, tmp_p
         assert left[0].study_date == date(2026, 1, 1)  # mr_series' StudyDate
         assert left[0].measurements == {"med_wb_fem_cart_mm_mean": 2.0, "femur_ml": 61.25}
         assert store.exams(p2, "left") == [] and store.get(jobs["failed"]) is None
+
+
+LOG_SCRIPT = """
+import sys
+from pathlib import Path
+from kneenode.logs import configure_logging
+from kneenode.settings import LoggingSettings, Settings
+from tests.history.test_recording import _job
+from workers.recording import record_history
+
+configure_logging(LoggingSettings(level="DEBUG"))
+root = Path(sys.argv[1])
+settings = Settings(data_dir=root / "data")
+record_history(_job(root, settings, "jl", {"PatientID": "PID-77431", "IssuerOfPatientID": "HX"}))
+record_history(_job(root, settings, "jn", {"PatientID": ""}))
+"""
+
+
+def test_the_logs_never_show_the_patient_id_or_name(tmp_path):
+    from tests.support.node import REPO, node_env
+
+    run = subprocess.run([sys.executable, "-c", LOG_SCRIPT, str(tmp_path)], cwd=REPO,
+                         env=node_env(), capture_output=True, text=True, timeout=300, check=False)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "exam recorded in the history" in out and "exam not recorded" in out
+    assert "PID-77431" not in out and "DOE" not in out and "HX" not in out
