@@ -560,8 +560,8 @@ class HistorySettings(Section):
         "host, e.g. `postgresql+psycopg://kneenode@db-host:5432/kneenode` (driver psycopg 3).",
     )
     password_file: Path | None = Field(
-        default=None, description="File holding the database password (read at start, never "
-        "logged), used when `url` has none.",
+        default=None, description="File holding the database password (read whenever the history "
+        "is opened, never logged), used when `url` has none.",
     )
     secret_file: Path | None = Field(
         default=None, description="Node secret that keys the patient pseudonyms (HMAC-SHA256 of "

@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from kneenode.fsio import write_json_atomic
-from kneenode.history import ExamRecord, model_checksum, open_history, read_patient_header
+from kneenode.history import (
+    ExamRecord,
+    HistoryStore,
+    PatientHeader,
+    model_checksum,
+    open_history,
+    read_patient_header,
+)
 from kneenode.logs import get_logger
 from pipeline.results import read_results
 from workers.intake import CONFIG_FILE
@@ -36,7 +42,7 @@ def _profile(job_dir: Path) -> str:
         return "default"
 
 
-def exam_for_job(ctx: StageContext, pseudonym: str, header: Any) -> ExamRecord:
+def exam_for_job(ctx: StageContext, pseudonym: str, header: PatientHeader) -> ExamRecord:
     """The :class:`ExamRecord` of the job in ``ctx`` (results.json, snapshot, header)."""
     results = read_results(ctx.job_dir)
     card = results.get("model") or {}
@@ -54,20 +60,29 @@ def exam_for_job(ctx: StageContext, pseudonym: str, header: Any) -> ExamRecord:
     )
 
 
+def job_exam(ctx: StageContext, store: HistoryStore) -> ExamRecord | None:
+    """The exam the job in ``ctx`` is (as :func:`record_history` would record it, not yet
+    stored), None when its series has no Patient ID. For stages that compare the current exam
+    with the history before it is recorded."""
+    header = read_patient_header(ctx.series_path)
+    if not header.patient_id:
+        return None
+    return exam_for_job(ctx, store.pseudonym(header.patient_id, header.issuer), header)
+
+
 def record_history(ctx: StageContext) -> None:
     """Record the job's exam (replacing an earlier record of this job); see the module doc."""
     if not ctx.settings.history.enabled:
         write_json_atomic(ctx.work_dir / OUTCOME_FILE, {"recorded": False,
                                                         "reason": "history.enabled is off"})
         return
-    header = read_patient_header(ctx.series_path)
-    if not header.patient_id:
-        reason = "the series has no Patient ID: it cannot be linked to a patient's history"
-        log.warning("exam not recorded in the history", job_id=ctx.job_id, reason=reason)
-        write_json_atomic(ctx.work_dir / OUTCOME_FILE, {"recorded": False, "reason": reason})
-        return
     with open_history(ctx.settings) as store:
-        exam = exam_for_job(ctx, store.pseudonym(header.patient_id, header.issuer), header)
+        exam = job_exam(ctx, store)
+        if exam is None:
+            reason = "the series has no Patient ID: it cannot be linked to a patient's history"
+            log.warning("exam not recorded in the history", job_id=ctx.job_id, reason=reason)
+            write_json_atomic(ctx.work_dir / OUTCOME_FILE, {"recorded": False, "reason": reason})
+            return
         store.record(exam)
     log.info("exam recorded in the history", job_id=ctx.job_id, series_uid=exam.series_uid,
              side=exam.side, model=exam.model_key, backend=store.dialect)
