@@ -764,8 +764,9 @@ class ChangeSettings(Section):
     min_interval_days: int = Field(
         default=90, ge=0,
         description="Priors closer than this to the current exam are not compared (a rate per "
-        "year from a shorter interval is mostly noise; cartilage loss was first detectable "
-        "after 3-6 months, Le Graverand et al., Osteoarthritis Cartilage 2010;18:677-683).",
+        "year from a shorter interval is mostly noise; 3-6 months is about the shortest "
+        "interval at which cartilage loss was detected, Osteoarthritis Cartilage "
+        "2010;18:677-683, doi:10.1016/j.joca.2010.02.010).",
     )
     use_failed_qc_priors: bool = Field(
         default=False,

@@ -225,6 +225,8 @@ def make_phantom(
     grid = ImageGrid.centred(p.shape, p.spacing, direction, d["centre"])  # type: ignore[arg-type]
     s = anatomy.scale
     rot = rotation_deg if rotation_deg is not None else d["rotation"]
+    if followup is not None:
+        rot = tuple(float(a + b) for a, b in zip(rot, followup.reposition_deg, strict=True))  # type: ignore[arg-type]
     pose0 = KneePose(side=str(d["side"]), rotation_deg=rot, centre=(0.0, 0.0, 0.0))  # type: ignore[arg-type]
     fov_local = np.array([0.0, 10.0 * s + 1.0, -5.0 * s])
     centre = np.asarray(d["centre"]) - pose0.matrix @ fov_local + np.asarray(d["shift"])

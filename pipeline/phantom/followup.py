@@ -33,12 +33,14 @@ class Followup:
 
     ``loss_mm`` maps regions of :data:`pipeline.phantom.geometry.REGION_CODES` to a loss >= 0 mm
     (regions not named lose nothing); ``visit`` numbers the exam (1 = first follow-up) and seeds
-    its noise.
+    its noise; ``reposition_deg`` turns the knee in the scanner by that much about the LPS axes
+    (a patient is never positioned twice the same; the anatomy does not change).
     """
 
     loss_mm: Mapping[str, float] = field(default_factory=dict)
     interval_days: int = 365
     visit: int = 1
+    reposition_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to the baseline's pose
 
     def __post_init__(self) -> None:
         unknown = set(self.loss_mm) - set(REGION_CODES)
@@ -77,6 +79,7 @@ class Followup:
             "study_date": self.study_date.isoformat(),
             "interval_days": self.interval_days,
             "loss_mm": self.losses(),
+            "reposition_deg": list(self.reposition_deg),
             "baseline_thickness_mm": {r: float(baseline_mm[r]) for r in REGION_CODES},
         }
 

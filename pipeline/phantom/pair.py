@@ -79,6 +79,7 @@ def write_followup_pair(
     seed: int = 1,
     loss_mm: Mapping[str, float] | None = None,
     interval_days: int = 365,
+    reposition_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
     enhanced: bool = False,
     transfer_syntax: str = ExplicitVRLittleEndian,
     **phantom_kwargs: Any,
@@ -93,13 +94,15 @@ def write_followup_pair(
         Thickness loss per region (default :data:`DEFAULT_LOSS_MM`).
     interval_days
         Days from the baseline's Study Date to the follow-up's.
+    reposition_deg
+        How much the knee is turned in the follow-up (about the LPS axes).
     enhanced, transfer_syntax
         How both series are written (:func:`write_phantom`).
     """
     root = Path(out_dir)
     base = make_phantom(seed, **phantom_kwargs)
     spec = Followup(loss_mm=dict(DEFAULT_LOSS_MM if loss_mm is None else loss_mm),
-                    interval_days=interval_days)
+                    interval_days=interval_days, reposition_deg=reposition_deg)
     follow = make_phantom(seed, **phantom_kwargs, followup=spec)
     kw = {"enhanced": enhanced, "transfer_syntax": transfer_syntax}
     return PhantomPair(baseline=write_phantom(base, root / "baseline", **kw),
