@@ -20,6 +20,7 @@ import pydicom
 from kneenode.history import ExamRecord, open_history, read_patient_header
 from kneenode.orthanc import start_orthanc
 from kneenode.settings import Settings
+from pipeline.encode.sr_change import read_sr_change
 from pipeline.phantom import make_phantom, write_followup_pair, write_phantom
 from tests.priors.exams import write_exam
 from tests.support.dcmtk import storescu
@@ -141,6 +142,10 @@ def test_followup_gets_the_change_since_the_baseline(node_factory, tmp_path: Pat
         assert all(abs(e) <= LOSS_TOLERANCE_MM for e in errors.values()), errors
         flagged = {t["region"] for t in change["thickness"] if t["flagged"]}
         assert flagged <= {r for r, loss in pair.loss_mm.items() if loss > 0}, flagged
+        # compare ran before encode: the delivered SR carries the change against the prior
+        sr_files = list((Path(job["job_dir"]) / "encode" / "sr").glob("*.dcm"))
+        sr_change = read_sr_change(pydicom.dcmread(sr_files[0]))
+        assert sr_change.get("prior_date") and sr_change["thickness"], sr_change
         events = [e["kind"] for e in store.events(job["id"])]
         assert {"priors_requested", "priors_lookup", "prior_received", "compare"} <= set(events)
     finally:
