@@ -7,6 +7,7 @@ once rather than after the route's ``priors.wait_s``.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from tests.priors.exams import write_exam
 from tests.priors.faults import SlowFindScp
 from tests.priors.test_followup_e2e import job_of, job_store
 from tests.support.dcmtk import storescu
+from tests.support.node import KNEENODE, node_env
 from tests.support.procs import free_port, wait_for
 
 WAIT_S = 1200  # what a compare that waited for a dead PACS would take
@@ -66,6 +68,11 @@ def test_pacs_down_or_slow_leaves_the_result_unaffected(node_factory, tmp_path: 
             assert took < 120, took  # the lookup's own limit, not priors.wait_s
             lookup = [e for e in store.events(job["id"]) if e["kind"] == "priors_lookup"]
             assert lookup and lookup[0]["status"] == expected[name], lookup
+            assert job["priors"]["status"] == expected[name], job["priors"]
+            shown = subprocess.run([KNEENODE, "job", job["id"]], capture_output=True, text=True,
+                                   env=node_env(KNEENODE_CONFIG=str(node.config_path),
+                                                COLUMNS="200"), timeout=120, check=False)
+            assert shown.returncode == 0 and expected[name] in shown.stdout, shown
         assert slow.finds >= 1
     finally:
         slow.stop()
