@@ -137,3 +137,33 @@ def test_history_check_is_per_model(tmp_path: Path) -> None:
     assert _known(settings, model_key(card))(current, series)
     assert not _known(settings, model_key({**card, "algorithm_version": "2"}))(current, series)
     assert not _known(settings, model_key(card))(other_patient, series)
+
+
+def test_compare_reads_only_this_knee_and_model_from_the_history(tmp_path: Path) -> None:
+    """A prior whose header had no side is retrieved, but its measured side decides: the
+    other knee (or another model's record) is never among the priors compared."""
+    from datetime import date
+
+    from workers.compare import _history_priors
+    from workers.priors import PriorsWait
+
+    settings = Settings(data_dir=tmp_path)
+    common = {"study_uid": "1", "model_name": "demo", "model_version": "1",
+              "model_checksum": "ab" * 32}
+    with open_history(settings) as history:
+        who = history.pseudonym("P-A", "HOSPITAL_A")
+        history.record(ExamRecord(job_id="right", series_uid="1.1", pseudonym=who, side="right",
+                                  study_date=date(2026, 1, 1), **common))
+        history.record(ExamRecord(job_id="old-model", series_uid="1.2", pseudonym=who,
+                                  side="left", study_date=date(2026, 1, 1),
+                                  **{**common, "model_version": "0"}))
+        history.record(ExamRecord(job_id="left", series_uid="1.3", pseudonym=who, side="left",
+                                  study_date=date(2026, 2, 1), **common))
+        key = model_key({"algorithm_name": "demo", "algorithm_version": "1",
+                         "checkpoint_sha256": ["ab" * 32]})
+        wait = PriorsWait("ready", "", done=("1.1", "1.3"))
+        found = _history_priors(history, who, "left", key, date(2027, 1, 1), wait,
+                                time.monotonic() + 30, lambda: None)
+        assert [e.job_id for e in found] == ["left"]
+        assert _history_priors(history, who, "left", key, date(2026, 2, 1), wait,
+                               time.monotonic() + 30, lambda: None) == []  # same day: no prior
