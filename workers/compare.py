@@ -22,6 +22,7 @@ from kneenode.logs import get_logger
 from kneenode.settings import PriorsSettings
 from pipeline.change import PriorExam, compute_change, model_id, not_compared
 from pipeline.results import RESULTS_FILE, Results, update_results
+from workers.dispatch import time_limit_s
 from workers.intake import CONFIG_FILE
 from workers.priors import PriorsWait, prior_states, wait_for_priors
 from workers.stages import StageContext
@@ -31,6 +32,8 @@ log = get_logger(__name__)
 #: ``history`` stage commits before the job is done, so this is only a safety margin.
 HISTORY_GRACE_S = 30.0
 SIDES = ("left", "right")
+#: Time kept free before the compare stage's time limit for the history and the report (s).
+LIMIT_MARGIN_S = 60.0
 
 
 def _why_not(wait: PriorsWait, job_dir: Path) -> tuple[str, str]:
@@ -65,14 +68,16 @@ def compare(ctx: StageContext) -> None:
         return
     priors = PriorsSettings.model_validate(config["priors"])
     started = time.monotonic()
-    wait = wait_for_priors(ctx.job_dir, started + priors.wait_s, check=ctx.check_cancelled)
+    # never past the stage's own time limit: a TIMEOUT would fail the job, not just the change
+    budget = min(priors.wait_s, max(1.0, time_limit_s(ctx.settings.jobs, "compare") - LIMIT_MARGIN_S))
+    wait = wait_for_priors(ctx.job_dir, started + budget, check=ctx.check_cancelled)
     raw = json.loads((ctx.job_dir / RESULTS_FILE).read_text(encoding="utf-8"))
     current = Results.model_validate(raw)
     header = read_patient_header(ctx.series_path)
     today = header.study_date or header.acquisition_date or date.today()
     found: list[ExamRecord] = []
     if header.patient_id and current.side is not None and wait.status == "ready":
-        deadline = min(started + priors.wait_s, time.monotonic() + HISTORY_GRACE_S)
+        deadline = min(started + budget, time.monotonic() + HISTORY_GRACE_S)
         with open_history(ctx.settings) as history:
             found = _history_priors(history, history.pseudonym(header.patient_id, header.issuer),
                                     current.side, model_key(raw.get("model")), today, wait,
