@@ -17,8 +17,8 @@ T2 of the deep and superficial halves (``<region>_deep_t2_ms_<stat>``, as the ph
 the old pipeline spell them; ``<region>_t2_ms_deep_<stat>`` is accepted too) is a T2 measurement
 whose finding site has the topographical modifier Deep / Superficial. BScore and ASSD have no
 standard code: they use the private coding scheme ``99KNEENODE``, declared in the Coding Scheme
-Identification Sequence. With a change report (``results["change"]``, status ``compared``) the
-groups also carry the change since the prior and the prior's values follow as TID 1501 groups
+Identification Sequence. With a change report (``results["change"]``, status ``compared``) each
+group also carries its time point, the prior's values and the change since the prior
 (:mod:`pipeline.encode.sr_change`). The segmentation QC outcome (``results["qc"]["outcome"]``) is a
 qualitative evaluation (private code ``SEGQC``: ``QCPASS`` / ``QCWARN`` / ``QCFAIL``) in every
 group, so no measurement can be read without it.
@@ -60,7 +60,6 @@ from pipeline.encode.sr_change import (
     change_items,
     compared,
     measurements,
-    prior_groups,
     time_point,
     tracking_uid,
 )
@@ -192,10 +191,9 @@ def _groups(
     info: AlgorithmInfo,
     side: str | None,
     images: Mapping[int, list[hd.sr.SourceImageForSegmentation]] | None = None,
-) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-          | hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """One TID 1411 group per structure (current exam); with a change report, the change in
-    each and one TID 1501 group per structure with the prior's values (:mod:`sr_change`)."""
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """One TID 1411 group per structure; with a change report each also carries its time point,
+    the prior's values and the change (:mod:`sr_change`)."""
     algo = hd.sr.AlgorithmIdentification(name=info.name, version=info.version)
     change = compared(results)
     now = time_point(change, "current") if change else None
@@ -209,7 +207,7 @@ def _groups(
     ]
     plan.append((SHAPE_GROUP, shape_measurements(results)))
     qc = qc_evaluations(results)
-    groups: list[Any] = []
+    groups = []
     for key, values in plan:
         if not values:
             continue
@@ -234,9 +232,6 @@ def _groups(
                 qualitative_evaluations=[*(qc or []), *evals] or None,
             )
         )
-    if change:
-        groups += prior_groups(change, keys=[k for k, m in plan if m], first=first, side=side,
-                               algorithm=algo, sites=sites)
     return groups
 
 
