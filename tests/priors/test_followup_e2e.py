@@ -145,7 +145,8 @@ def test_followup_gets_the_change_since_the_baseline(node_factory, tmp_path: Pat
         # compare ran before encode: the delivered SR carries the change against the prior
         sr_files = list((Path(job["job_dir"]) / "encode" / "sr").glob("*.dcm"))
         sr_change = read_sr_change(pydicom.dcmread(sr_files[0]))
-        assert sr_change.get("prior_date") and sr_change["thickness"], sr_change
+        assert sr_change.get("interval_days") == change["interval_days"], sr_change
+        assert set(sr_change["thickness"]) >= set(pair.loss_mm), sr_change
         events = [e["kind"] for e in store.events(job["id"])]
         assert {"priors_requested", "priors_lookup", "prior_received", "compare"} <= set(events)
     finally:
