@@ -24,7 +24,7 @@ from pipeline.change import PriorExam, compute_change, model_id, not_compared
 from pipeline.results import RESULTS_FILE, Results, update_results
 from workers.dispatch import time_limit_s
 from workers.intake import CONFIG_FILE
-from workers.priors import PriorsWait, prior_states, wait_for_priors
+from workers.priorjobs import PriorsWait, prior_states, wait_for_priors
 from workers.stages import StageContext
 
 log = get_logger(__name__)

@@ -26,14 +26,8 @@ from scp.routing import RouteMatch, match_series
 from workers.dispatch import enqueue_lookup, enqueue_stage
 from workers.jobconfig import JobConfig, build_config, job_settings
 from workers.jobstate import JobStore
-from workers.priors import (
-    PendingRetrievals,
-    lookup_rules,
-    lookup_time_limit_s,
-    note_prior_created,
-    note_prior_end,
-    prior_config,
-)
+from workers.priorjobs import note_prior_created, note_prior_end, prior_config
+from workers.priors import PendingRetrievals, lookup_rules, lookup_time_limit_s
 from workers.selection import rules_for, select
 from workers.stages import Stage
 

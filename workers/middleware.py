@@ -26,9 +26,9 @@ from kneenode.logs import get_logger
 from kneenode.settings import JobsSettings
 from kneenode.warm import release_cuda_cache
 from workers.dispatch import STAGE_ACTORS, enqueue_stage, time_limit_s
-from workers.jobconfig import job_chain, job_settings
+from workers.jobconfig import COMPARE_STAGE, job_chain, job_settings
 from workers.jobstate import TERMINAL, now
-from workers.priors import COMPARE_STAGE, after_compare, note_prior_end
+from workers.priorjobs import after_compare, note_prior_end
 from workers.retries import backoff_s, classify, retry_policy
 from workers.review import QC_STAGE, after_qc
 from workers.runtime import Task, WorkerRuntime

@@ -1,20 +1,15 @@
-"""Priors from PACS: find a patient's earlier knee series, retrieve them, process them like the
-current job, so that the ``compare`` stage can report the change (docs/priors.md).
+"""Priors from PACS: find a patient's earlier knee series and retrieve them, so that they are
+measured like the current job and the ``compare`` stage can report the change (docs/priors.md).
 
-The lookup runs as its own message on the io queue (:data:`LOOKUP_ACTOR`), sent when a job of a
+The lookup runs as its own message on the io queue (``priors_lookup``), sent when a job of a
 route with ``priors.enabled`` is created, so it runs while the current series is segmented. It
 C-FINDs the route's PACS (study level: same Patient ID + Issuer, MR, dates in the window; series
 level: the candidates), picks per study the series of the same knee that the route's selection
 rules accept, leaves out what the history already holds measured with the job's model, records
 each retrieval it asks for in redis (:class:`PendingRetrievals`) and C-MOVEs (or C-GETs) it.
-Its outcome goes to ``<job>/priors/lookup.json``; the ``compare`` stage reads only files and the
-history, never redis.
-
-A retrieved series arrives by C-STORE like any other; the job creator finds its pending record
-and makes it a *prior job* of the current one (:func:`prior_config`): the current job's own
-snapshot (same profile, same model checksums), a chain that ends after quantify/shape (no
-encode, verify, deliver: a prior's results are never sent back to PACS), no destinations. Its
-end (done, failed, ignored) is written to ``<current job>/priors/<series_uid>.json``.
+Its outcome goes to ``<job>/priors/lookup.json``. A retrieved series arrives by C-STORE like any
+other; the job creator finds its pending record and makes it a prior job
+(:mod:`workers.priorjobs`).
 """
 
 from __future__ import annotations
@@ -39,24 +34,19 @@ from scp.priors import (
     find_studies,
     move_series,
 )
-from workers.jobconfig import COMPARE_STAGE, JobConfig, StageRef
+from workers.jobconfig import JobConfig
 from workers.jobstate import JobStore
+from workers.priorjobs import LOOKUP_FILE, PRIORS_DIR
 from workers.selection import Rules, rules_for, select
 
 log = get_logger(__name__)
 
 #: Stages a prior job leaves out: it is only measured and recorded, never encoded or sent.
-PRIOR_SKIPS = frozenset({COMPARE_STAGE, "encode", "verify", "deliver"})
-PRIORS_DIR = "priors"
-LOOKUP_FILE = "lookup.json"
-PRIOR_OF_FILE = "prior_of.json"
 #: Lookup outcomes (``status`` of lookup.json): ``found`` (retrievals asked for, or the history
 #: already held the priors), ``no_prior``, ``pacs_unreachable`` (no association, refused, or a
 #: C-FIND answered with an error status), ``timeout`` (a step past its time limit),
 #: ``prior_failed`` (every retrieval failed, or the lookup itself failed).
 LOOKUP_STATES = ("found", "no_prior", "pacs_unreachable", "timeout", "prior_failed")
-#: States of a prior job that end the wait for it (``<job>/priors/<series>.json``).
-PRIOR_ENDED = ("done", "failed", "ignored")
 
 _LEFT = re.compile(r"\b(left|lt|links|gauche|izquierd\w*|sinistr\w*)\b", re.IGNORECASE)
 _RIGHT = re.compile(r"\b(right|rt|rechts|droit\w*|derech\w*|destr\w*)\b", re.IGNORECASE)
@@ -259,67 +249,12 @@ def write_lookup(job_dir: Path, outcome: LookupOutcome) -> None:
     write_json_atomic(Path(job_dir) / PRIORS_DIR / LOOKUP_FILE, outcome.as_dict())
 
 
-def read_lookup(job_dir: Path) -> dict[str, Any] | None:
-    path = Path(job_dir) / PRIORS_DIR / LOOKUP_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
 def lookup_rules(settings: Settings, route: str) -> Rules:
     """The selection rules of the route named ``route`` (``default``: the default route), which
     a prior must pass like the current series did."""
     target: RouteTarget = next((r for r in settings.routes if r.name == route),
                                settings.default_route)
     return rules_for(settings.jobs.selection, target)
-
-
-# -- prior jobs ----------------------------------------------------------------------------------
-def prior_config(current: JobConfig, current_job: str) -> JobConfig:
-    """The snapshot of a prior job: the current job's (same profile, settings and model
-    checksums), a chain without :data:`PRIOR_SKIPS`, no destinations, no lookup of its own."""
-    settings = json.loads(json.dumps(current.settings))
-    settings.setdefault("delivery", {})["destinations"] = []
-    settings["delivery"]["to_sender"] = False
-    # a failed QC must not hold a prior for review: the current job waits for it, and
-    # compute_change skips failed-QC priors itself (change.use_failed_qc_priors)
-    settings.setdefault("qc", {})["on_fail"] = "deliver_flagged"
-    return current.model_copy(update={
-        "chain": [StageRef(name=s.name, queue=s.queue) for s in current.chain
-                  if s.name not in PRIOR_SKIPS],
-        "settings": settings, "route_reason": f"prior of job {current_job}",
-        "priors": None, "prior_of": current_job})
-
-
-def note_prior_created(current_dir: Path, series_uid: str, prior_job: str, prior_dir: Path,
-                       study_uid: str) -> None:
-    """Link both ways: ``<prior>/prior_of.json`` and ``<current>/priors/<series>.json``."""
-    write_json_atomic(Path(prior_dir) / PRIOR_OF_FILE,
-                      {"job_dir": str(current_dir), "series_uid": series_uid})
-    write_json_atomic(Path(current_dir) / PRIORS_DIR / f"{series_uid}.json",
-                      {"state": "processing", "job_id": prior_job, "study_uid": study_uid,
-                       "series_uid": series_uid, "job_dir": str(prior_dir), "error": None})
-
-
-def note_prior_end(job_dir: Path, state: str, error: dict[str, Any] | None = None) -> None:
-    """A job ended: if it is a prior, tell its current job (``done``, ``failed``, ``ignored``).
-
-    Called for every job's end; costs one ``exists`` for a job that is no prior.
-    """
-    link = Path(job_dir) / PRIOR_OF_FILE
-    if not link.exists():
-        return
-    info = json.loads(link.read_text(encoding="utf-8"))
-    path = Path(info["job_dir"]) / PRIORS_DIR / f"{info['series_uid']}.json"
-    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    write_json_atomic(path, {**record, "state": state, "error": error})
-
-
-def prior_states(job_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every prior job of a current job, by series UID (``<job>/priors/<series>.json``)."""
-    folder = Path(job_dir) / PRIORS_DIR
-    if not folder.is_dir():
-        return {}
-    return {p.stem: json.loads(p.read_text(encoding="utf-8"))
-            for p in folder.glob("*.json") if p.name != LOOKUP_FILE}
 
 
 # -- the lookup message ------------------------------------------------------------------------
@@ -427,63 +362,3 @@ def run_lookup(settings: Settings, store: JobStore, job_id: str) -> LookupOutcom
     log.info("priors lookup", job_id=job_id, status=outcome.status,
              requested=len(outcome.requested), in_history=len(outcome.in_history))
     return outcome
-
-
-# -- waiting for the priors (the compare stage) -------------------------------------------------
-@dataclass(frozen=True)
-class PriorsWait:
-    """What the wait found: ``ready`` (every retrieved prior ended; ``done`` lists their series)
-    or one of :data:`LOOKUP_STATES` but ``found`` with the reason."""
-
-    status: str
-    message: str
-    done: tuple[str, ...] = ()
-    failed: tuple[str, ...] = ()
-
-
-def wait_for_priors(job_dir: Path, deadline: float, *, check: Callable[[], None],
-                    poll_s: float = 0.5) -> PriorsWait:
-    """Wait (until ``deadline``, monotonic) for the lookup and every prior it retrieved to end.
-
-    Reads only the job folder (``priors/lookup.json``, ``priors/<series>.json``). ``check`` is
-    called each poll (the stage's cancel check).
-    """
-    import time
-
-    while True:
-        lookup_ = read_lookup(job_dir)
-        states = prior_states(job_dir)
-        if lookup_ is not None:
-            if lookup_["status"] != "found":
-                return PriorsWait(lookup_["status"], lookup_["message"])
-            asked = [r["series_uid"] for r in lookup_["requested"]
-                     if r["retrieve"]["state"] == "ok"]
-            if all(states.get(uid, {}).get("state") in PRIOR_ENDED for uid in asked):
-                done = [uid for uid in asked if states[uid]["state"] == "done"]
-                done += [r["series_uid"] for r in lookup_["in_history"]]
-                failed = [uid for uid in asked if states[uid]["state"] != "done"]
-                failed += [r["series_uid"] for r in lookup_["requested"]
-                           if r["retrieve"]["state"] != "ok"]
-                return PriorsWait("ready", lookup_["message"], tuple(done), tuple(failed))
-            missing = [uid for uid in asked if states.get(uid, {}).get("state") not in PRIOR_ENDED]
-            why = (f"{len(missing)} retrieved prior(s) not processed in time "
-                   f"({', '.join(states.get(u, {}).get('state', 'not arrived') for u in missing)})")
-        else:
-            why = "the priors lookup did not finish in time"
-        if time.monotonic() >= deadline:
-            return PriorsWait("timeout", why)
-        check()
-        time.sleep(poll_s)
-
-
-def after_compare(store: JobStore, job_id: str, job_dir: Path) -> None:
-    """Record the compare stage's outcome on the job: field ``change`` (the status) and event
-    ``compare`` (status and reason), as :func:`workers.review.after_qc` does for QC."""
-    path = Path(job_dir) / "results.json"
-    change = (json.loads(path.read_text(encoding="utf-8")).get("change") or {}) \
-        if path.exists() else {}
-    if not change:
-        return
-    store.update(job_id, change=change.get("status"))
-    store.event(job_id, "compare", status=change.get("status"), reason=change.get("reason"),
-                flagged=change.get("flagged") or [])

@@ -16,18 +16,8 @@ from scp.priors import SeriesRecord, study_window
 from scp.routing import match_series
 from workers.analysis import node_chain
 from workers.jobconfig import build_config
-from workers.priors import (
-    Current,
-    LookupOutcome,
-    _known,
-    note_prior_created,
-    note_prior_end,
-    pick_series,
-    prior_config,
-    side_of,
-    wait_for_priors,
-    write_lookup,
-)
+from workers.priorjobs import note_prior_created, note_prior_end, prior_config, wait_for_priors
+from workers.priors import Current, LookupOutcome, _known, pick_series, side_of, write_lookup
 from workers.selection import rules_for
 
 RULES = rules_for(SelectionSettings())
@@ -145,7 +135,7 @@ def test_compare_reads_only_this_knee_and_model_from_the_history(tmp_path: Path)
     from datetime import date
 
     from workers.compare import _history_priors
-    from workers.priors import PriorsWait
+    from workers.priorjobs import PriorsWait
 
     settings = Settings(data_dir=tmp_path)
     common = {"study_uid": "1", "model_name": "demo", "model_version": "1",
