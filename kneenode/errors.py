@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     BLANK_IMAGE = "BLANK_IMAGE"
     OUTPUT_MISSING = "OUTPUT_MISSING"
     QC_FAILED = "QC_FAILED"
+    HISTORY_UNAVAILABLE = "HISTORY_UNAVAILABLE"
 
 
 HINTS: dict[ErrorCode, str] = {
@@ -63,6 +64,9 @@ HINTS: dict[ErrorCode, str] = {
     ErrorCode.QC_FAILED: "The segmentation failed quality control (see the reasons: input the "
     "model was not made for, a cut field of view, another contrast); review it, then "
     "`kneenode release ID` to deliver it flagged or `kneenode discard ID` to deliver nothing.",
+    ErrorCode.HISTORY_UNAVAILABLE: "The results history database could not be opened or "
+    "written (the results were delivered); check `history.url`, the database server and its "
+    "password file, then `kneenode retry ID --from-stage history`.",
 }
 
 PERMANENT: frozenset[ErrorCode] = frozenset(
