@@ -223,10 +223,13 @@ def _change_cells(change: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+#: The research pipeline's columns (flat results.json keys; the history keeps these per exam).
 CSV_COLUMNS: tuple[str, ...] = (
     "study_uid", "series_uid", "side", *thickness_keys(), *t2_keys(), *volume_keys(),
-    "bscore", "nsm_assd_bone_mm", "nsm_assd_cart_mm", *change_columns(),
+    "bscore", "nsm_assd_bone_mm", "nsm_assd_cart_mm",
 )
+#: results.csv's header: the research columns, then the change since the prior exam.
+RESULTS_CSV_COLUMNS: tuple[str, ...] = (*CSV_COLUMNS, *change_columns())
 
 
 def validate_results(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -269,12 +272,13 @@ def update_results(folder: Path, update: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def csv_text(record: Mapping[str, Any]) -> str:
-    """The research pipeline's table: a header of :data:`CSV_COLUMNS` and one row (null = empty)."""
+    """results.csv: a header of :data:`RESULTS_CSV_COLUMNS` (the research pipeline's columns,
+    then the change) and one row (null = empty)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(RESULTS_CSV_COLUMNS)
     values = {**record, **_change_cells(record.get("change"))}
-    writer.writerow(["" if values.get(c) is None else values[c] for c in CSV_COLUMNS])
+    writer.writerow(["" if values.get(c) is None else values[c] for c in RESULTS_CSV_COLUMNS])
     return buf.getvalue()
 
 

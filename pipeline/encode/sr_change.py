@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import highdicom as hd
@@ -152,9 +152,9 @@ def _time_point_of(group: Any) -> str | None:
 def read_sr_change(sr: Dataset) -> dict[str, Any]:
     """The change an SR of :func:`pipeline.encode.sr.encode_sr` holds, keyed like results.json.
 
-    ``{"current_date", "interval_days", "thickness": {region: {prior_mm, change_mm,
-    change_percent_per_year, flagged}}, "volume": {tissue: {prior_ml, change_mm3, ...}}}``;
-    ``{}`` when the SR has no change.
+    ``{"current_date", "interval_days", "prior_date", "thickness": {region: {prior_mm,
+    change_mm, change_percent_per_year, flagged}}, "volume": {tissue: {prior_ml, change_mm3,
+    ...}}}`` (dates ISO; the prior's = current - interval); ``{}`` when the SR has no change.
     """
     doc = hd.sr.Comprehensive3DSR.from_dataset(sr)
     out: dict[str, Any] = {"thickness": {}, "volume": {}}
@@ -171,4 +171,9 @@ def read_sr_change(sr: Dataset) -> dict[str, Any]:
             kind = {THICKNESS_SDC.value: "thickness", VOLUME_SDC.value: "volume"}.get(e.name.value)
             if kind:
                 out[kind].setdefault(key, {})["flagged"] = e.value.value == YES.value
-    return out if out["thickness"] or out["volume"] else {}
+    if not (out["thickness"] or out["volume"]):
+        return {}
+    if out.get("current_date") and out.get("interval_days") is not None:
+        out["prior_date"] = (date.fromisoformat(out["current_date"])
+                             - timedelta(days=int(out["interval_days"]))).isoformat()
+    return out

@@ -58,6 +58,7 @@ def test_change_and_prior_values_read_back(series, seg, with_change, results, ca
     back = read_sr_change(sr)
     change = with_change["change"]
     assert back["current_date"] == "2027-02-05" and back["interval_days"] == 400
+    assert back["prior_date"] == "2026-01-01"
     for t in change["thickness"]:
         got = back["thickness"][t["region"]]
         assert got["prior_mm"] == t["prior_mm"] and got["change_mm"] == t["change_mm"]
