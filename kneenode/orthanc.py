@@ -99,8 +99,13 @@ def orthanc_config(folder: Path, *, aet: str, dicom_port: int, http_port: int,
 
 
 def start_orthanc(folder: Path, *, aet: str = "ORTHANC", dicom_port: int = 0, http_port: int = 0,
-                  timeout: float = 60) -> Orthanc:
-    """Start Orthanc with a private configuration and wait until its REST API answers."""
+                  timeout: float = 60, modalities: dict[str, list[Any]] | None = None
+                  ) -> Orthanc:
+    """Start Orthanc with a private configuration and wait until its REST API answers.
+
+    ``modalities`` are Orthanc's ``DicomModalities`` (``{"NAME": [AET, host, port]}``): the peers
+    allowed to query it and the C-MOVE destinations it knows (docs/priors.md).
+    """
     if shutil.which("Orthanc") is None:
         raise FileNotFoundError("Orthanc is not installed (Debian package 'orthanc')")
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,7 +113,8 @@ def start_orthanc(folder: Path, *, aet: str = "ORTHANC", dicom_port: int = 0, ht
     http_port = http_port or _free_port()
     config = folder / "orthanc.json"
     config.write_text(json.dumps(orthanc_config(folder, aet=aet, dicom_port=dicom_port,
-                                                http_port=http_port), indent=2))
+                                                http_port=http_port, modalities=modalities),
+                                 indent=2))
     with open(folder / "orthanc.log", "ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(["Orthanc", str(config)], stdout=log, stderr=subprocess.STDOUT)
     node = Orthanc(proc, folder, aet, dicom_port, http_port)

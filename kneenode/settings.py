@@ -818,6 +818,62 @@ class ProfileSettings(Section):
     )
 
 
+class PriorsSettings(Section):
+    """Priors from PACS for the series of one route (docs/priors.md).
+
+    A route property, not a profile key: which PACS holds a patient's earlier exams depends on
+    where the series came from (like ``return_to``), while how a prior is analysed is fixed by
+    the current job (same profile, same model).
+    """
+
+    enabled: bool = Field(
+        default=False, description="Look up earlier MR exams of the patient in `pacs` when a "
+        "knee series of this route arrives, retrieve the matching series and report the change.",
+    )
+    pacs: DestinationSettings | None = Field(
+        default=None, description="The PACS queried (C-FIND) and retrieved from (C-MOVE/C-GET): "
+        "AE title, host, port, TLS, as a destination.",
+    )
+    calling_ae: str | None = Field(
+        default=None, description="Our AE title in C-FIND/C-MOVE/C-GET; unset = scp.ae_title.",
+    )
+    method: Literal["move", "get"] = Field(
+        default="move", description="move: C-MOVE to `move_destination` (the PACS must know that "
+        "AE's host and port); get: C-GET, the instances come back on our own association.",
+    )
+    move_destination: str | None = Field(
+        default=None, description="AE title the PACS sends a C-MOVE to; unset = scp.ae_title.",
+    )
+    max_priors: int = Field(
+        default=1, ge=1, le=20, description="Most earlier studies retrieved (newest first).",
+    )
+    max_age_days: float = Field(
+        default=3650, gt=0, description="Only studies at most this many days before the "
+        "current one are looked for.",
+    )
+    find_timeout_s: float = Field(
+        default=15, gt=0, description="Time limit of each C-FIND (connect, answer, every match)."
+    )
+    retrieve_timeout_s: float = Field(
+        default=300, gt=0, description="Time limit of each C-MOVE / C-GET of one series.",
+    )
+    wait_s: float = Field(
+        default=900, gt=0, description="How long the `compare` stage waits for the priors "
+        "(lookup, retrieval, their processing) before the job goes on without the comparison.",
+    )
+
+    @field_validator("calling_ae", "move_destination")
+    @classmethod
+    def _ae_title(cls, v: str | None) -> str | None:
+        return None if v is None else _check_ae(v)
+
+    @model_validator(mode="after")
+    def _needs_pacs(self) -> PriorsSettings:
+        if self.enabled and self.pacs is None:
+            raise ValueError("priors.enabled needs priors.pacs (ae_title, host, port)")
+        return self
+
+
 class RouteTarget(Section):
     """What a series gets from the route it matched: a profile, destinations, per-route values."""
 
@@ -846,6 +902,10 @@ class RouteTarget(Section):
     )
     min_slices: int | None = Field(default=None, ge=1, description="Overrides jobs.selection.min_slices.")
     pattern: str | None = Field(default=None, description="Overrides jobs.selection.pattern.")
+    priors: PriorsSettings = Field(
+        default_factory=PriorsSettings,
+        description="Earlier exams of the patient from PACS, and the change since (docs/priors.md).",
+    )
 
     @field_validator("return_to")
     @classmethod

@@ -22,8 +22,13 @@ CHANGE_TISSUES: tuple[str, ...] = ("fem_cart", "med_tib_cart", "lat_tib_cart", "
 #: ``change.min_interval_days``; ``side_unknown``: the current knee side is unknown, so no prior
 #: can be matched; ``not_measured``: the current exam has no thickness or no model card;
 #: ``priors_unavailable``: the priors could not be fetched (set by the compare stage).
+#: Set by the compare stage from the priors lookup (docs/priors.md): ``pacs_unreachable`` (no
+#: association, refused, or a C-FIND error status), ``prior_failed`` (the retrieval or the
+#: prior's processing failed), ``timeout`` (the PACS or the prior's processing took longer than
+#: the route's ``priors`` time limits).
 ChangeStatus = Literal["compared", "no_prior", "interval_too_short", "side_unknown",
-                       "not_measured", "priors_unavailable"]
+                       "not_measured", "priors_unavailable", "pacs_unreachable", "prior_failed",
+                       "timeout"]
 
 
 class _Record(BaseModel):

@@ -44,7 +44,8 @@ class DeliveryReport:
         return not any(self.pending.values())
 
 
-def _target(d: DestinationSettings) -> Target:
+def target_of(d: DestinationSettings) -> Target:
+    """A destination's address and TLS context (also the priors' PACS, scp.priors)."""
     dest = Destination(d.ae_title, d.host, d.port)
     if not d.tls:
         return Target(dest)
@@ -60,7 +61,7 @@ def _target(d: DestinationSettings) -> Target:
 def resolve_targets(settings: Settings) -> list[Target]:
     """The destinations of a job: ``delivery.destinations`` of its effective settings (the job
     creator has already put the route's destinations and the sender's ``return_to`` there)."""
-    return [_target(d) for d in settings.delivery.destinations]
+    return [target_of(d) for d in settings.delivery.destinations]
 
 
 def load_outbox(path: Path, files: list[Path], targets: list[Target]) -> dict[str, Any]:

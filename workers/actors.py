@@ -14,7 +14,7 @@ from pathlib import Path
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from workers.dispatch import STAGE_ACTORS
+from workers.dispatch import LOOKUP_ACTOR, STAGE_ACTORS
 from workers.runtime import WorkerRuntime
 from workers.stages import StageContext
 
@@ -42,3 +42,10 @@ def declare_actors(broker: RedisBroker, runtime: WorkerRuntime) -> None:
 
     for queue, actor_name in STAGE_ACTORS.items():
         dramatiq.actor(actor_name=actor_name, queue_name=queue, broker=broker)(run_stage)
+
+    def lookup_priors(job_id: str) -> None:
+        from workers.priors import run_lookup
+
+        run_lookup(runtime.settings, runtime.store, job_id)
+
+    dramatiq.actor(actor_name=LOOKUP_ACTOR, queue_name="io", broker=broker)(lookup_priors)

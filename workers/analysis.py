@@ -324,11 +324,18 @@ def deliver(ctx: StageContext) -> None:
         raise NodeError(ErrorCode.SEND_FAILED, detail, retryable=True)
 
 
+def compare(ctx: StageContext) -> None:
+    """The change since the most recent prior (:mod:`workers.compare`; docs/priors.md)."""
+    from workers.compare import compare as compare_with_priors
+
+    compare_with_priors(ctx)
+
+
 def node_chain(settings: Settings) -> list[Stage]:
     """The node's stages in order (DESIGN.md); ``shape`` runs when the job's
-    ``jobs.optional_stages`` lists it and its NSM settings are active; ``verify`` checks
-    encode's outputs before ``deliver`` sends any of them; ``history`` records the finished
-    exam (:mod:`workers.recording`)."""
+    ``jobs.optional_stages`` lists it and its NSM settings are active; ``compare`` when its
+    route looks up priors; ``verify`` checks encode's outputs before ``deliver`` sends any of
+    them; ``history`` records the finished exam (:mod:`workers.recording`)."""
     from workers.recording import HISTORY_STAGE, record_history
 
     del settings  # every stage reads its own settings section
@@ -338,6 +345,9 @@ def node_chain(settings: Settings) -> list[Stage]:
         Stage("qc", "cpu", qc),
         Stage("quantify", "cpu", quantify),
         Stage("shape", "gpu", shape, optional=True, enabled=lambda s: s.nsm.active()),
+        # in a job's chain only when its route looks up priors (workers.jobconfig.build_config);
+        # io: it mostly waits for the priors, and must not hold a cpu thread they need
+        Stage("compare", "io", compare),
         Stage("encode", "cpu", encode),
         Stage("verify", "cpu", verify),
         Stage("deliver", "io", deliver),

@@ -47,3 +47,18 @@ def enqueue_stage(
         options={"time_limit": int(time_limit_s(jobs, stage) * 1000)},
     )
     return broker.enqueue(message, delay=delay_ms).message_id
+
+
+#: The actor of the priors lookup (workers.priors), on the io queue beside delivery.
+LOOKUP_ACTOR = "priors_lookup"
+
+
+def enqueue_lookup(broker: Broker, *, job_id: str, time_limit_s: float) -> str:
+    """Send the priors lookup of ``job_id`` (once: a lookup is not retried, its failure is an
+    outcome the job reports)."""
+    broker.declare_queue("io")
+    message: Message[None] = Message(
+        queue_name="io", actor_name=LOOKUP_ACTOR, args=(job_id,), kwargs={},
+        options={"time_limit": int(time_limit_s * 1000), "max_retries": 0},
+    )
+    return broker.enqueue(message).message_id

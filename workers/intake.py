@@ -20,12 +20,14 @@ from dramatiq.brokers.redis import RedisBroker
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_json_atomic
 from kneenode.logs import get_logger
-from kneenode.settings import Settings
+from kneenode.settings import PriorsSettings, Settings
 from scp.announce import CompletedSeries, OnComplete
 from scp.routing import RouteMatch, match_series
-from workers.dispatch import enqueue_stage
+from workers.dispatch import enqueue_lookup, enqueue_stage
 from workers.jobconfig import JobConfig, build_config, job_settings
 from workers.jobstate import JobStore
+from workers.priorjobs import note_prior_created, note_prior_end, prior_config
+from workers.priors import PendingRetrievals, lookup_rules, lookup_time_limit_s
 from workers.selection import rules_for, select
 from workers.stages import Stage
 
@@ -66,6 +68,10 @@ def dispatch(settings: Settings, store: JobStore, broker: RedisBroker, job_id: s
                   queue=first.queue, run=run)
     store.update(job_id, dispatched=1)
     store.event(job_id, "queued", stage=first.name)
+    if config.priors is not None:  # in parallel with the chain (docs/priors.md)
+        limit = lookup_time_limit_s(PriorsSettings.model_validate(config.priors))
+        enqueue_lookup(broker, job_id=job_id, time_limit_s=limit)
+        store.event(job_id, "priors_requested", pacs=config.priors["pacs"]["ae_title"])
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,10 @@ class JobCreator:
         match = match_series(self.settings, s)
         fields = {"study_uid": series.study_uid, "series_path": str(series.path),
                   **job_fields(s, match)}
+        current = self._prior_of(series.series_uid)
+        if current is not None:  # a series the priors lookup asked for (workers.priors)
+            fields.update(route=current["route"], route_reason=f"prior of job {current['id']}",
+                          profile=current.get("profile", ""), prior_of=current["id"])
         job_id, created = self.store.create(series.series_uid, series.version, fields)
         bound = log.bind(job_id=job_id, series_uid=series.series_uid, version=series.version,
                          route=match.name)
@@ -126,6 +136,8 @@ class JobCreator:
             self.store.incr("series_completed")
             self.store.incr("instances_received", int(fields["instance_count"]))
             self._record_early_close(job_id, job, s)
+        if current is not None:
+            return self._create_prior(job_id, job_dir, series, current, bound)
         if match.target.action == "ignore":
             self.store.update(job_id, job_dir=str(job_dir))
             self.store.ignore(job_id, str(ErrorCode.NOT_SELECTED),
@@ -148,6 +160,37 @@ class JobCreator:
         dispatch(self.settings, self.store, self.broker, job_id, job_dir, config,
                  int(job.get("run", 1)))
         bound.info("job queued", stage=config.chain[0].name, profile=config.profile)
+        return job_id
+
+    def _prior_of(self, series_uid: str) -> dict[str, Any] | None:
+        """The live current job that asked the PACS for this series, if any."""
+        pending = PendingRetrievals(self.store).get(series_uid)
+        current = self.store.get(str(pending["job_id"])) if pending else None
+        if current is None or not current.get("config"):
+            return None
+        return current
+
+    def _create_prior(self, job_id: str, job_dir: Path, series: CompletedSeries,
+                      current: dict[str, Any], bound: Any) -> str:
+        """A prior job: the current job's snapshot (same profile and model), measured and
+        recorded only; selection with the current route's rules."""
+        config = JobConfig.model_validate(current["config"])
+        current_dir = Path(current["job_dir"])
+        note_prior_created(current_dir, series.series_uid, job_id, job_dir, series.study_uid)
+        self.store.event(current["id"], "prior_received", prior_job=job_id,
+                         series_uid=series.series_uid)
+        decision = select(series.summary, lookup_rules(self.settings, config.route), series.path)
+        if not decision.selected:
+            self.store.update(job_id, job_dir=str(job_dir))
+            self.store.ignore(job_id, str(decision.code), decision.reason)
+            note_prior_end(job_dir, "ignored", {"code": str(decision.code),
+                                                "message": decision.reason})
+            bound.info("prior series ignored", reason=decision.reason)
+            return job_id
+        prior = prior_config(config, current["id"])
+        dispatch(self.settings, self.store, self.broker, job_id, job_dir, prior,
+                 int((self.store.get(job_id) or {}).get("run", 1)))
+        bound.info("prior job queued", prior_of=current["id"], profile=prior.profile)
         return job_id
 
     def _record_early_close(self, job_id: str, job: dict[str, Any], summary: dict[str, Any]) -> None:

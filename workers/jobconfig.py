@@ -21,6 +21,8 @@ from scp.sender import Destination
 from workers.stages import Stage, chain_for, load_stages
 
 SNAPSHOT_VERSION = 1
+#: The stage that compares with the priors; in a job's chain only when its route looks them up.
+COMPARE_STAGE = "compare"
 #: ``jobs`` keys that belong to the job (time limits, retries), not to the worker process.
 JOB_KEYS: tuple[str, ...] = ("optional_stages", "stage_time_limit_s", "stage_time_limits",
                              "max_retries", "retry_min_backoff_s", "retry_max_backoff_s")
@@ -47,6 +49,10 @@ class JobConfig(BaseModel):
     settings: dict[str, Any]
     models: dict[str, Any] = Field(default_factory=dict)
     reprocess_of: str = ""
+    #: The route's ``priors`` settings when its lookup is on (docs/priors.md), else None.
+    priors: dict[str, Any] | None = None
+    #: Set on a prior job: the current job it was retrieved for (same snapshot otherwise).
+    prior_of: str = ""
 
     @property
     def stage_names(self) -> list[str]:
@@ -78,14 +84,16 @@ def build_config(settings: Settings, stages: Sequence[Stage], match: RouteMatch,
     eff = effective(settings, name, dict(sets or {}))
     eff = eff.model_copy(update={"delivery": eff.delivery.model_copy(
         update={"destinations": _destinations(eff, match)})})
-    chain = chain_for(stages, eff)
+    priors = match.target.priors
+    chain = [s for s in chain_for(stages, eff) if s.name != COMPARE_STAGE or priors.enabled]
     names = [s.name for s in chain]
     snapshot = {sec: getattr(eff, sec).model_dump(mode="json") for sec in PROFILE_SECTIONS}
     snapshot["jobs"] = {k: v for k, v in eff.jobs.model_dump(mode="json").items() if k in JOB_KEYS}
     return JobConfig(profile=name, route=match.name, route_reason=match.reason,
                      sets=dict(sets or {}), chain=[StageRef(name=s.name, queue=s.queue) for s in chain],
                      settings=snapshot, models=model_fingerprint(eff, names),
-                     reprocess_of=reprocess_of)
+                     reprocess_of=reprocess_of,
+                     priors=priors.model_dump(mode="json") if priors.enabled else None)
 
 
 def startup_stages(settings: Settings) -> list[Stage]:

@@ -37,7 +37,7 @@ STATES: tuple[str, ...] = (
 DURATION_BUCKETS: tuple[float, ...] = (
     0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600
 )
-_JSON_FIELDS = ("chain", "error", "config")
+_JSON_FIELDS = ("chain", "error", "config", "priors")
 
 _TRANSITION = """
 local st = redis.call("hget", KEYS[1], "state")

@@ -26,8 +26,9 @@ from kneenode.logs import get_logger
 from kneenode.settings import JobsSettings
 from kneenode.warm import release_cuda_cache
 from workers.dispatch import STAGE_ACTORS, enqueue_stage, time_limit_s
-from workers.jobconfig import job_chain, job_settings
+from workers.jobconfig import COMPARE_STAGE, job_chain, job_settings
 from workers.jobstate import TERMINAL, now
+from workers.priorjobs import after_compare, note_prior_end
 from workers.retries import backoff_s, classify, retry_policy
 from workers.review import QC_STAGE, after_qc
 from workers.runtime import Task, WorkerRuntime
@@ -167,6 +168,8 @@ class JobMiddleware(Middleware):
         names = [s.name for s in chain]
         progress = (names.index(task.stage) + 1) / len(names)
         nxt = next_stage(chain, task.stage)
+        if task.stage == COMPARE_STAGE:
+            after_compare(store, task.job_id, task.job_dir)
         if task.stage == QC_STAGE and after_qc(
                 store, task.job_id, task.run, task.job_dir, nxt.name if nxt else None):
             return  # held for review (workers.review): the operator releases or discards it
@@ -176,6 +179,7 @@ class JobMiddleware(Middleware):
             if store.transition(task.job_id, task.run, state="done", stage="", progress=1.0,
                                 error=None):
                 store.event(task.job_id, "done")
+                note_prior_end(task.job_dir, "done")
             return
         if not store.transition(task.job_id, task.run, state="queued", stage=nxt.name,
                                 progress=progress, error=None):
@@ -210,6 +214,7 @@ class JobMiddleware(Middleware):
             return
         if not store.fail(task.job_id, task.stage, info, run=task.run):
             return
+        note_prior_end(task.job_dir, "failed", info)
         if self.rt.chain[task.stage].queue == "io" or task.stage == "deliver":
             store.incr("delivery_failures")
 

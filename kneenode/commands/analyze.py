@@ -36,7 +36,7 @@ _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _SKIP_NAMES = {"DICOMDIR"}
 SERIES_VIEW = "series"  # the input's instances as a spool-like folder (*.dcm + summary.json)
 #: Stages of a node job that an offline analysis leaves out (no PACS, no patient history).
-NODE_ONLY = ("deliver", "history")
+NODE_ONLY = ("deliver", "history", "compare")  # compare: no PACS, no priors offline
 
 
 def dicom_files(folder: Path) -> list[Path]:

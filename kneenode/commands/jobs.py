@@ -148,6 +148,10 @@ def job_cmd(
                 "completion_wait_s", "more_after_close", "previous_job", "reprocess_of",
                 "reprocessed_as", "reason", "qc", "job_dir", "series_path"):
         head.add_row(key, str(job.get(key, "")))
+    for key in ("prior_of", "priors", "change"):  # follow-up exams (docs/priors.md)
+        if job.get(key):
+            value = job[key]
+            head.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     config = job.get("config")
     if isinstance(config, dict):
         head.add_row("chain", " -> ".join(s["name"] for s in config.get("chain", [])))
