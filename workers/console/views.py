@@ -220,7 +220,7 @@ def gpu_status() -> list[dict[str, str]]:
 def front(store: JobStore, settings: Settings) -> dict[str, Any]:
     """Health at a glance: the /health document, queue depths, jobs by state, GPUs, last errors."""
     status, doc = health(store, settings)
-    page: dict[str, Any] = {"status": status, "health": doc, "gpus": gpu_status(),
+    page: dict[str, Any] = {"http_status": status, "health": doc, "gpus": gpu_status(),
                             "gpu_devices": settings.jobs.gpu_devices,
                             "depths": {}, "counts": {}, "errors": []}
     if doc.get("redis") != "ok":
