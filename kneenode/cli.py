@@ -10,6 +10,7 @@ from kneenode.commands import edge as _edge  # noqa: F401
 from kneenode.commands import jobs as _jobs  # noqa: F401
 from kneenode.commands import ops as _ops  # noqa: F401
 from kneenode.commands import review as _review  # noqa: F401
+from kneenode.commands import upload as _upload  # noqa: F401
 from kneenode.commands import users as _users  # noqa: F401
 
 

@@ -158,6 +158,42 @@ class SpoolSettings(Section):
     )
 
 
+class UploadSettings(Section):
+    """Series uploaded through the web console or ``kneenode upload`` (docs/upload.md)."""
+
+    max_bytes: int = Field(
+        default=4 * 1024**3, ge=1024,
+        description="Largest upload (bytes as sent, all files together); a larger one is refused "
+        "(UPLOAD_TOO_LARGE) while it is read and nothing of it is kept.",
+    )
+    max_unpacked_bytes: int = Field(
+        default=8 * 1024**3, ge=1024,
+        description="Most bytes the members of an uploaded zip may inflate to, counted while "
+        "inflating (zip headers are not trusted); more is refused as a zip bomb (UPLOAD_BOMB).",
+    )
+    max_members: int = Field(
+        default=20000, ge=1,
+        description="Most files in one upload (zip members, or uploaded files); more is refused "
+        "(UPLOAD_TOO_MANY_FILES).",
+    )
+    max_ratio: float = Field(
+        default=200.0, gt=1,
+        description="Highest compression ratio of a zip member (inflated / compressed bytes, "
+        "counted while inflating, for members over 1 MiB inflated); above it the upload is "
+        "refused as a zip bomb (UPLOAD_BOMB). DICOM images compress 2-10x, blank ones ~100x.",
+    )
+    default_patient_name: str = Field(
+        default="ANONYMOUS^UPLOAD",
+        description="Patient Name of a series converted from a NIfTI / NRRD upload when the "
+        "uploader gives none.",
+    )
+    default_body_part: str = Field(
+        default="KNEE",
+        description="Body Part Examined of a series converted from a NIfTI / NRRD upload when the "
+        "uploader gives none (the selection rules look for a knee keyword).",
+    )
+
+
 class CompletionSettings(Section):
     """When a series counts as complete."""
 
@@ -478,6 +514,11 @@ class EncodeSettings(Section):
         "destinations that accept JPEG Baseline.",
     )
     pdf_key_slices: int = Field(default=3, ge=1, le=6, description="Key slices shown in the PDF report.")
+    report_images: bool = Field(
+        default=True,
+        description="Also write the report's key-slice overlays and thickness maps as PNG files "
+        "(encode/images/, for the web console), drawn by the PDF's own code; also without the PDF.",
+    )
     sr_source_images: bool = Field(
         default=False,
         description="In each SR measurement group, also list the source slices of its segment "
@@ -913,6 +954,9 @@ class Settings(BaseSettings):
     )
     scp: ScpSettings = Field(default_factory=ScpSettings, description="Storage SCP.")
     spool: SpoolSettings = Field(default_factory=SpoolSettings, description="Durable spool.")
+    upload: UploadSettings = Field(
+        default_factory=UploadSettings, description="Uploaded series (web console, kneenode upload)."
+    )
     completion: CompletionSettings = Field(
         default_factory=CompletionSettings, description="Series completion."
     )

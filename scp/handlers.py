@@ -226,6 +226,12 @@ def _read_inflated(prefix: bytes) -> tuple[Any, str]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def read_header(path: Path) -> tuple[Any, str]:
+    """The identifying header of a DICOM file the way a C-STORE's is read (SOP class and
+    instance, Study and Series UIDs): (dataset, "") or (None, why it cannot be decoded)."""
+    return _read_header(path)
+
+
 def _read_header(path: Path) -> tuple[Any, str]:
     """Decode the header (no pixel data); return (dataset, "") or (None, reason)."""
     try:

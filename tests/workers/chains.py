@@ -143,3 +143,10 @@ def _lossy_encode(ctx: StageContext) -> None:
     encode(ctx)
     if "LOSSY" in str(ctx.summary.get("series_description", "")):
         min((ctx.work_dir / "overlay").glob("*.dcm")).unlink()
+
+
+def upload_chain(settings: Settings) -> list[Stage]:
+    """The node's own prepare (an uploaded series must read as a volume) -> s1 (cpu), which
+    records the settings it ran with (``s1/settings.json``: the chosen profile's values)."""
+    del settings
+    return [Stage("prepare", "cpu", prepare), Stage("s1", "cpu", _recording("s1"))]
