@@ -234,6 +234,12 @@ try {
     return out;
   });
 
+  await step('front-after', async () => {
+    await page.goto(`${base}/`);
+    await page.waitForSelector('#health-status');
+    await shot(page, 'health-end');
+    return { text: (await page.textContent('#health')).replace(/\s+/g, ' ').slice(0, 2000) };
+  });
 } finally {
   save();
   await browser.close();

@@ -182,3 +182,18 @@ def test_user_add_writes_an_account_the_node_accepts(tmp_path):
     assert authenticate(settings.http, "ann", PASSWORD).role == "operator"
     assert authenticate(settings.http, "ann", "nope") is None
     assert PASSWORD not in config.read_text()
+
+
+@pytest.mark.parametrize("show", [False, True])
+def test_patient_name_and_id_only_with_show_patient(tmp_path, redis_url, show):
+    from tests.support.mr import mr_series
+
+    files = mr_series(tmp_path / "series", slices=2, rows=16, columns=16)
+    client, store = _app(tmp_path, redis_url, show_patient=show)
+    job_id = _job(store)
+    store.update(job_id, series_path=str(files[0].parent))
+    for path in ("/ui/jobs", f"/ui/jobs/{job_id}", "/ui/jobs/rows"):
+        text = client.get(path).text
+        assert ("PHANTOM^EDGE" in text and "PHANTOM-0001" in text) is show, path
+    record = client.get(f"/jobs/{job_id}").text
+    assert "PHANTOM^EDGE" not in record and "PHANTOM-0001" not in record

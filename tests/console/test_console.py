@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from kneenode.settings import Settings
 from pipeline.phantom import make_phantom, write_phantom
 from tests.support.dcmtk import dcmtk_env, storescu
 from tests.support.node import Node
@@ -84,7 +83,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                                        "port": pacs_port}], "max_attempts": 1, "timeout": 10},
         "profiles": {PROFILE: {"description": "SEG + PDF only", "encode": {"sr": False,
                                                                           "overlay": False}}},
-        **({"upload": {"max_bytes": limit}} if "upload" in Settings.model_fields else {}),
+        "upload": {"max_bytes": limit},
         "http": {"users": {
             OPERATOR["name"]: {"password_hash": hash_password(OPERATOR["password"]),
                                "role": "operator"},

@@ -176,8 +176,8 @@ def console(store: JobStore, settings: Settings, broker: RedisBroker, redis_url:
         return templates.TemplateResponse(request, name, context, status_code=status)
 
     def fragment(request: Request, name: str, **context: Any) -> HTMLResponse:
-        context.update(request=request, user=request.state.user,
-                       show_patient=settings.http.show_patient)
+        context.update(request=request, user=request.state.user, csrf=csrf.token(request.session),
+                       show_patient=settings.http.show_patient, profiles=profiles)
         return templates.TemplateResponse(request, name, context,
                                           headers={"Cache-Control": "no-store"})
 
@@ -269,25 +269,19 @@ def console(store: JobStore, settings: Settings, broker: RedisBroker, redis_url:
     async def results_page(request: Request) -> Response:
         job = await job_or_404(request.path_params["job_id"])
         results = await run_in_threadpool(read_results, job)
-        images = await run_in_threadpool(result_files.images, job)
+        images = await run_in_threadpool(result_files.images, job) if results else []
         return render(request, "results.html", job=job, results=results,
                       table=results_table(results) if results else None, images=images,
                       has_pdf=await run_in_threadpool(lambda: pdf_report(job) is not None))
 
     async def results_zip(request: Request) -> Response:
         job = await job_or_404(request.path_params["job_id"])
-        if read_results(job) is None:
+        found = await run_in_threadpool(result_files.zip_stream, job)
+        if found is None:
             raise HTTPException(404, f"job {job['id']} has no results yet")
-        spool = await run_in_threadpool(result_files.zip_file, job)
-
-        def chunks() -> Any:
-            with spool:
-                spool.seek(0)
-                while block := spool.read(1 << 20):
-                    yield block
-
-        return StreamingResponse(chunks(), media_type="application/zip", headers={
-            "Content-Disposition": f'attachment; filename="kneenode-{job["id"]}.zip"'})
+        name, chunks = found
+        return StreamingResponse(chunks, media_type="application/zip", headers={
+            "Content-Disposition": f'attachment; filename="{name}"'})
 
     async def report_pdf(request: Request) -> Response:
         job = await job_or_404(request.path_params["job_id"])

@@ -1,36 +1,34 @@
-"""The results page's files over :mod:`workers.bundle`: the result images and the zip."""
+"""The results page's files over :mod:`workers.bundle`: the result images, the zip, the PDF."""
 
 from __future__ import annotations
 
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from kneenode.errors import NodeError
+from workers.bundle import ResultImage, bundle_members, bundle_name, iter_bundle, result_images
 
 
-def _job_dir(job: dict[str, Any]) -> Path | None:
+def job_dir(job: dict[str, Any]) -> Path | None:
+    """The job's folder, None when it has none (ignored early, purged)."""
     folder = Path(str(job.get("job_dir") or ""))
     return folder if job.get("job_dir") and folder.is_dir() else None
 
 
-def images(job: dict[str, Any]) -> list[Any]:
-    """The job's result images (key-slice overlays, thickness maps), in the order to show."""
-    from workers.bundle import result_images
-
-    folder = _job_dir(job)
+def images(job: dict[str, Any]) -> list[ResultImage]:
+    """The job's result images (key-slice overlays, thickness maps), in the report's order."""
+    folder = job_dir(job)
     return result_images(folder) if folder is not None else []
 
 
-def zip_file(job: dict[str, Any]) -> IO[bytes]:
-    """The results zip of the job in a temporary file (memory up to 16 MB, then disk)."""
-    from workers.bundle import results_bundle
-
-    folder = _job_dir(job)
+def zip_stream(job: dict[str, Any]) -> tuple[str, Iterator[bytes]] | None:
+    """The zip's file name and its bytes as a stream, None when the job has no results yet."""
+    folder = job_dir(job)
     if folder is None:
-        raise FileNotFoundError(f"job {job['id']} has no folder")
-    out = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115 (the caller closes it)
+        return None
     try:
-        results_bundle(folder, out)  # type: ignore[arg-type]
-    except BaseException:
-        out.close()
-        raise
-    return out  # type: ignore[return-value]
+        bundle_members(folder)  # refuses (FILE_NOT_FOUND) before anything is written
+    except NodeError:
+        return None
+    return bundle_name(folder), iter_bundle(folder)

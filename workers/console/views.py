@@ -19,6 +19,7 @@ from pydicom.errors import InvalidDicomError
 
 from kneenode.joblist import closed_text, short_id, when
 from kneenode.settings import Settings
+from pipeline.encode.pdf import pdf_document
 from pipeline.labels import TISSUE_KEYS
 from pipeline.quantify.results import THICKNESS_REGIONS
 from pipeline.quantify.t2 import T2_REGIONS
@@ -40,6 +41,8 @@ def stage_cells(job: dict[str, Any]) -> list[dict[str, str]]:
     for name in job.get("chain") or []:
         st = (job.get("stages") or {}).get(name, {})
         got = str(st.get("state") or "pending")
+        if got == "error":  # an attempt that raised: failed, or waiting for its retry
+            got = "retry" if state == "retry_wait" else "failed"
         if got == "running" and state.split(":")[0] in TERMINAL:
             got = "failed" if state == "failed" and job.get("stage") == name else "pending"
         if state == "retry_wait" and job.get("stage") == name:
@@ -187,9 +190,7 @@ def pdf_report(job: dict[str, Any]) -> bytes | None:
     first = next(iter(sorted(folder.glob("*.dcm"))), None) if folder.is_dir() else None
     if first is None:
         return None
-    data = bytes(pydicom.dcmread(first).EncapsulatedDocument)
-    end = data.rfind(b"%%EOF")
-    return data[: end + 5] if end >= 0 else data  # drop the even-length padding byte
+    return pdf_document(pydicom.dcmread(first))
 
 
 _GPU_CACHE: dict[str, Any] = {"t": 0.0, "value": None}
