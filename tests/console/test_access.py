@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def _login(client: TestClient, name: str, password: str = PASSWORD) -> Any:
 
 
 def _job(store: JobStore) -> str:
-    job_id, _ = store.create("1.2.3.4", 1, {"calling_ae": "PACS", "series_description": "knee",
+    job_id, _ = store.create(f"1.2.3.{uuid.uuid4().int % 10**9}", 1, {"calling_ae": "PACS", "series_description": "knee",
                                             "chain": ["s1"], "profile": "default"})
     store.update(job_id, state="queued", stage="s1")
     return job_id
@@ -197,3 +198,36 @@ def test_patient_name_and_id_only_with_show_patient(tmp_path, redis_url, show):
         assert ("PHANTOM^EDGE" in text and "PHANTOM-0001" in text) is show, path
     record = client.get(f"/jobs/{job_id}").text
     assert "PHANTOM^EDGE" not in record and "PHANTOM-0001" not in record
+
+
+def test_an_operator_releases_and_discards_qc_held_jobs_from_the_console(tmp_path, redis_url):
+    client, store = _app(tmp_path, redis_url, **_users())
+    held = {}
+    for name in ("released", "discarded"):
+        job_id = _job(store)
+        folder = tmp_path / name
+        folder.mkdir()
+        store.update(job_id, state="review", stage="s1", job_dir=str(folder),
+                     chain=["s1"], error={"code": "QC_FAILED", "message": "femur missing",
+                                          "hint": "review it"})
+        held[name] = job_id
+    assert _login(client, "op").status_code == 303
+    page = client.get(f"/ui/jobs/{held['released']}")
+    assert 'id="form-release"' in page.text and 'id="form-discard"' in page.text
+    assert "QC_FAILED" in page.text and "femur missing" in page.text
+    for action, name in (("release", "released"), ("discard", "discarded")):
+        token = _csrf(client, f"/ui/jobs/{held[name]}")
+        done = client.post(f"/ui/jobs/{held[name]}/{action}", data={"csrf": token},
+                           follow_redirects=False)
+        assert done.status_code == 303, done.text
+        event = store.events(held[name])[-1]
+        assert event["kind"] == name and event["operator"] == "op", event
+    assert store.get(held["released"])["state"] == "queued"
+    assert store.get(held["discarded"])["state"] == "cancelled"
+    again = client.post(f"/ui/jobs/{held['discarded']}/discard",
+                        data={"csrf": _csrf(client, f"/ui/jobs/{held['discarded']}")})
+    assert "not in review" in again.text
+    resend = client.post(f"/ui/jobs/{held['released']}/resend",
+                         data={"csrf": _csrf(client, f"/ui/jobs/{held['released']}"),
+                               "destination": "PACS@127.0.0.1:104"})
+    assert "only a done or failed job" in resend.text
