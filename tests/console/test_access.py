@@ -4,6 +4,7 @@ refusal to serve the console off loopback without accounts (a real `kneenode ser
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import uuid
@@ -132,6 +133,9 @@ def test_loopback_without_accounts_is_open_as_local_but_still_checks_csrf_and_ho
     assert page.status_code == 200 and "local (operator)" in page.text
     front = client.get("/")
     assert front.status_code == 200 and "Node health" in front.text and "redis" in front.text
+    store.update(job_id, series_description="<script>alert(1)</script>")  # from a DICOM header
+    rows = client.get("/ui/jobs/rows").text
+    assert "<script>alert" not in rows and "&lt;script&gt;alert(1)&lt;/script&gt;" in rows
     assert client.get("/jobs").status_code == 200
     assert client.post(f"/ui/jobs/{job_id}/cancel", data={}).status_code == 403
     rebound = client.get("/ui/jobs", headers={"host": "attacker.example"})
@@ -231,3 +235,18 @@ def test_an_operator_releases_and_discards_qc_held_jobs_from_the_console(tmp_pat
                          data={"csrf": _csrf(client, f"/ui/jobs/{held['released']}"),
                                "destination": "PACS@127.0.0.1:104"})
     assert "only a done or failed job" in resend.text
+
+
+def test_an_upload_past_the_limit_is_refused_before_it_is_read(tmp_path, redis_url):
+    settings = Settings(data_dir=tmp_path / "data", http=_users(), upload={"max_bytes": 1 << 20})
+    from workers.broker import make_client
+
+    app = make_app(JobStore(make_client(redis_url), "small"), settings, redis_url)
+    client = TestClient(app, base_url="http://127.0.0.1")
+    assert _login(client, "op").status_code == 303
+    refused = client.post("/ui/upload", data={"csrf": _csrf(client, "/ui/upload")},
+                          files={"files": ("big.zip", os.urandom(3 << 20), "application/zip")})
+    assert refused.status_code == 413, refused.text
+    assert "UPLOAD_TOO_LARGE" in refused.text and "upload.max_bytes" in refused.text
+    assert not (tmp_path / "data" / "spool").exists() or not list(
+        (tmp_path / "data" / "spool").rglob("*.zip"))
