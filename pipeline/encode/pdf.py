@@ -398,7 +398,7 @@ def report_figures(
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     with rc_context({"axes.unicode_minus": False}):
-        fig.savefig(buf, format="png", dpi=150)
+        fig.savefig(buf, format="png", dpi=150, bbox_inches="tight", pad_inches=0.08)
     return buf.getvalue()
 
 
