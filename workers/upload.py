@@ -211,11 +211,18 @@ def import_upload(
     return outcome
 
 
-def sweep_staging(uploads: Path) -> list[str]:
-    """Remove staging folders of uploads whose process died (their lock is free)."""
+def sweep_staging(uploads: Path, grace_s: float = 60.0) -> list[str]:
+    """Remove staging folders of uploads whose process died: their lock is free, and they are
+    older than ``grace_s`` (a folder just made has not taken its lock yet)."""
     removed = []
+    now = time.time()
     for folder in sorted(p for p in uploads.iterdir() if p.is_dir()):
-        fd = hold_lock(folder / _STAGING_LOCK) if folder.exists() else None
+        try:
+            if now - folder.stat().st_mtime < grace_s:
+                continue
+            fd = hold_lock(folder / _STAGING_LOCK)
+        except OSError:  # removed meanwhile by another sweep
+            continue
         if fd is None:
             continue
         try:
