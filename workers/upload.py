@@ -64,7 +64,9 @@ UPLOADS = "uploads"  #: staging folders under the spool root
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 _CHUNK = 1 << 20
 _RATIO_FLOOR = 1 << 20  # members inflating to less cannot be a bomb; small files compress well
+_ARCHIVE_RATIO_FLOOR = 64 << 20  # ... nor can a whole archive (many small members) below this
 _STAGING_LOCK = ".lock"
+_FORM_OVERHEAD = 1 << 20  # multipart boundaries and form fields around the files
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -119,6 +121,7 @@ class _Staging:
 
     root: Path
     settings: Settings
+    spool: Spool
     received: int = 0  # bytes read from the client
     unpacked: int = 0  # bytes inflated from zip members
     members: int = 0
@@ -127,6 +130,14 @@ class _Staging:
     @property
     def tmp(self) -> Path:
         return self.root / "tmp"
+
+    def check_room(self, spool: Spool) -> None:
+        """UPLOAD_NO_SPACE once staging has brought the spool under its watermark (the SCP's
+        instances must still find room), checked as the upload is written."""
+        sp = self.settings.spool
+        if not spool.has_room(sp.min_free_bytes, sp.min_free_percent):
+            raise refuse(ErrorCode.UPLOAD_NO_SPACE, f"the spool ({spool.root}) fell below its "
+                         "free-space watermark while the upload was stored")
 
 
 def refuse(code: ErrorCode, message: str) -> NodeError:
@@ -140,6 +151,19 @@ def check_profile(settings: Settings, profile: str) -> str:
         return profile
     have = ", ".join([DEFAULT_PROFILE, *settings.profiles])
     raise refuse(ErrorCode.UNKNOWN_PROFILE, f"no profile '{profile}' (have: {have})")
+
+
+def check_declared_size(settings: Settings, content_length: int | None) -> None:
+    """UPLOAD_TOO_LARGE for a request whose declared length is over ``upload.max_bytes``.
+
+    The web layer calls it with the request's Content-Length before parsing the form, so an
+    oversized upload is refused before the multipart parser spools it to disk (the limit is
+    enforced again, on the bytes actually read, by :func:`import_upload`).
+    """
+    limit = settings.upload.max_bytes
+    if content_length is not None and content_length > limit + _FORM_OVERHEAD:
+        raise refuse(ErrorCode.UPLOAD_TOO_LARGE, f"the upload declares {content_length} bytes, "
+                     f"more than upload.max_bytes = {limit}")
 
 
 def profiles(settings: Settings) -> list[str]:
@@ -186,7 +210,7 @@ def import_upload(
     sweep_staging(uploads)
     root = Path(tempfile.mkdtemp(prefix="upload-", dir=uploads))
     lock = hold_lock(root / _STAGING_LOCK)
-    stage = _Staging(root, settings)
+    stage = _Staging(root, settings, spool)
     stage.tmp.mkdir()
     blog = log.bind(upload=root.name, user=user, profile=profile or DEFAULT_PROFILE)
     try:
@@ -249,6 +273,7 @@ def _copy(stage: _Staging, upload: UploadFile, target: Path, name: str) -> None:
             if stage.received > limit:
                 raise refuse(ErrorCode.UPLOAD_TOO_LARGE, f"the upload is larger than "
                              f"upload.max_bytes = {limit} bytes (at {name})")
+            stage.check_room(stage.spool)
             out.write(chunk)
 
 
@@ -267,6 +292,8 @@ def _receive(stage: _Staging, files: Sequence[UploadFile], fields: dict[str, str
         return _convert(stage, target, names[0], fields)
     paths = []
     for i, (f, name) in enumerate(zip(files, names, strict=True)):
+        if len(files) > 1 and _skipped(f.name or ""):  # a folder's .DS_Store, DICOMDIR
+            continue
         target = stage.tmp / f"file-{i:06d}"
         _copy(stage, f, target, name)
         paths.append((name, target))
@@ -310,7 +337,7 @@ def unsafe_member(info: zipfile.ZipInfo) -> str:
 
 def _skipped(name: str) -> bool:
     """Members that are not part of a series: folders, hidden files, macOS forks, DICOMDIR."""
-    parts = [p for p in name.replace("\\", "/").split("/") if p]
+    parts = [p for p in name.replace("\\", "/").split("/") if p and p != "."]
     return (name.endswith(("/", "\\")) or not parts or parts[-1].upper() == "DICOMDIR"
             or any(p.startswith(".") or p == "__MACOSX" for p in parts))
 
@@ -360,12 +387,18 @@ def _inflate_member(stage: _Staging, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
                     raise refuse(ErrorCode.UPLOAD_BOMB, f"{name}: member {member!r} inflates "
                                  f"more than {up.max_ratio:g} times its {compressed} compressed "
                                  "bytes (upload.max_ratio)")
+                if stage.unpacked > _ARCHIVE_RATIO_FLOOR and \
+                        stage.unpacked / max(stage.received, 1) > up.max_ratio:
+                    raise refuse(ErrorCode.UPLOAD_BOMB, f"{name} inflates more than "
+                                 f"{up.max_ratio:g} times its {stage.received} bytes "
+                                 "(upload.max_ratio, all members together)")
                 if stage.unpacked > up.max_unpacked_bytes:
                     raise refuse(ErrorCode.UPLOAD_BOMB, f"{name} inflates to more than "
                                  f"upload.max_unpacked_bytes = {up.max_unpacked_bytes} bytes")
                 if size > instance_limit:
                     raise refuse(ErrorCode.UPLOAD_TOO_LARGE, f"{name}: member {member!r} is "
                                  f"larger than scp.max_instance_bytes = {instance_limit}")
+                stage.check_room(stage.spool)
                 out.write(chunk)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise refuse(ErrorCode.UPLOAD_NOT_DICOM, f"{name}: member {member!r} is damaged "

@@ -7,6 +7,7 @@ it ran with (``tests.workers.chains:upload_chain``), the CLI as a subprocess.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -33,10 +34,11 @@ from scp.spool import IMPORTING, Spool, hold_lock
 from tests.support.node import KNEENODE, node_env
 from tests.support.procs import wait_for
 from tests.workers.conftest import Cluster
-from workers.upload import UploadFile, import_upload, unsafe_member
+from workers.upload import UploadFile, check_declared_size, import_upload, unsafe_member
 
 RESEARCH = {"research": {"encode": {"description_prefix": "RESEARCH"}}}
 JOB_WAIT_S = 300
+ZEROS = bytes(900_000)  # under the per-member ratio floor: only the whole archive's ratio shows
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +131,10 @@ def test_a_folders_files_uploaded_as_streams_become_a_job(uploads: Cluster, phan
     uploads.start_workers()
     handles = [open(p, "rb") for p in paths.dicom_files]  # noqa: SIM115 - closed below
     try:
-        out = import_upload([UploadFile(p.name, stream=h) for p, h in
-                             zip(paths.dicom_files, handles, strict=True)],
+        junk = [UploadFile("knee/.DS_Store", stream=io.BytesIO(b"\0junk")),
+                UploadFile("knee/DICOMDIR", stream=io.BytesIO(b"not a series file"))]
+        out = import_upload([*junk, *(UploadFile(f"knee/{p.name}", stream=h) for p, h in
+                                      zip(paths.dicom_files, handles, strict=True))],
                             settings=uploads.settings, hand_off=uploads.creator,
                             profile="research", user="bob")
     finally:
@@ -215,6 +219,8 @@ REFUSALS = [
     ("symlink", lambda p: [(_symlink(), b"/etc/passwd")], {}, "", ErrorCode.UPLOAD_UNSAFE_PATH,
      "symbolic link"),
     ("bomb", lambda p: [_bomb()], {}, "", ErrorCode.UPLOAD_BOMB, "upload.max_ratio"),
+    ("many-small", lambda p: [(f"s/z{i}.dcm", ZEROS) for i in range(150)], {}, "",
+     ErrorCode.UPLOAD_BOMB, "all members together"),
     ("unpacked", lambda p: [], {"upload": {"max_unpacked_bytes": 200_000}}, "",
      ErrorCode.UPLOAD_BOMB, "upload.max_unpacked_bytes"),
     ("members", lambda p: [], {"upload": {"max_members": 20}}, "",
@@ -351,3 +357,12 @@ def test_a_staging_folder_left_by_a_dead_upload_is_removed_by_the_next(
                         hand_off=uploads.creator)
     assert out.instances == len(paths.dicom_files)
     assert [p.name for p in (uploads.settings.spool_dir / "uploads").iterdir()] == [young.name]
+
+
+def test_a_declared_size_over_the_limit_is_refused_before_reading() -> None:
+    settings = Settings(upload={"max_bytes": 10 * 1024**2})
+    check_declared_size(settings, None)
+    check_declared_size(settings, 10 * 1024**2)
+    with pytest.raises(NodeError) as err:
+        check_declared_size(settings, 20 * 1024**2)
+    assert err.value.code == ErrorCode.UPLOAD_TOO_LARGE and "upload.max_bytes" in err.value.message
