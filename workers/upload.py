@@ -38,6 +38,7 @@ import tempfile
 import time
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -131,13 +132,13 @@ class _Staging:
     def tmp(self) -> Path:
         return self.root / "tmp"
 
-    def check_room(self, spool: Spool) -> None:
+    def check_room(self) -> None:
         """UPLOAD_NO_SPACE once staging has brought the spool under its watermark (the SCP's
         instances must still find room), checked as the upload is written."""
         sp = self.settings.spool
-        if not spool.has_room(sp.min_free_bytes, sp.min_free_percent):
-            raise refuse(ErrorCode.UPLOAD_NO_SPACE, f"the spool ({spool.root}) fell below its "
-                         "free-space watermark while the upload was stored")
+        if not self.spool.has_room(sp.min_free_bytes, sp.min_free_percent):
+            raise refuse(ErrorCode.UPLOAD_NO_SPACE, f"the spool ({self.spool.root}) fell below "
+                         "its free-space watermark while the upload was stored")
 
 
 def refuse(code: ErrorCode, message: str) -> NodeError:
@@ -223,8 +224,8 @@ def import_upload(
                              f"{exc}") from exc
             raise
         outcome = _publish(spool, settings, hand_off, key, version_dir, kind, profile, user)
-    except NodeError as exc:
-        blog.warning("upload refused", code=str(exc.code), reason=exc.message[:300])
+    except NodeError as exc:  # the message may name uploaded files: not logged
+        blog.warning("upload refused", code=str(exc.code), files=len(files))
         raise
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -273,8 +274,16 @@ def _copy(stage: _Staging, upload: UploadFile, target: Path, name: str) -> None:
             if stage.received > limit:
                 raise refuse(ErrorCode.UPLOAD_TOO_LARGE, f"the upload is larger than "
                              f"upload.max_bytes = {limit} bytes (at {name})")
-            stage.check_room(stage.spool)
+            stage.check_room()
             out.write(chunk)
+
+
+def _is_zip(path: Path) -> bool:
+    """A zip by its first bytes (a local file header, or an empty archive's end record); not
+    :func:`zipfile.is_zipfile`, which finds an end record anywhere near the end, as pixel data
+    may happen to hold."""
+    with open(path, "rb") as fh:
+        return fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def _is_volume(name: str) -> bool:
@@ -297,10 +306,10 @@ def _receive(stage: _Staging, files: Sequence[UploadFile], fields: dict[str, str
         target = stage.tmp / f"file-{i:06d}"
         _copy(stage, f, target, name)
         paths.append((name, target))
-    if len(paths) == 1 and zipfile.is_zipfile(paths[0][1]):
+    if len(paths) == 1 and _is_zip(paths[0][1]):
         return "dicom-zip", _unzip(stage, paths[0][1], names[0])
     for name, path in paths:
-        if zipfile.is_zipfile(path) or _is_volume(name):
+        if _is_zip(path) or _is_volume(name):
             raise refuse(ErrorCode.UPLOAD_NOT_DICOM, f"{name}: a zip or a volume must be "
                          "uploaded alone, not among other files")
     stage.members = len(paths)
@@ -398,9 +407,9 @@ def _inflate_member(stage: _Staging, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
                 if size > instance_limit:
                     raise refuse(ErrorCode.UPLOAD_TOO_LARGE, f"{name}: member {member!r} is "
                                  f"larger than scp.max_instance_bytes = {instance_limit}")
-                stage.check_room(stage.spool)
+                stage.check_room()
                 out.write(chunk)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
         raise refuse(ErrorCode.UPLOAD_NOT_DICOM, f"{name}: member {member!r} is damaged "
                      f"({exc})") from exc
     except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
@@ -456,17 +465,16 @@ def _stage_series(stage: _Staging, staged: list[tuple[str, Path]], kind: str, pr
     source = {"calling_ae": "", "called_ae": "", "address": "",
               "upload": {"user": user, "profile": profile, "kind": kind, "files": stage.files,
                          "uploaded": time.time(), "bytes": stage.received}}
-    classes, series = set(), {}
+    classes: set[str] = set()
+    series: Counter[SeriesKey] = Counter()
     for name, path in staged:
         header = check_instance(path, name, stage.settings)
         key = SeriesKey(str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
         classes.add(str(getattr(header, "SOPClassUID", "") or ""))
-        info = series.setdefault(key, {"count": 0, "description": ""})
-        info["count"] += 1
+        series[key] += 1
         spool.store(key, str(header.SOPInstanceUID), path, source)
     if len(series) > 1:
-        listed = "; ".join(f"{k.series_uid} ({v['count']} files)"
-                           for k, v in list(series.items())[:5])
+        listed = "; ".join(f"{k.series_uid} ({n} files)" for k, n in series.most_common(5))
         raise refuse(ErrorCode.UPLOAD_MANY_SERIES, f"the upload holds {len(series)} series, "
                      f"not one: {listed}")
     refuse_non_images(classes)
