@@ -140,12 +140,19 @@ def iter_bundle(job_dir: Path) -> Iterator[bytes]:
     members = bundle_members(job_dir)
     top = Path(job_dir).name
     sink = _Chunks()
-    with zipfile.ZipFile(sink, "w", allowZip64=True) as zf:
+    # level 1: most of a job is the overlay series, whose flat colours deflate well anyway
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, allowZip64=True,
+                         compresslevel=1) as zf:
         for name, path in members:
-            method = zipfile.ZIP_STORED if name.endswith(_STORED) else zipfile.ZIP_DEFLATED
             info = zipfile.ZipInfo.from_file(path, name)
-            info.compress_type = method
-            with open(path, "rb") as src, zf.open(info, "w") as dst:
+            # a name (not the ZipInfo) takes the archive's method and level; stored members
+            # (compressed already) go as a ZipInfo
+            target: str | zipfile.ZipInfo = name
+            if name.endswith(_STORED):
+                info.compress_type = zipfile.ZIP_STORED
+                target = info
+            big = info.file_size > zipfile.ZIP64_LIMIT // 2
+            with open(path, "rb") as src, zf.open(target, "w", force_zip64=big) as dst:
                 while chunk := src.read(_CHUNK):
                     dst.write(chunk)
                     yield from sink.drain()

@@ -38,6 +38,7 @@ import tempfile
 import time
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,7 +65,9 @@ UPLOADS = "uploads"  #: staging folders under the spool root
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 _CHUNK = 1 << 20
 _RATIO_FLOOR = 1 << 20  # members inflating to less cannot be a bomb; small files compress well
+_ARCHIVE_RATIO_FLOOR = 64 << 20  # ... nor can a whole archive (many small members) below this
 _STAGING_LOCK = ".lock"
+_FORM_OVERHEAD = 1 << 20  # multipart boundaries and form fields around the files
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -119,6 +122,7 @@ class _Staging:
 
     root: Path
     settings: Settings
+    spool: Spool
     received: int = 0  # bytes read from the client
     unpacked: int = 0  # bytes inflated from zip members
     members: int = 0
@@ -127,6 +131,14 @@ class _Staging:
     @property
     def tmp(self) -> Path:
         return self.root / "tmp"
+
+    def check_room(self) -> None:
+        """UPLOAD_NO_SPACE once staging has brought the spool under its watermark (the SCP's
+        instances must still find room), checked as the upload is written."""
+        sp = self.settings.spool
+        if not self.spool.has_room(sp.min_free_bytes, sp.min_free_percent):
+            raise refuse(ErrorCode.UPLOAD_NO_SPACE, f"the spool ({self.spool.root}) fell below "
+                         "its free-space watermark while the upload was stored")
 
 
 def refuse(code: ErrorCode, message: str) -> NodeError:
@@ -140,6 +152,19 @@ def check_profile(settings: Settings, profile: str) -> str:
         return profile
     have = ", ".join([DEFAULT_PROFILE, *settings.profiles])
     raise refuse(ErrorCode.UNKNOWN_PROFILE, f"no profile '{profile}' (have: {have})")
+
+
+def check_declared_size(settings: Settings, content_length: int | None) -> None:
+    """UPLOAD_TOO_LARGE for a request whose declared length is over ``upload.max_bytes``.
+
+    The web layer calls it with the request's Content-Length before parsing the form, so an
+    oversized upload is refused before the multipart parser spools it to disk (the limit is
+    enforced again, on the bytes actually read, by :func:`import_upload`).
+    """
+    limit = settings.upload.max_bytes
+    if content_length is not None and content_length > limit + _FORM_OVERHEAD:
+        raise refuse(ErrorCode.UPLOAD_TOO_LARGE, f"the upload declares {content_length} bytes, "
+                     f"more than upload.max_bytes = {limit}")
 
 
 def profiles(settings: Settings) -> list[str]:
@@ -186,7 +211,7 @@ def import_upload(
     sweep_staging(uploads)
     root = Path(tempfile.mkdtemp(prefix="upload-", dir=uploads))
     lock = hold_lock(root / _STAGING_LOCK)
-    stage = _Staging(root, settings)
+    stage = _Staging(root, settings, spool)
     stage.tmp.mkdir()
     blog = log.bind(upload=root.name, user=user, profile=profile or DEFAULT_PROFILE)
     try:
@@ -199,8 +224,8 @@ def import_upload(
                              f"{exc}") from exc
             raise
         outcome = _publish(spool, settings, hand_off, key, version_dir, kind, profile, user)
-    except NodeError as exc:
-        blog.warning("upload refused", code=str(exc.code), reason=exc.message[:300])
+    except NodeError as exc:  # the message may name uploaded files: not logged
+        blog.warning("upload refused", code=str(exc.code), files=len(files))
         raise
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -211,11 +236,18 @@ def import_upload(
     return outcome
 
 
-def sweep_staging(uploads: Path) -> list[str]:
-    """Remove staging folders of uploads whose process died (their lock is free)."""
+def sweep_staging(uploads: Path, grace_s: float = 60.0) -> list[str]:
+    """Remove staging folders of uploads whose process died: their lock is free, and they are
+    older than ``grace_s`` (a folder just made has not taken its lock yet)."""
     removed = []
+    now = time.time()
     for folder in sorted(p for p in uploads.iterdir() if p.is_dir()):
-        fd = hold_lock(folder / _STAGING_LOCK) if folder.exists() else None
+        try:
+            if now - folder.stat().st_mtime < grace_s:
+                continue
+            fd = hold_lock(folder / _STAGING_LOCK)
+        except OSError:  # removed meanwhile by another sweep
+            continue
         if fd is None:
             continue
         try:
@@ -242,7 +274,16 @@ def _copy(stage: _Staging, upload: UploadFile, target: Path, name: str) -> None:
             if stage.received > limit:
                 raise refuse(ErrorCode.UPLOAD_TOO_LARGE, f"the upload is larger than "
                              f"upload.max_bytes = {limit} bytes (at {name})")
+            stage.check_room()
             out.write(chunk)
+
+
+def _is_zip(path: Path) -> bool:
+    """A zip by its first bytes (a local file header, or an empty archive's end record); not
+    :func:`zipfile.is_zipfile`, which finds an end record anywhere near the end, as pixel data
+    may happen to hold."""
+    with open(path, "rb") as fh:
+        return fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def _is_volume(name: str) -> bool:
@@ -260,13 +301,15 @@ def _receive(stage: _Staging, files: Sequence[UploadFile], fields: dict[str, str
         return _convert(stage, target, names[0], fields)
     paths = []
     for i, (f, name) in enumerate(zip(files, names, strict=True)):
+        if len(files) > 1 and _skipped(f.name or ""):  # a folder's .DS_Store, DICOMDIR
+            continue
         target = stage.tmp / f"file-{i:06d}"
         _copy(stage, f, target, name)
         paths.append((name, target))
-    if len(paths) == 1 and zipfile.is_zipfile(paths[0][1]):
+    if len(paths) == 1 and _is_zip(paths[0][1]):
         return "dicom-zip", _unzip(stage, paths[0][1], names[0])
     for name, path in paths:
-        if zipfile.is_zipfile(path) or _is_volume(name):
+        if _is_zip(path) or _is_volume(name):
             raise refuse(ErrorCode.UPLOAD_NOT_DICOM, f"{name}: a zip or a volume must be "
                          "uploaded alone, not among other files")
     stage.members = len(paths)
@@ -303,7 +346,7 @@ def unsafe_member(info: zipfile.ZipInfo) -> str:
 
 def _skipped(name: str) -> bool:
     """Members that are not part of a series: folders, hidden files, macOS forks, DICOMDIR."""
-    parts = [p for p in name.replace("\\", "/").split("/") if p]
+    parts = [p for p in name.replace("\\", "/").split("/") if p and p != "."]
     return (name.endswith(("/", "\\")) or not parts or parts[-1].upper() == "DICOMDIR"
             or any(p.startswith(".") or p == "__MACOSX" for p in parts))
 
@@ -353,14 +396,20 @@ def _inflate_member(stage: _Staging, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
                     raise refuse(ErrorCode.UPLOAD_BOMB, f"{name}: member {member!r} inflates "
                                  f"more than {up.max_ratio:g} times its {compressed} compressed "
                                  "bytes (upload.max_ratio)")
+                if stage.unpacked > _ARCHIVE_RATIO_FLOOR and \
+                        stage.unpacked / max(stage.received, 1) > up.max_ratio:
+                    raise refuse(ErrorCode.UPLOAD_BOMB, f"{name} inflates more than "
+                                 f"{up.max_ratio:g} times its {stage.received} bytes "
+                                 "(upload.max_ratio, all members together)")
                 if stage.unpacked > up.max_unpacked_bytes:
                     raise refuse(ErrorCode.UPLOAD_BOMB, f"{name} inflates to more than "
                                  f"upload.max_unpacked_bytes = {up.max_unpacked_bytes} bytes")
                 if size > instance_limit:
                     raise refuse(ErrorCode.UPLOAD_TOO_LARGE, f"{name}: member {member!r} is "
                                  f"larger than scp.max_instance_bytes = {instance_limit}")
+                stage.check_room()
                 out.write(chunk)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
         raise refuse(ErrorCode.UPLOAD_NOT_DICOM, f"{name}: member {member!r} is damaged "
                      f"({exc})") from exc
     except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
@@ -416,17 +465,16 @@ def _stage_series(stage: _Staging, staged: list[tuple[str, Path]], kind: str, pr
     source = {"calling_ae": "", "called_ae": "", "address": "",
               "upload": {"user": user, "profile": profile, "kind": kind, "files": stage.files,
                          "uploaded": time.time(), "bytes": stage.received}}
-    classes, series = set(), {}
+    classes: set[str] = set()
+    series: Counter[SeriesKey] = Counter()
     for name, path in staged:
         header = check_instance(path, name, stage.settings)
         key = SeriesKey(str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
         classes.add(str(getattr(header, "SOPClassUID", "") or ""))
-        info = series.setdefault(key, {"count": 0, "description": ""})
-        info["count"] += 1
+        series[key] += 1
         spool.store(key, str(header.SOPInstanceUID), path, source)
     if len(series) > 1:
-        listed = "; ".join(f"{k.series_uid} ({v['count']} files)"
-                           for k, v in list(series.items())[:5])
+        listed = "; ".join(f"{k.series_uid} ({n} files)" for k, n in series.most_common(5))
         raise refuse(ErrorCode.UPLOAD_MANY_SERIES, f"the upload holds {len(series)} series, "
                      f"not one: {listed}")
     refuse_non_images(classes)

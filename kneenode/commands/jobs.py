@@ -131,7 +131,7 @@ def job_cmd(
         return
     head = Table(show_header=False, title=f"job {job_id}")
     for key in ("state", "stage", "progress", "run", "attempts", "study_uid", "series_uid",
-                "version", "calling_ae", "called_ae", "address", "route", "route_reason",
+                "version", "source", "user", "calling_ae", "called_ae", "address", "route", "route_reason",
                 "profile", "modality", "series_description", "instance_count", "closed_by",
                 "completion_wait_s", "more_after_close", "previous_job", "reprocess_of",
                 "reprocessed_as", "reason", "qc", "job_dir", "series_path"):

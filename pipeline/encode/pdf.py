@@ -4,7 +4,9 @@ Page one: identification, the QC outcome (coloured banner with its reasons), the
 table with the region colours, and continuous cartilage thickness maps (:mod:`report_maps`:
 femoral cartilage unrolled, both tibial plateaus from above, patella) with region boundaries,
 region means and one fixed colour scale in mm. Page two: the key slices with the overlay.
-Every text is wrapped or shortened to the page (:func:`fit_lines`).
+Every text is wrapped or shortened to the page (:func:`fit_lines`). The key slices and maps are
+computed once (:func:`report_figures`) and drawn both into the PDF and, by the same functions,
+into PNG files for the web console (:func:`report_images`).
 
 highdicom has no class for the Encapsulated PDF IOD, so the dataset is built with pydicom here
 (Patient, General Study, Encapsulated Document Series, General Equipment, SC Equipment,
@@ -398,7 +400,7 @@ def report_figures(
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     with rc_context({"axes.unicode_minus": False}):
-        fig.savefig(buf, format="png", dpi=150)
+        fig.savefig(buf, format="png", dpi=150, bbox_inches="tight", pad_inches=0.08)
     return buf.getvalue()
 
 
@@ -408,7 +410,8 @@ def _slug(text: str) -> str:
 
 def report_images(figures: ReportFigures, results: Mapping[str, Any]) -> list[ReportImage]:
     """The report's pictures as PNG files: each key slice with the overlay (its pixels as the
-    PDF shows them, each source pixel a square block, at least ``_MIN_PNG_PIXELS`` across) and
+    PDF shows them, each source pixel a square block, the longer side at least
+    ``_MIN_PNG_PIXELS``) and
     each thickness map drawn by the PDF's own :func:`_draw_map` with the fixed colour bar."""
     from PIL import Image
 

@@ -7,10 +7,13 @@ it ran with (``tests.workers.chains:upload_chain``), the CLI as a subprocess.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,10 +34,11 @@ from scp.spool import IMPORTING, Spool, hold_lock
 from tests.support.node import KNEENODE, node_env
 from tests.support.procs import wait_for
 from tests.workers.conftest import Cluster
-from workers.upload import UploadFile, import_upload, unsafe_member
+from workers.upload import UploadFile, check_declared_size, import_upload, unsafe_member
 
 RESEARCH = {"research": {"encode": {"description_prefix": "RESEARCH"}}}
 JOB_WAIT_S = 300
+ZEROS = bytes(900_000)  # under the per-member ratio floor: only the whole archive's ratio shows
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +131,10 @@ def test_a_folders_files_uploaded_as_streams_become_a_job(uploads: Cluster, phan
     uploads.start_workers()
     handles = [open(p, "rb") for p in paths.dicom_files]  # noqa: SIM115 - closed below
     try:
-        out = import_upload([UploadFile(p.name, stream=h) for p, h in
-                             zip(paths.dicom_files, handles, strict=True)],
+        junk = [UploadFile("knee/.DS_Store", stream=io.BytesIO(b"\0junk")),
+                UploadFile("knee/DICOMDIR", stream=io.BytesIO(b"not a series file"))]
+        out = import_upload([*junk, *(UploadFile(f"knee/{p.name}", stream=h) for p, h in
+                                      zip(paths.dicom_files, handles, strict=True))],
                             settings=uploads.settings, hand_off=uploads.creator,
                             profile="research", user="bob")
     finally:
@@ -213,6 +219,8 @@ REFUSALS = [
     ("symlink", lambda p: [(_symlink(), b"/etc/passwd")], {}, "", ErrorCode.UPLOAD_UNSAFE_PATH,
      "symbolic link"),
     ("bomb", lambda p: [_bomb()], {}, "", ErrorCode.UPLOAD_BOMB, "upload.max_ratio"),
+    ("many-small", lambda p: [(f"s/z{i}.dcm", ZEROS) for i in range(150)], {}, "",
+     ErrorCode.UPLOAD_BOMB, "all members together"),
     ("unpacked", lambda p: [], {"upload": {"max_unpacked_bytes": 200_000}}, "",
      ErrorCode.UPLOAD_BOMB, "upload.max_unpacked_bytes"),
     ("members", lambda p: [], {"upload": {"max_members": 20}}, "",
@@ -306,3 +314,55 @@ def test_the_edge_leaves_a_version_alone_while_an_upload_announces_it(tmp_path: 
         holder.wait(30)
     wait_for(lambda: bool(monitor.poll_once()), 30, what="the monitor to announce the version")
     assert len(announced) == 1 and (version / "announced").exists()
+
+
+def test_an_nrrd_float_volume_is_stored_as_a_series_and_a_4d_one_is_refused(
+        uploads: Cluster, tmp_path: Path) -> None:
+    ph = make_phantom(24, "small")
+    image = grid_image(ph.echoes[0].astype(np.float32) / 7.0 - 3.0, ph.grid)  # float, negative
+    volume = tmp_path / "scan.nrrd"
+    sitk.WriteImage(image, str(volume))
+    out = import_upload([UploadFile(volume.name, path=volume)], settings=uploads.settings,
+                        hand_off=uploads.creator, user="erin")
+    assert out.kind == "nrrd" and out.instances == image.GetSize()[2] and out.job_id
+    first = dcmread(next(out.series_path.glob("*.dcm")), stop_before_pixels=True)
+    assert str(first.PatientName) == "ANONYMOUS^UPLOAD" and first.Modality == "MR"
+    back = sitk.GetArrayFromImage(read_series(sorted(out.series_path.glob("*.dcm"))).image)
+    original = sitk.GetArrayFromImage(image).astype(np.float64)
+    assert back.min() == 0 and back.max() == 4095  # mapped linearly onto 12 bits
+    assert np.corrcoef(back.ravel(), original.ravel())[0, 1] > 0.9999
+    job = uploads.store.get(out.job_id) or {}
+    assert job["state"] == "queued" and job["profile"] == "default" and job["user"] == "erin"
+
+    four_d = tmp_path / "dwi.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([image, image]), str(four_d))
+    before = _kept(uploads.settings)
+    with pytest.raises(NodeError) as err:
+        import_upload([UploadFile(four_d.name, path=four_d)], settings=uploads.settings,
+                      hand_off=uploads.creator)
+    assert err.value.code == ErrorCode.INVALID_FORMAT and "4-D input" in err.value.message
+    assert _kept(uploads.settings) == before and len(uploads.store.list_jobs()) == 1
+
+
+def test_a_staging_folder_left_by_a_dead_upload_is_removed_by_the_next(
+        uploads: Cluster, phantom) -> None:
+    paths, archive = phantom
+    stale = uploads.settings.spool_dir / "uploads" / "upload-dead"
+    (stale / "tmp").mkdir(parents=True)
+    (stale / "tmp" / "member-000000").write_bytes(b"half")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    young = uploads.settings.spool_dir / "uploads" / "upload-starting"  # not locked yet
+    young.mkdir()
+    out = import_upload([UploadFile(archive.name, path=archive)], settings=uploads.settings,
+                        hand_off=uploads.creator)
+    assert out.instances == len(paths.dicom_files)
+    assert [p.name for p in (uploads.settings.spool_dir / "uploads").iterdir()] == [young.name]
+
+
+def test_a_declared_size_over_the_limit_is_refused_before_reading() -> None:
+    settings = Settings(upload={"max_bytes": 10 * 1024**2})
+    check_declared_size(settings, None)
+    check_declared_size(settings, 10 * 1024**2)
+    with pytest.raises(NodeError) as err:
+        check_declared_size(settings, 20 * 1024**2)
+    assert err.value.code == ErrorCode.UPLOAD_TOO_LARGE and "upload.max_bytes" in err.value.message
