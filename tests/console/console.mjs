@@ -218,7 +218,8 @@ try {
     jobB = url.split('/').pop();
     await until('the uploaded job to end', async () => ['done', 'failed', 'cancelled', 'ignored'].includes(await detailState(page)), JOB_S);
     const text = await page.textContent('#job-live');
-    return { url, job: jobB, state: await detailState(page), profile_shown: text.includes(cfg.upload_profile) };
+    return { url, job: jobB, state: await detailState(page), profile_shown: text.includes(cfg.upload_profile),
+      uploaded_by: text.includes(`upload by ${cfg.operator.name}`) };
   });
 
   await step('refusals', async () => {

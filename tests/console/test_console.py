@@ -226,7 +226,7 @@ def test_a_form_without_its_csrf_token_is_refused(run):
 
 def test_an_uploaded_zip_with_another_profile_becomes_a_job_that_finishes(run):
     step = _step(run, "upload")
-    assert step["state"] == "done" and step["profile_shown"], step
+    assert step["state"] == "done" and step["profile_shown"] and step["uploaded_by"], step
     assert _job(run, step["job"])["profile"] == PROFILE
 
 

@@ -67,17 +67,24 @@ def patient(job: dict[str, Any]) -> dict[str, str]:
     return {"name": str(ds.get("PatientName", "")), "id": str(ds.get("PatientID", ""))}
 
 
+def sender_of(job: dict[str, Any]) -> str:
+    """Who sent the series: its calling AE, or ``upload`` (the uploader's name) for uploads."""
+    if job.get("source") == "upload":
+        return "upload"
+    return str(job.get("calling_ae") or "")
+
+
 def job_row(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """One line of the jobs list."""
     err = job.get("error") if isinstance(job.get("error"), dict) else {}
     row = {
         "id": job["id"], "short": short_id(job["id"]), "state": job.get("state", ""),
         "base": str(job.get("state", "")).split(":")[0], "profile": job.get("profile") or "",
-        "sender": job.get("calling_ae") or "", "description": job.get("series_description") or "",
+        "sender": sender_of(job), "description": job.get("series_description") or "",
         "stages": stage_cells(job), "progress": job.get("progress") or 0,
         "code": err.get("code", ""), "hint": err.get("hint", ""), "message": err.get("message", ""),
         "created": when(job.get("created")), "updated": when(job.get("updated")),
-        "reason": job.get("reason") or "",
+        "reason": job.get("reason") or "", "user": job.get("user") or "",
     }
     if settings.http.show_patient:
         row["patient"] = patient(job)
@@ -88,9 +95,9 @@ def job_rows(store: JobStore, settings: Settings, *, state: str | None, sender: 
              limit: int = 100) -> tuple[list[dict[str, Any]], list[str]]:
     """The jobs list (newest first) filtered by state and sender, and every sender seen."""
     jobs = store.list_jobs(state or None, 1000)
-    senders = sorted({j.get("calling_ae") or "" for j in jobs} - {""})
+    senders = sorted({sender_of(j) for j in jobs} - {""})
     if sender:
-        jobs = [j for j in jobs if (j.get("calling_ae") or "") == sender]
+        jobs = [j for j in jobs if sender_of(j) == sender]
     return [job_row(j, settings) for j in jobs[:limit]], senders
 
 
