@@ -366,3 +366,19 @@ def test_a_declared_size_over_the_limit_is_refused_before_reading() -> None:
     with pytest.raises(NodeError) as err:
         check_declared_size(settings, 20 * 1024**2)
     assert err.value.code == ErrorCode.UPLOAD_TOO_LARGE and "upload.max_bytes" in err.value.message
+
+
+def test_the_cli_uploads_a_folder_with_its_files(uploads: Cluster, phantom, tmp_path: Path) -> None:
+    paths, _ = phantom
+    folder = tmp_path / "cd" / "DICOM"
+    folder.mkdir(parents=True)
+    for p in paths.dicom_files:
+        (folder / p.stem).write_bytes(p.read_bytes())  # no suffix, as on a CD
+    (folder / ".DS_Store").write_bytes(b"\0\0junk")
+    done = subprocess.run([KNEENODE, "upload", str(folder), "--user", "frank"],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env=node_env(KNEENODE_CONFIG=str(uploads.config), COLUMNS="300"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "48 instances, dicom-files" in done.stdout and "profile 'default'" in done.stdout
+    (job,) = uploads.store.list_jobs()
+    assert (job["source"], job["user"], job["state"]) == ("upload", "frank", "queued")
