@@ -382,3 +382,17 @@ def test_the_cli_uploads_a_folder_with_its_files(uploads: Cluster, phantom, tmp_
     assert "48 instances, dicom-files" in done.stdout and "profile 'default'" in done.stdout
     (job,) = uploads.store.list_jobs()
     assert (job["source"], job["user"], job["state"]) == ("upload", "frank", "queued")
+
+
+def test_one_enhanced_mr_object_is_a_series_of_one_instance(uploads: Cluster,
+                                                            tmp_path: Path) -> None:
+    from pipeline.phantom.enhanced_writer import write_enhanced_series
+
+    (path,) = write_enhanced_series(make_phantom(25, "small"), tmp_path / "mf")
+    out = import_upload([UploadFile(path.name, path=path)], settings=uploads.settings,
+                        hand_off=uploads.creator, user="gina")
+    assert out.kind == "dicom-files" and out.instances == 1
+    assert (out.series_path / f"{dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm"
+            ).read_bytes() == path.read_bytes()
+    job = uploads.store.get(out.job_id) or {}
+    assert job["state"] == "queued" and job["instance_count"] == 1
