@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEB_PACKAGES := redis-server dcmtk dicom3tools orthanc orthanc-dicomweb ghostscript poppler-utils chromium iproute2 python3-jsonschema docker-compose
+DEB_PACKAGES := redis-server dcmtk dicom3tools orthanc orthanc-dicomweb ghostscript poppler-utils chromium iproute2 python3-jsonschema docker-compose postgresql
 # The CPU wheel of torch; a GPU host sets TORCH_SPEC/TORCH_INDEX (see README, "GPU hosts").
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=

@@ -7,6 +7,7 @@ from kneenode.commands import analysis as _analysis  # noqa: F401
 from kneenode.commands import analyze as _analyze  # noqa: F401
 from kneenode.commands import config as _config  # noqa: F401  (registers commands)
 from kneenode.commands import edge as _edge  # noqa: F401
+from kneenode.commands import history as _history  # noqa: F401
 from kneenode.commands import jobs as _jobs  # noqa: F401
 from kneenode.commands import ops as _ops  # noqa: F401
 from kneenode.commands import review as _review  # noqa: F401

@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     UPLOAD_MANY_SERIES = "UPLOAD_MANY_SERIES"
     UPLOAD_NO_SPACE = "UPLOAD_NO_SPACE"
     UNKNOWN_PROFILE = "UNKNOWN_PROFILE"
+    HISTORY_UNAVAILABLE = "HISTORY_UNAVAILABLE"
 
 
 HINTS: dict[ErrorCode, str] = {
@@ -91,6 +92,9 @@ HINTS: dict[ErrorCode, str] = {
     "upload again.",
     ErrorCode.UNKNOWN_PROFILE: "No such processing profile; choose one of the profiles the error "
     "lists (`default` or a `[profiles.<name>]` of kneenode.toml).",
+    ErrorCode.HISTORY_UNAVAILABLE: "The results history database could not be opened or "
+    "written (the results were delivered); check `history.url`, the database server and its "
+    "password file, then `kneenode retry ID --from-stage history`.",
 }
 
 PERMANENT: frozenset[ErrorCode] = frozenset(

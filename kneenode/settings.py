@@ -587,6 +587,34 @@ class RetentionSettings(Section):
     )
 
 
+class HistorySettings(Section):
+    """The results history: every finished job's measurements per patient pseudonym
+    (docs/history.md). SQLite under the data folder by default; PostgreSQL for clusters."""
+
+    enabled: bool = Field(
+        default=True, description="Record every finished job in the history (stage `history`); "
+        "off: the stage does nothing and `kneenode history` reads what is there.",
+    )
+    url: str = Field(
+        default="", description="SQLAlchemy URL of the history database; empty = SQLite "
+        "`data_dir/history/history.sqlite`. A cluster sets one PostgreSQL database for every "
+        "host, e.g. `postgresql+psycopg://kneenode@db-host:5432/kneenode` (driver psycopg 3).",
+    )
+    password_file: Path | None = Field(
+        default=None, description="File holding the database password (read whenever the history "
+        "is opened, never logged), used when `url` has none.",
+    )
+    secret_file: Path | None = Field(
+        default=None, description="Node secret that keys the patient pseudonyms (HMAC-SHA256 of "
+        "Patient ID + Issuer); unset = `data_dir/history/secret.key`, generated (0600) on first "
+        "use. Every host of a cluster needs the same secret; a new secret starts new pseudonyms.",
+    )
+    connect_timeout_s: float = Field(
+        default=10, gt=0, description="How long opening the database (or waiting for a "
+        "SQLite lock) may take before the stage is retried.",
+    )
+
+
 class LoggingSettings(Section):
     """Logs: structured, with UIDs and job IDs, never patient names or IDs."""
 
@@ -966,6 +994,9 @@ class Settings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
     retention: RetentionSettings = Field(
         default_factory=RetentionSettings, description="Disk retention of finished jobs."
+    )
+    history: HistorySettings = Field(
+        default_factory=HistorySettings, description="Results history per patient (docs/history.md)."
     )
     delivery: DeliverySettings = Field(
         default_factory=DeliverySettings, description="Result delivery (C-STORE to PACS)."

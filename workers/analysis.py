@@ -13,6 +13,7 @@ a job folder. Files, per stage folder:
 ``encode/``   ``<kind>/<SOPInstanceUID>.dcm`` for SEG, SR, overlay images and the PDF
 ``verify/``   ``manifest.json``: the verified result files per kind
 ``deliver/``  nothing: the per-destination outbox is ``<job>/outbox.json`` (survives retries)
+``history/``  ``history.json``: whether the exam was recorded, its pseudonym, side and model
 
 The job's ``results.json`` (and ``results.csv``) live at ``<job>/``; every stage writes its keys
 through :func:`pipeline.results.update_results`, which validates them against the schema.
@@ -326,7 +327,10 @@ def deliver(ctx: StageContext) -> None:
 def node_chain(settings: Settings) -> list[Stage]:
     """The node's stages in order (DESIGN.md); ``shape`` runs when the job's
     ``jobs.optional_stages`` lists it and its NSM settings are active; ``verify`` checks
-    encode's outputs before ``deliver`` sends any of them."""
+    encode's outputs before ``deliver`` sends any of them; ``history`` records the finished
+    exam (:mod:`workers.recording`)."""
+    from workers.recording import HISTORY_STAGE, record_history
+
     del settings  # every stage reads its own settings section
     return [
         Stage("prepare", "cpu", prepare),
@@ -337,4 +341,5 @@ def node_chain(settings: Settings) -> list[Stage]:
         Stage("encode", "cpu", encode),
         Stage("verify", "cpu", verify),
         Stage("deliver", "io", deliver),
+        Stage(HISTORY_STAGE, "cpu", record_history),
     ]

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _SKIP_NAMES = {"DICOMDIR"}
 SERIES_VIEW = "series"  # the input's instances as a spool-like folder (*.dcm + summary.json)
+#: Stages of a node job that an offline analysis leaves out (no PACS, no patient history).
+NODE_ONLY = ("deliver", "history")
 
 
 def dicom_files(folder: Path) -> list[Path]:
@@ -118,7 +120,8 @@ def job_like(settings: Settings, match: RouteMatch, *, profile: str | None,
 
     The same path as the node's job creation: route (``match``) -> profile (``profile`` wins)
     -> ``--set`` -> the job's configuration snapshot (written to ``out/config.json``) -> its
-    chain, without ``deliver`` (and without encode/verify unless ``encode``).
+    chain, without ``deliver`` and ``history`` (an offline analysis is not a node exam), and
+    without encode/verify unless ``encode``.
 
     Raises
     ------
@@ -132,7 +135,7 @@ def job_like(settings: Settings, match: RouteMatch, *, profile: str | None,
     config = build_config(settings, stages, match, profile=profile, sets=sets)
     write_json_atomic(out / "config.json", config.model_dump(mode="json"))
     chain = [s for s in job_chain({s.name: s for s in stages}, config, stages)
-             if s.name != "deliver" and (encode or s.name not in ("encode", "verify"))]
+             if s.name not in NODE_ONLY and (encode or s.name not in ("encode", "verify"))]
     return job_settings(settings, config), chain
 
 

@@ -11,7 +11,7 @@ the other (never overlapping), and reads the times back from the node (``summary
 series, the job's stage records) and from Orthanc (polled every 0.1 s until every result is
 there). Printed: one row per run and policy, then the medians side by side. Each phase counts
 from the previous one's end: ``complete`` from the last instance received, ``first stage`` from
-the close, each stage its own duration, ``in orthanc`` from the last stage's end (slightly
+the close, each stage its own duration, ``in orthanc`` from the deliver stage's end (slightly
 negative when the 0.1 s poll saw the last result before the deliver stage wrote its end), and
 ``total`` from the last instance to every result in Orthanc.
 """
@@ -90,7 +90,8 @@ def one_run(node: Node, orthanc: Orthanc, store: JobStore, policy: str, seed: in
            "complete": float(closed["closed_at"]) - last,
            "first stage": float(stages[chain[0]]["start"]) - float(closed["closed_at"])}
     row.update({name: float(stages[name]["duration"]) for name in chain})
-    end = float(stages[chain[-1]]["start"]) + float(stages[chain[-1]]["duration"])
+    sent_by = "deliver" if "deliver" in stages else chain[-1]  # history is recorded after it
+    end = float(stages[sent_by]["start"]) + float(stages[sent_by]["duration"])
     row["in orthanc"] = stored - end  # < 0: seen before the deliver stage recorded its end
     row["total"] = stored - last
     return row

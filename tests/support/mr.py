@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -26,12 +27,15 @@ def mr_series(
     images_in_acquisition: int | None = None,
     orientation: Sequence[float] = (0, 1, 0, 0, 0, -1),
     positions: Sequence[Sequence[float]] | None = None,
+    header: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Write an MR series (one file per slice); returns the paths in slice order.
 
     Sagittal slices ``spacing`` apart by default; ``orientation`` and ``positions`` (one
     ImagePositionPatient per slice, written as given) describe any other geometry.
     ``images_in_acquisition`` writes that header (as GE does), an expected count for completion.
+    ``header`` sets further attributes on every instance (keyword -> value, e.g. PatientID,
+    IssuerOfPatientID, StudyDate, Laterality), after the defaults.
     """
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
@@ -69,6 +73,8 @@ def mr_series(
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.PixelData = rng.integers(0, 4096, (rows, columns), dtype=np.uint16).tobytes()
+        for keyword, value in (header or {}).items():
+            setattr(ds, keyword, value)
         path = folder / f"{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

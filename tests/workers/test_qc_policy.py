@@ -115,6 +115,16 @@ def test_hold_puts_a_failed_job_in_review_release_delivers_discard_does_not(node
         from pipeline.encode.sr import read_sr_measurements
 
         assert read_sr_measurements(pydicom.dcmread(sr))["qc_outcome"] == "fail"
+        # the results history: the released exam with its QC state, the discarded one not at all
+        from kneenode.history import open_history
+
+        assert final["stages"]["history"]["state"] == "done"
+        with open_history(Settings(data_dir=node.data_dir)) as history:
+            exam = history.get(final["id"])
+            assert exam is not None and exam.qc_outcome == "fail"
+            assert exam.qc_decision == "released" and exam.series_uid == final["series_uid"]
+            assert exam.pseudonym == history.pseudonym("PHANTOM-0001", "")  # mr_series' ID
+            assert history.get(discarded["id"]) is None
     finally:
         stop(pacs)
 

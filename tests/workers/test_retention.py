@@ -104,3 +104,31 @@ def test_purge_cli(store, tmp_path):
     retry = subprocess.run([KNEENODE, "retry", failed[0]], check=False, capture_output=True, text=True,
                            env=env, timeout=60)
     assert retry.returncode == 1 and "purged" in retry.stderr
+
+
+def test_retention_never_deletes_the_history(store, tmp_path):
+    """Expired and emergency removal of job and spool folders leave the results history (its
+    database and the pseudonym secret under data_dir/history) and every record in it."""
+    from datetime import date
+
+    from kneenode.history import ExamRecord, open_history
+    from kneenode.history.store import history_dir, secret_path
+
+    settings = Settings(data_dir=tmp_path, retention=RetentionSettings(
+        days=7, emergency_free_bytes=2**62))  # expired ones, then everything finished
+    jobs = [make_job(store, tmp_path, "done", age) for age in (1, 8, 30)]
+    with open_history(settings) as history:
+        p = history.pseudonym("P1", "H")
+        for i, (job_id, _, _) in enumerate(jobs):
+            history.record(ExamRecord(job_id=job_id, study_uid="1.2", series_uid=f"1.2.{i}",
+                                      pseudonym=p, side="left", study_date=date(2020 + i, 1, 1),
+                                      results={"med_wb_fem_cart_mm_mean": 2.0 - i / 10}))
+        before = history.all_exams(include_superseded=True)
+    secret = secret_path(settings).read_bytes()
+    removed = run_retention(settings, store)
+    assert {i.job_id for i in removed} == {j[0] for j in jobs}
+    assert all(not job_dir.exists() for _, job_dir, _ in jobs)
+    assert history_dir(settings).is_dir() and secret_path(settings).read_bytes() == secret
+    with open_history(settings) as history:
+        assert history.all_exams(include_superseded=True) == before
+        assert [e.job_id for e in history.exams(p, "left")] == [j[0] for j in jobs]

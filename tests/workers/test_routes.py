@@ -27,7 +27,7 @@ from workers.jobstate import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
 NSM = ROOT / "models" / "nsm_demo"
-FULL_CHAIN = ["prepare", "segment", "qc", "quantify", "encode", "verify", "deliver"]
+FULL_CHAIN = ["prepare", "segment", "qc", "quantify", "encode", "verify", "deliver", "history"]
 #: The demo NSM sized for CPU tests (as in tests/pipeline/shape).
 FIT = {"iterations": 200, "points": 3000, "mean_shape_resolution": 64, "recon_resolution": 96}
 
@@ -113,7 +113,8 @@ def test_two_callers_two_called_aes_three_profiles(node_factory, tmp_path: Path)
         assert research["called_ae"] == "KNEE_RESEARCH" and clinical["called_ae"] == "KNEE_CLIN"
         assert research["chain"] == clinical["chain"] == FULL_CHAIN
         assert scanner["chain"] == [
-            "prepare", "segment", "qc", "quantify", "shape", "encode", "verify", "deliver"]
+            "prepare", "segment", "qc", "quantify", "shape", "encode", "verify", "deliver",
+            "history"]
         assert not clinical["config"]["settings"]["encode"]["sr"]
         assert scanner["config"]["models"]["nsm"]["bone_cart_model"]["sha256"]
         assert research["config"]["models"]["segment"]["is_demo"] is True

@@ -366,3 +366,33 @@ def test_a_declared_size_over_the_limit_is_refused_before_reading() -> None:
     with pytest.raises(NodeError) as err:
         check_declared_size(settings, 20 * 1024**2)
     assert err.value.code == ErrorCode.UPLOAD_TOO_LARGE and "upload.max_bytes" in err.value.message
+
+
+def test_the_cli_uploads_a_folder_with_its_files(uploads: Cluster, phantom, tmp_path: Path) -> None:
+    paths, _ = phantom
+    folder = tmp_path / "cd" / "DICOM"
+    folder.mkdir(parents=True)
+    for p in paths.dicom_files:
+        (folder / p.stem).write_bytes(p.read_bytes())  # no suffix, as on a CD
+    (folder / ".DS_Store").write_bytes(b"\0\0junk")
+    done = subprocess.run([KNEENODE, "upload", str(folder), "--user", "frank"],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env=node_env(KNEENODE_CONFIG=str(uploads.config), COLUMNS="300"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "48 instances, dicom-files" in done.stdout and "profile 'default'" in done.stdout
+    (job,) = uploads.store.list_jobs()
+    assert (job["source"], job["user"], job["state"]) == ("upload", "frank", "queued")
+
+
+def test_one_enhanced_mr_object_is_a_series_of_one_instance(uploads: Cluster,
+                                                            tmp_path: Path) -> None:
+    from pipeline.phantom.enhanced_writer import write_enhanced_series
+
+    (path,) = write_enhanced_series(make_phantom(25, "small"), tmp_path / "mf")
+    out = import_upload([UploadFile(path.name, path=path)], settings=uploads.settings,
+                        hand_off=uploads.creator, user="gina")
+    assert out.kind == "dicom-files" and out.instances == 1
+    assert (out.series_path / f"{dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm"
+            ).read_bytes() == path.read_bytes()
+    job = uploads.store.get(out.job_id) or {}
+    assert job["state"] == "queued" and job["instance_count"] == 1
