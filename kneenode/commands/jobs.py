@@ -187,8 +187,11 @@ def _node(ctx: typer.Context) -> tuple[Settings, JobStore, RedisBroker]:
 
 
 def user_name() -> str:
-    """Who runs the command, for the job's events."""
-    return getpass.getuser()
+    """Who runs the command, for the job's events (``unknown`` in a container without one)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
 
 
 @app.command("retry")
