@@ -125,7 +125,6 @@ class _Staging:
     spool: Spool
     received: int = 0  # bytes read from the client
     unpacked: int = 0  # bytes inflated from zip members
-    members: int = 0
     files: list[str] = field(default_factory=list)
 
     @property
@@ -312,7 +311,6 @@ def _receive(stage: _Staging, files: Sequence[UploadFile], fields: dict[str, str
         if _is_zip(path) or _is_volume(name):
             raise refuse(ErrorCode.UPLOAD_NOT_DICOM, f"{name}: a zip or a volume must be "
                          "uploaded alone, not among other files")
-    stage.members = len(paths)
     return "dicom-files", paths
 
 
@@ -374,7 +372,6 @@ def _unzip(stage: _Staging, archive: Path, name: str) -> list[tuple[str, Path]]:
             target = stage.tmp / f"member-{len(out):06d}"
             _inflate_member(stage, zf, info, target, name)
             out.append((info.filename, target))
-        stage.members = len(out)
         return out
 
 
