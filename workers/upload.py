@@ -380,7 +380,9 @@ def _inflate_member(stage: _Staging, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
     """Inflate one member, counting its real bytes (the header's sizes are not trusted)."""
     up, instance_limit = stage.settings.upload, stage.settings.scp.max_instance_bytes
     member, size = info.filename, 0
-    compressed = max(int(info.compress_size), 1)
+    # the header's compressed size is capped by the archive's real size: a member claiming more
+    # compressed bytes than the upload has cannot hide a high ratio behind it
+    compressed = max(min(int(info.compress_size), stage.received), 1)
     try:
         with zf.open(info) as src, open(target, "wb") as out:
             while True:

@@ -420,3 +420,4 @@ def test_a_failed_hand_off_keeps_the_checked_series_for_the_edge_to_announce(
                                 lambda s: jobs.append(s.series_uid) or "job-1")
     assert [s.series_uid for s in monitor.poll_once()] == [out.series_uid] == jobs
     assert json.loads((out.series_path / "announced").read_text())["job_id"] == "job-1"
+
