@@ -767,7 +767,64 @@ class QcSettings(Section):
         return v
 
 
-PROFILE_SECTIONS: tuple[str, ...] = ("segment", "nsm", "encode", "delivery", "qc")
+#: Smallest detectable change of the mean cartilage thickness per region (mm). Placeholder: 0.2 mm
+#: is about 2.77 x a test-retest SD of 0.07 mm (3-4 % of a 2 mm plate), the order of the
+#: femorotibial test-retest precision of 3 T DESS morphometry (Schneider et al., Osteoarthritis
+#: Cartilage 2012;20:869-879); not read from a table of that paper: calibrate with your own
+#: test-retest scans (docs/change.md).
+DEFAULT_SDC_MM: dict[str, float] = {
+    "ant_fem_cart": 0.2, "med_wb_fem_cart": 0.2, "lat_wb_fem_cart": 0.2,
+    "med_post_fem_cart": 0.2, "lat_post_fem_cart": 0.2, "med_tib_cart": 0.2,
+    "lat_tib_cart": 0.2, "pat_cart": 0.2,
+}
+#: Smallest detectable change of the cartilage plate volumes (% of the prior volume). Placeholder.
+DEFAULT_SDC_VOLUME_PERCENT: dict[str, float] = {
+    "fem_cart": 5.0, "med_tib_cart": 5.0, "lat_tib_cart": 5.0, "pat_cart": 5.0,
+}
+
+
+class ChangeSettings(Section):
+    """Change since the most recent prior exam of the same knee (pipeline.change, docs/change.md).
+
+    A region is flagged when the absolute change exceeds its smallest detectable change (SDC):
+    the change a test-retest pair of scans of an unchanged knee stays below in 95 % of pairs
+    (1.96 x sqrt(2) x the test-retest SD).
+    """
+
+    sdc_mm: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_SDC_MM),
+        description="Smallest detectable change of the mean thickness per region (mm); a region "
+        "whose |change| exceeds it is flagged. Default 0.2 mm everywhere: a placeholder of the "
+        "order of published 3 T DESS test-retest precision (docs/change.md).",
+    )
+    sdc_volume_percent: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_SDC_VOLUME_PERCENT),
+        description="Smallest detectable change of each cartilage plate volume (% of the prior "
+        "volume); a plate whose |change| exceeds it is flagged. Default 5 %: a placeholder.",
+    )
+    min_interval_days: int = Field(
+        default=90, ge=0,
+        description="Priors closer than this to the current exam are not compared (a rate per "
+        "year from a shorter interval is mostly noise; 3-6 months is about the shortest "
+        "interval at which cartilage loss was detected, Osteoarthritis Cartilage "
+        "2010;18:677-683, doi:10.1016/j.joca.2010.02.010).",
+    )
+    use_failed_qc_priors: bool = Field(
+        default=False,
+        description="Compare with a prior whose segmentation QC outcome was fail (off: such "
+        "priors are skipped with the reason).",
+    )
+
+    @field_validator("sdc_mm", "sdc_volume_percent")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not x > 0}
+        if bad:  # the region names are checked by pipeline.change (layering)
+            raise ValueError(f"every smallest detectable change must be > 0, got {bad}")
+        return v
+
+
+PROFILE_SECTIONS: tuple[str, ...] = ("segment", "nsm", "encode", "delivery", "qc", "change")
 PROFILE_JOB_KEYS: tuple[str, ...] = ("optional_stages", "stage_time_limit_s", "stage_time_limits")
 DEFAULT_PROFILE = "default"
 
@@ -787,6 +844,9 @@ class ProfileSettings(Section):
     delivery: dict[str, Any] = Field(default_factory=dict, description="Overrides of [delivery].")
     qc: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of [qc], e.g. {on_fail = \"pdf_only\"}."
+    )
+    change: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of [change], e.g. {min_interval_days = 180}."
     )
     optional_stages: list[str] | None = Field(
         default=None, description="Overrides jobs.optional_stages."
@@ -1016,6 +1076,10 @@ class Settings(BaseSettings):
     )
     qc: QcSettings = Field(
         default_factory=QcSettings, description="Segmentation QC and what a failed result delivers."
+    )
+    change: ChangeSettings = Field(
+        default_factory=ChangeSettings,
+        description="Change since the most recent prior exam: smallest detectable changes.",
     )
     profiles: dict[str, ProfileSettings] = Field(
         default_factory=dict,

@@ -31,6 +31,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.fsio import write_json_atomic, write_text_atomic
+from pipeline.change_report import CHANGE_TISSUES, ChangeReport
 from pipeline.labels import TISSUE_KEYS
 from pipeline.qc.record import QcRecord
 from pipeline.quantify.results import THICKNESS_REGIONS
@@ -149,6 +150,9 @@ class ResultsBase(BaseModel):
     nsm_iterations: int | None = Field(default=None, description="Latent-fit iterations run.")
     nsm_loss: float | None = Field(default=None, description="Best latent-fit loss.")
     nsm_seconds: float | None = Field(default=None, description="Shape stage time (s; a timing).")
+    change: ChangeReport | None = Field(
+        default=None, description="Change since the most recent prior exam of this knee (stage "
+        "compare; docs/change.md); null when not computed.")
     seconds: dict[str, float] = Field(default_factory=dict,
                                       description="Timings (s) per stage and step (merged by stages).")
 
@@ -187,10 +191,45 @@ Results: type[ResultsBase] = create_model(  # type: ignore[call-overload]
     **_measurement_fields(),
 )
 
+def change_columns() -> list[str]:
+    """CSV columns of the change report (after the research pipeline's columns; empty cells
+    when no comparison was made)."""
+    cols = ["change_status", "change_prior_study_date", "change_interval_days"]
+    for region in THICKNESS_REGIONS:
+        cols += [f"{region}_mm_mean_change", f"{region}_mm_mean_change_pct_year",
+                 f"{region}_mm_mean_change_flagged"]
+    for tissue in CHANGE_TISSUES:
+        cols += [f"{tissue}_mm3_change", f"{tissue}_ml_change_pct_year",
+                 f"{tissue}_ml_change_flagged"]
+    return cols
+
+
+def _change_cells(change: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The change columns' values of one record (results.json's ``change`` section)."""
+    if not change:
+        return {}
+    prior = change.get("prior") or {}
+    out: dict[str, Any] = {"change_status": change.get("status"),
+                           "change_prior_study_date": prior.get("study_date"),
+                           "change_interval_days": change.get("interval_days")}
+    for t in change.get("thickness", []):
+        key = f"{t['region']}_mm_mean_change"
+        out.update({key: t.get("change_mm"), f"{key}_pct_year": t.get("change_percent_per_year"),
+                    f"{key}_flagged": t.get("flagged")})
+    for v in change.get("volume", []):
+        out.update({f"{v['tissue']}_mm3_change": v.get("change_mm3"),
+                    f"{v['tissue']}_ml_change_pct_year": v.get("change_percent_per_year"),
+                    f"{v['tissue']}_ml_change_flagged": v.get("flagged")})
+    return out
+
+
+#: The research pipeline's columns (flat results.json keys; the history keeps these per exam).
 CSV_COLUMNS: tuple[str, ...] = (
     "study_uid", "series_uid", "side", *thickness_keys(), *t2_keys(), *volume_keys(),
     "bscore", "nsm_assd_bone_mm", "nsm_assd_cart_mm",
 )
+#: results.csv's header: the research columns, then the change since the prior exam.
+RESULTS_CSV_COLUMNS: tuple[str, ...] = (*CSV_COLUMNS, *change_columns())
 
 
 def validate_results(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,11 +272,13 @@ def update_results(folder: Path, update: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def csv_text(record: Mapping[str, Any]) -> str:
-    """The research pipeline's table: a header of :data:`CSV_COLUMNS` and one row (null = empty)."""
+    """results.csv: a header of :data:`RESULTS_CSV_COLUMNS` (the research pipeline's columns,
+    then the change) and one row (null = empty)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    writer.writerow(["" if record.get(c) is None else record[c] for c in CSV_COLUMNS])
+    writer.writerow(RESULTS_CSV_COLUMNS)
+    values = {**record, **_change_cells(record.get("change"))}
+    writer.writerow(["" if values.get(c) is None else values[c] for c in RESULTS_CSV_COLUMNS])
     return buf.getvalue()
 
 

@@ -4,9 +4,9 @@ Idempotent per (series_uid, version): the edge may announce a version again afte
 gets the same job back. Each version gets a new job linked to the series' earlier job. The series
 is routed (:mod:`scp.routing`, first match wins) to a profile (an uploaded series: the uploader's
 choice, :mod:`workers.upload`); the job stores which rule matched and why, and a snapshot of its
-configuration (:mod:`workers.jobconfig`) that every stage, retry
-and redelivery runs from. Series that a route ignores or that fail selection become ``ignored``
-jobs carrying the rule and the reason, so operators can see every series.
+configuration (:mod:`workers.jobconfig`) that every stage, retry and redelivery runs from. Series
+that a route ignores or that fail selection become ``ignored`` jobs carrying the rule and the
+reason, so operators can see every series.
 """
 
 from __future__ import annotations

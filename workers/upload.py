@@ -125,7 +125,6 @@ class _Staging:
     spool: Spool
     received: int = 0  # bytes read from the client
     unpacked: int = 0  # bytes inflated from zip members
-    members: int = 0
     files: list[str] = field(default_factory=list)
 
     @property
@@ -312,7 +311,6 @@ def _receive(stage: _Staging, files: Sequence[UploadFile], fields: dict[str, str
         if _is_zip(path) or _is_volume(name):
             raise refuse(ErrorCode.UPLOAD_NOT_DICOM, f"{name}: a zip or a volume must be "
                          "uploaded alone, not among other files")
-    stage.members = len(paths)
     return "dicom-files", paths
 
 
@@ -374,7 +372,6 @@ def _unzip(stage: _Staging, archive: Path, name: str) -> list[tuple[str, Path]]:
             target = stage.tmp / f"member-{len(out):06d}"
             _inflate_member(stage, zf, info, target, name)
             out.append((info.filename, target))
-        stage.members = len(out)
         return out
 
 
@@ -383,7 +380,9 @@ def _inflate_member(stage: _Staging, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
     """Inflate one member, counting its real bytes (the header's sizes are not trusted)."""
     up, instance_limit = stage.settings.upload, stage.settings.scp.max_instance_bytes
     member, size = info.filename, 0
-    compressed = max(int(info.compress_size), 1)
+    # the header's compressed size is capped by the archive's real size: a member claiming more
+    # compressed bytes than the upload has cannot hide a high ratio behind it
+    compressed = max(min(int(info.compress_size), stage.received), 1)
     try:
         with zf.open(info) as src, open(target, "wb") as out:
             while True:

@@ -47,6 +47,7 @@ class OrientationName(str, Enum):
 
 @app.command("phantom")
 def phantom(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Output folder (dicom/ and truth/ are created in it).")],
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same phantom.")] = 0,
     preset: Annotated[PresetName, typer.Option(help="small (64x64x48) or full (384x384x160).")] = (
@@ -64,6 +65,14 @@ def phantom(
     ] = Compression.none,
     enhanced: Annotated[bool, typer.Option(
         "--enhanced", help="One Enhanced MR object (all slices and echoes as frames).")] = False,
+    followup_of: Annotated[Path | None, typer.Option(
+        "--followup-of", help="Write a follow-up exam of the phantom in this folder: same patient "
+        "and knee, later Study Date, new UIDs, cartilage thinner by --loss.")] = None,
+    loss: Annotated[list[str] | None, typer.Option(
+        "--loss", help="With --followup-of: REGION=MM thickness loss (repeatable; medial / "
+        "lateral = that weight-bearing zone, femoral and tibial), e.g. medial=0.3.")] = None,
+    interval_days: Annotated[int, typer.Option(
+        help="With --followup-of: days from the baseline's Study Date to the follow-up's.")] = 365,
 ) -> None:
     """Write a synthetic knee MRI series with exact ground truth (SYNTHETIC: not a patient)."""
     from pipeline.phantom import make_phantom, write_phantom
@@ -71,18 +80,49 @@ def phantom(
     if out.exists() and any(out.iterdir()):
         raise fail(f"{out} exists and is not empty")
     t0 = time.perf_counter()
-    ph = make_phantom(
-        seed,
-        preset.value,
-        side=side.value if side else None,
-        orientation=orientation.value,
-        qdess=qdess,
-    )
+    if followup_of is not None:
+        ph, enhanced = _followup(ctx, followup_of, loss or [], interval_days, enhanced)
+    else:
+        if loss:
+            raise fail("--loss needs --followup-of (the baseline phantom's folder)")
+        ph = make_phantom(
+            seed,
+            preset.value,
+            side=side.value if side else None,
+            orientation=orientation.value,
+            qdess=qdess,
+        )
     paths = write_phantom(ph, out, transfer_syntax=TRANSFER_SYNTAXES[compression.value],
                           enhanced=enhanced)
     what = "Enhanced MR object" if enhanced else "instances"
+    lost = ""
+    if ph.followup is not None:
+        lost = " follow-up of " + ph.study_date + " loss " + (", ".join(
+            f"{r}={mm:g}" for r, mm in ph.followup.losses().items() if mm) or "none") + " mm"
     typer.echo(
-        f"phantom seed={seed} preset={preset.value} side={ph.side} orientation={orientation.value} "
-        f"qdess={qdess}: {len(paths.dicom_files)} {what} in {paths.dicom_dir}, truth in "
+        f"phantom seed={ph.seed} preset={ph.preset} side={ph.side} orientation={ph.orientation} "
+        f"qdess={ph.qdess}{lost}: {len(paths.dicom_files)} {what} in {paths.dicom_dir}, truth in "
         f"{paths.truth_json.parent} ({time.perf_counter() - t0:.1f} s)"
     )
+
+
+#: Options that describe the knee: a follow-up takes them from its baseline.
+_KNEE_OPTIONS = ("seed", "preset", "side", "orientation", "qdess")
+
+
+def _followup(ctx: typer.Context, baseline: Path, loss: list[str], interval_days: int,
+              enhanced: bool) -> tuple[object, bool]:
+    """The follow-up phantom of ``baseline`` and whether to write it as Enhanced MR."""
+    from pipeline.phantom import followup_of, parse_loss, read_truth
+
+    sources = {o: ctx.get_parameter_source(o) for o in _KNEE_OPTIONS}
+    given = [f"--{o}" for o, src in sources.items() if src is not None and src.name != "DEFAULT"]
+    if given:
+        raise fail(f"{', '.join(given)}: a follow-up's knee is its baseline's (drop the option)")
+    try:
+        truth = read_truth(baseline)
+        ph = followup_of(truth, loss_mm=parse_loss(loss), interval_days=interval_days)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    files = truth.get("files") or {}
+    return ph, enhanced or files.get("sop_class") == "enhanced_mr"

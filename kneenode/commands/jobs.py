@@ -15,6 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 from rich.console import Console
 from rich.table import Table
 
+from kneenode.changeview import job_change
 from kneenode.cli_app import CliState, app, fail, settings_for
 from kneenode.errors import NodeError
 from kneenode.joblist import jobs_table, when
@@ -149,6 +150,9 @@ def job_cmd(
             head.add_row(f"error.{key}", str(err.get(key, "")))
     head.add_row("created", when(job.get("created")))
     console.print(head)
+    change = job_change(job.get("job_dir"))
+    if change is not None:
+        console.print(change)
     stages = Table(title="stages")
     for col in ("stage", "state", "attempts", "start", "duration s", "worker"):
         stages.add_column(col)

@@ -58,6 +58,7 @@ from pipeline.encode.common import (
 )
 from pipeline.encode.frames import instance_references
 from pipeline.encode.overlay import colorize, source_volume, window_to_uint8
+from pipeline.encode.pdf_change import change_of, draw_change_page, summary_line
 from pipeline.encode.report_maps import MAP_RANGE_MM, ReportMap, map_from_grid, report_maps
 from pipeline.encode.sr import BSCORE_KEYS
 
@@ -134,7 +135,7 @@ def _identification(first: Dataset, results: Mapping[str, Any], info: AlgorithmI
                     ) -> list[tuple[str, str]]:
     side = knee_side(results)
     bscore = _bscore(results)
-    return [
+    rows = [
         ("Patient", f"{first.get('PatientName', '')}"),
         ("ID / born / sex", (f"{first.get('PatientID', '')} / {first.get('PatientBirthDate', '')}"
                             f" / {first.get('PatientSex', '')}")),
@@ -147,6 +148,10 @@ def _identification(first: Dataset, results: Mapping[str, Any], info: AlgorithmI
         ("BScore", f"BScore (femur shape): {bscore:.2f}" if bscore is not None
          else "BScore: not computed"),
     ]
+    change = change_of(results)
+    if change is not None:  # one line: the comparison, or why there is none
+        rows.append(("Change", summary_line(change)))
+    return rows
 
 
 def _banner(fig: Figure, y: float, text: str, colour: str, fontsize: float = 11,
@@ -326,6 +331,22 @@ def _draw_slice(fig: Figure, box: tuple[float, float, float, float], index: int,
     ax.axis("off")
 
 
+def _change_page(results: Mapping[str, Any], info: AlgorithmInfo) -> Figure | None:
+    """The change since the prior (tables and trends), when a comparison was made."""
+    change = change_of(results)
+    if change is None or change.get("status") != "compared":
+        return None
+    fig = Figure(figsize=_A4)
+    fig.text(0.06, 0.962, "Change since the prior exam", fontsize=13, weight="bold")
+    y = _banner(fig, 0.952, NOT_FOR_DIAGNOSIS + (f" - {DEMO_BANNER}" if info.is_demo else ""),
+                "#a00000", 9)
+    y = _qc_banner(fig, y, results)
+    draw_change_page(fig, y, change)
+    for i, line in enumerate(fit_lines(DISCLAIMER, 7, 0.88, 3)):
+        fig.text(0.06, 0.05 - i * 0.012, line, fontsize=7)
+    return fig
+
+
 def _page_two(rgb_slices: list[tuple[int, np.ndarray]], results: Mapping[str, Any],
               info: AlgorithmInfo) -> Figure:
     fig = Figure(figsize=_A4)
@@ -444,7 +465,8 @@ def render_report(
     info: AlgorithmInfo,
     figures: ReportFigures,
 ) -> bytes:
-    """The report as PDF bytes (two A4 pages) with the key slices and maps of ``figures``."""
+    """The report as PDF bytes (two A4 pages; three with a change since a prior exam) with the
+    key slices and maps of ``figures``."""
     buf = io.BytesIO()
     font_log = logging.getLogger("matplotlib.font_manager")
     level = font_log.level
@@ -455,6 +477,9 @@ def render_report(
         with rc_context({"pdf.use14corefonts": True, "axes.unicode_minus": False}), \
                 PdfPages(buf, metadata=meta) as pdf:
             pdf.savefig(_page_one(first, results, info, figures.maps))
+            change_page = _change_page(results, info)
+            if change_page is not None:
+                pdf.savefig(change_page)
             pdf.savefig(_page_two(figures.rgb_slices, results, info))
     finally:
         font_log.setLevel(level)

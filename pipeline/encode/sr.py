@@ -17,7 +17,9 @@ T2 of the deep and superficial halves (``<region>_deep_t2_ms_<stat>``, as the ph
 the old pipeline spell them; ``<region>_t2_ms_deep_<stat>`` is accepted too) is a T2 measurement
 whose finding site has the topographical modifier Deep / Superficial. BScore and ASSD have no
 standard code: they use the private coding scheme ``99KNEENODE``, declared in the Coding Scheme
-Identification Sequence. The segmentation QC outcome (``results["qc"]["outcome"]``) is a
+Identification Sequence. With a change report (``results["change"]``, status ``compared``) each
+group also carries its time point, the prior's values and the change since the prior
+(:mod:`pipeline.encode.sr_change`). The segmentation QC outcome (``results["qc"]["outcome"]``) is a
 qualitative evaluation (private code ``SEGQC``: ``QCPASS`` / ``QCWARN`` / ``QCFAIL``) in every
 group, so no measurement can be read without it.
 """
@@ -52,8 +54,16 @@ from pipeline.encode.common import (
 )
 from pipeline.encode.frames import frame_number, unique_instances
 from pipeline.encode.rawseq import freeze_sequence, mark_explicit_little
+from pipeline.encode.sr_change import (
+    CHANGE_CODES,
+    PRIVATE_SCHEME,
+    change_items,
+    compared,
+    measurements,
+    time_point,
+    tracking_uid,
+)
 
-PRIVATE_SCHEME = "99KNEENODE"
 BSCORE = Code("BSCORE", PRIVATE_SCHEME, "BScore (femur shape score)")
 ASSD_BONE = Code("ASSDBONE", PRIVATE_SCHEME, "NSM fit ASSD bone")
 ASSD_CART = Code("ASSDCART", PRIVATE_SCHEME, "NSM fit ASSD cartilage")
@@ -176,13 +186,17 @@ def _segments_by_key(seg: Dataset) -> dict[str, int]:
 def _groups(
     *,
     seg: Dataset,
-    series_uid: str,
+    first: Dataset,
     results: Mapping[str, Any],
     info: AlgorithmInfo,
     side: str | None,
     images: Mapping[int, list[hd.sr.SourceImageForSegmentation]] | None = None,
 ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """One TID 1411 group per structure; with a change report each also carries its time point,
+    the prior's values and the change (:mod:`sr_change`)."""
     algo = hd.sr.AlgorithmIdentification(name=info.name, version=info.version)
+    change = compared(results)
+    now = time_point(change, "current") if change else None
     numbers = _segments_by_key(seg)
     if "femur" not in numbers or "fem_cart" not in numbers:
         raise encode_error("the SEG lacks the femur or femoral cartilage segment")
@@ -194,24 +208,28 @@ def _groups(
     plan.append((SHAPE_GROUP, shape_measurements(results)))
     qc = qc_evaluations(results)
     groups = []
-    for key, measurements in plan:
-        if not measurements:
+    for key, values in plan:
+        if not values:
             continue
+        nums, evals = change_items(key, change) if change else ([], [])
         number = numbers.get(key) or _fallback(key, numbers)
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=key),
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=tracking_uid(first, side, key), identifier=key),
                 referenced_segment=hd.sr.ReferencedSegment(
                     sop_class_uid=SegmentationStorage,
                     sop_instance_uid=seg.SOPInstanceUID,
                     segment_number=number,
                     source_images=images[number] if images else None,
-                    source_series=None if images else hd.sr.SourceSeriesForSegmentation(series_uid),
+                    source_series=None if images else hd.sr.SourceSeriesForSegmentation(
+                        first.SeriesInstanceUID),
                 ),
+                time_point_context=now,
                 algorithm_id=algo,
                 finding_sites=sites,
-                measurements=measurements,
-                qualitative_evaluations=qc,
+                measurements=[*values, *nums],
+                qualitative_evaluations=[*(qc or []), *evals] or None,
             )
         )
     return groups
@@ -306,7 +324,7 @@ def encode_sr(
         images = segment_source_images(seg, datasets, labels)
     groups = _groups(
         seg=seg,
-        series_uid=datasets[0].SeriesInstanceUID,
+        first=datasets[0],
         results=results,
         info=info,
         side=side,
@@ -340,7 +358,7 @@ def encode_sr(
     )
     scheme = Dataset()
     scheme.CodingSchemeDesignator = PRIVATE_SCHEME
-    scheme.CodingSchemeName = "kneenode private codes (BScore, NSM fit quality, QC)"
+    scheme.CodingSchemeName = "kneenode private codes (BScore, NSM fit quality, QC, change)"
     scheme.CodingSchemeResponsibleOrganization = "kneenode"
     sr.CodingSchemeIdentificationSequence = [scheme]
     return _plain(sr)
@@ -373,8 +391,9 @@ def read_sr_measurements(sr: Dataset) -> dict[str, Any]:
         for site in group.finding_sites:
             if site.laterality is not None:
                 out["side"] = _SIDE_BY_CODE[site.laterality.value]
-        for m in group.get_measurements():
-            out[_key(prefix, m)] = float(m.value)
+        for m in measurements(group):
+            if m.name.value not in CHANGE_CODES:  # the change: read_sr_change
+                out[_key(prefix, m)] = float(m.value)
         for item in group.get_qualitative_evaluations():
             if item.name.value == QC.value:
                 out["qc_outcome"] = _QC_BY_CODE[item.value.value]

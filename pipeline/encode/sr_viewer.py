@@ -190,7 +190,8 @@ def add_measurement_sources(
         points = outlines[number]
         used.add(k)
         for item in group.ContentSequence:
-            if item.ValueType == "NUM":
+            # measurements only: not the NUMs of a Time Point Context (HAS OBS CONTEXT)
+            if item.ValueType == "NUM" and item.get("RelationshipType") == "CONTAINS":
                 children = list(item.get("ContentSequence", []))
                 children.append(_source_of_measurement(points, source[k]))
                 item.ContentSequence = DicomSequence(children)

@@ -17,6 +17,7 @@ from pipeline.phantom.contrast import (
     render_echoes,
     t2_map,
 )
+from pipeline.phantom.followup import BASELINE_DATE, Followup
 from pipeline.phantom.pose import (
     ORIENTATIONS,
     SIDES,
@@ -86,6 +87,8 @@ class Phantom:
     truth: dict[str, object]
     qdess_params: QdessParams = field(default_factory=QdessParams)
     imaging: ImagingParams = field(default_factory=ImagingParams)
+    study_date: str = BASELINE_DATE.strftime("%Y%m%d")  # DICOM DA; a follow-up's is later
+    followup: Followup | None = None
 
 
 def _draw(seed: int, preset: Preset, side: str | None, thickness: Mapping[str, float] | None,
@@ -161,6 +164,7 @@ def make_phantom(
     rotation_deg: tuple[float, float, float] | None = None,
     volume_subsamples: int | None = None,
     t2_depth_gradient_ms: float = 10.0,
+    followup: Followup | None = None,
 ) -> Phantom:
     """Generate a knee phantom (deterministic for the arguments).
 
@@ -190,6 +194,10 @@ def make_phantom(
         preset's, 3 for ``small`` and 2 for ``full``).
     t2_depth_gradient_ms
         Cartilage T2 rises by this much from the bone to the articular surface (0 = uniform).
+    followup
+        Make the follow-up exam of the phantom these arguments give: the same knee with the
+        cartilage thinner by ``followup.loss_mm`` per region, bones unchanged, ``interval_days``
+        later, new UIDs and noise (:mod:`pipeline.phantom.followup`). truth.json records the loss.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -200,12 +208,25 @@ def make_phantom(
     p = PRESETS[preset]
     if spacing or shape or scale:
         p = replace(p, spacing=spacing or p.spacing, shape=shape or p.shape, scale=scale or p.scale)
+    arguments = {"seed": seed, "preset": preset, "side": side, "orientation": orientation,
+                 "qdess": qdess, "thickness": dict(thickness) if thickness else None,
+                 "t2_ms": dict(t2_ms) if t2_ms else None,
+                 "spacing": list(spacing) if spacing else None,
+                 "shape": list(shape) if shape else None, "scale": scale,
+                 "imaging": asdict(imaging) if imaging else None,
+                 "rotation_deg": list(rotation_deg) if rotation_deg is not None else None,
+                 "volume_subsamples": volume_subsamples,
+                 "t2_depth_gradient_ms": float(t2_depth_gradient_ms)}
     d = _draw(seed, p, side, thickness, t2_ms)
-    anatomy = g.build_anatomy(d["scale"], d["thickness"])  # type: ignore[arg-type]
+    baseline_mm: dict[str, float] = dict(d["thickness"])  # type: ignore[call-overload]
+    cart_mm = followup.apply(baseline_mm) if followup else baseline_mm
+    anatomy = g.build_anatomy(d["scale"], cart_mm, layout_thickness=baseline_mm)  # type: ignore[arg-type]
     direction = orientation_direction(orientation, d["oblique"])  # type: ignore[arg-type]
     grid = ImageGrid.centred(p.shape, p.spacing, direction, d["centre"])  # type: ignore[arg-type]
     s = anatomy.scale
     rot = rotation_deg if rotation_deg is not None else d["rotation"]
+    if followup is not None:
+        rot = tuple(float(a + b) for a, b in zip(rot, followup.reposition_deg, strict=True))  # type: ignore[arg-type]
     pose0 = KneePose(side=str(d["side"]), rotation_deg=rot, centre=(0.0, 0.0, 0.0))  # type: ignore[arg-type]
     fov_local = np.array([0.0, 10.0 * s + 1.0, -5.0 * s])
     centre = np.asarray(d["centre"]) - pose0.matrix @ fov_local + np.asarray(d["shift"])
@@ -218,7 +239,8 @@ def make_phantom(
     imaging = imaging or ImagingParams()
     qp = QdessParams()
     bias = _bias_on_grid(grid, np.asarray(d["bias"]) * imaging.bias_strength)
-    rng = np.random.default_rng(d["noise_seed"])  # type: ignore[arg-type]
+    noise_seed = [d["noise_seed"], followup.visit] if followup else d["noise_seed"]
+    rng = np.random.default_rng(noise_seed)  # type: ignore[arg-type]
     t2 = t2_map(material, depth, d["t2"], t2_depth_gradient_ms)  # type: ignore[arg-type]
     e1, e2 = render_echoes(material, cortex, t2, qdess=qp, imaging=imaging, bias=bias, rng=rng)
     rss = combine_rss(e1, e2)
@@ -240,10 +262,15 @@ def make_phantom(
     truth["t2_mid_depth_ms"] = dict(d["t2"])  # type: ignore[call-overload]
     truth["t2_depth_gradient_ms"] = float(t2_depth_gradient_ms)
     truth["imaging"] = asdict(imaging)
+    truth["arguments"] = arguments  # what --followup-of rebuilds the baseline knee from
+    truth["study_date"] = (followup.study_date if followup else BASELINE_DATE).isoformat()
+    if followup:
+        truth["followup"] = followup.record(baseline_mm)
     return Phantom(seed=seed, preset=preset, side=pose.side, orientation=orientation, qdess=qdess,
                    grid=grid, pose=pose, anatomy=anatomy, echoes=echoes, echo_times_ms=times,
                    image=rss, labels=labels, subregions=subregions, t2_map=t2,
-                   truth=truth, qdess_params=qp, imaging=imaging)
+                   truth=truth, qdess_params=qp, imaging=imaging,
+                   study_date=str(truth["study_date"]).replace("-", ""), followup=followup)
 
 
 def _bias_on_grid(grid: ImageGrid, coeffs: np.ndarray) -> np.ndarray:

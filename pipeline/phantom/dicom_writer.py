@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from pipeline.phantom.build import Phantom
 
 GE_CREATOR = "GEMS_ACQU_01"
-STUDY_DATE = "20260101"
+STUDY_DATE = "20260101"  # of a baseline phantom; a follow-up has its own (Phantom.study_date)
 STUDY_TIME = "120000"
 
 
@@ -61,6 +61,7 @@ def _common(phantom: Phantom) -> dict[str, Any]:
     plane = {"sagittal": "SAG", "coronal": "COR", "axial": "AX", "oblique": "OBL"}[phantom.orientation]
     desc = f"{plane} 3D {'QDESS' if phantom.qdess else 'DESS'} KNEE PHANTOM"
     qp = phantom.qdess_params
+    day = phantom.study_date
     return {
         "SpecificCharacterSet": "ISO_IR 100",
         "SOPClassUID": MRImageStorage,
@@ -71,7 +72,7 @@ def _common(phantom: Phantom) -> dict[str, Any]:
         "PatientIdentityRemoved": "YES",
         "DeidentificationMethod": "Synthetic phantom: no patient data",
         "StudyInstanceUID": _uid(phantom, "study"),
-        "StudyDate": STUDY_DATE,
+        "StudyDate": day,
         "StudyTime": STUDY_TIME,
         "ReferringPhysicianName": "",
         "StudyID": f"PH{seed % 100000:05d}",
@@ -80,7 +81,7 @@ def _common(phantom: Phantom) -> dict[str, Any]:
         "Modality": "MR",
         "SeriesInstanceUID": _uid(phantom, "series"),
         "SeriesNumber": 1,
-        "SeriesDate": STUDY_DATE,
+        "SeriesDate": day,
         "SeriesTime": STUDY_TIME,
         "SeriesDescription": desc,
         "ProtocolName": desc,
@@ -95,9 +96,9 @@ def _common(phantom: Phantom) -> dict[str, Any]:
         "DeviceSerialNumber": "PHANTOM",
         "StationName": "PHANTOM",
         "AcquisitionNumber": 1,
-        "ContentDate": STUDY_DATE,
+        "ContentDate": day,
         "ContentTime": STUDY_TIME,
-        "AcquisitionDate": STUDY_DATE,
+        "AcquisitionDate": day,
         "AcquisitionTime": STUDY_TIME,
         "ImageType": ["ORIGINAL", "PRIMARY", "OTHER"],
         "BurnedInAnnotation": "NO",

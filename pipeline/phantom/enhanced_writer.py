@@ -26,7 +26,6 @@ from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian
 
 from pipeline.phantom.dicom_writer import (
     GE_CREATOR,
-    STUDY_DATE,
     STUDY_TIME,
     _common,
     _file_meta,
@@ -52,7 +51,6 @@ _TOP_LEVEL = (
     "BitsStored", "HighBit", "PixelRepresentation", "MagneticFieldStrength",
 )
 _KNEE = ("49076000", "SCT", "Knee joint")
-_DATETIME = STUDY_DATE + STUDY_TIME
 
 
 def _item(**values: Any) -> Dataset:
@@ -78,7 +76,7 @@ def _header(phantom: Phantom) -> Dataset:
     ds.InstanceNumber = 1
     ds.SeriesDescription = f"{common['SeriesDescription']} ENH"[:64]
     ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
-    ds.AcquisitionDateTime = _DATETIME
+    ds.AcquisitionDateTime = phantom.study_date + STUDY_TIME
     ds.AcquisitionDuration = 300.0
     ds.ContentQualification = "RESEARCH"
     ds.ResonantNucleus = "1H"
@@ -92,7 +90,7 @@ def _header(phantom: Phantom) -> Dataset:
     ds.PresentationLUTShape = "IDENTITY"
     ds.LossyImageCompression = "00"
     ds.AcquisitionContextSequence = Sequence()
-    ds.InstanceCreationDate, ds.InstanceCreationTime = STUDY_DATE, STUDY_TIME
+    ds.InstanceCreationDate, ds.InstanceCreationTime = phantom.study_date, STUDY_TIME
     # MR Pulse Sequence module (required for ORIGINAL images)
     ds.PulseSequenceName = "qdess3d" if phantom.qdess else "dess3d"
     ds.MRAcquisitionType = "3D"
@@ -199,12 +197,13 @@ def _dimensions(ds: Dataset, phantom: Phantom) -> None:
 def _per_frame(phantom: Phantom) -> Sequence:
     """One Per-frame Functional Groups item per frame (echo-major, slice order)."""
     positions = phantom.grid.slice_positions()
+    when = phantom.study_date + STUDY_TIME
     items = []
     for e, te in enumerate(phantom.echo_times_ms):
         for k, pos in enumerate(positions):
             index = [e + 1, 1, k + 1] if phantom.qdess else [1, k + 1]
             content = _item(
-                FrameAcquisitionDateTime=_DATETIME, FrameReferenceDateTime=_DATETIME,
+                FrameAcquisitionDateTime=when, FrameReferenceDateTime=when,
                 FrameAcquisitionDuration=300000.0 / len(positions), StackID="1",
                 InStackPositionNumber=k + 1, DimensionIndexValues=index,
                 FrameAcquisitionNumber=1)

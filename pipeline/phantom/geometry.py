@@ -96,21 +96,28 @@ class Anatomy:
     body_axes: tuple[float, float]
     fat_mm: float
     extra: dict[str, float] = field(default_factory=dict)
+    layout_thickness: Mapping[str, float] = field(default_factory=dict)  # placed the bones
 
 
-def build_anatomy(scale: float, thickness: Mapping[str, float], gap_mm: float = 0.5) -> Anatomy:
+def build_anatomy(scale: float, thickness: Mapping[str, float], gap_mm: float = 0.5,
+                  layout_thickness: Mapping[str, float] | None = None) -> Anatomy:
     """Dimensions of a knee of relative size ``scale`` with the given cartilage thicknesses.
 
     ``gap_mm`` is the smallest joint space between opposing cartilage surfaces (filled with fluid).
+    ``layout_thickness`` (default: ``thickness``) places the bones: a follow-up passes its
+    baseline's thicknesses so that the bones stay where they were and only the cartilage
+    surfaces move (the joint space widens by the loss).
     """
     s = float(scale)
     t = {k: float(thickness[k]) for k in REGION_CODES}
+    lay = {k: float((layout_thickness or thickness)[k]) for k in REGION_CODES}
     r = 20.0 * s
-    tib_need = max(t["med_wb_fem_cart"] + t["med_tib_cart"], t["lat_wb_fem_cart"] + t["lat_tib_cart"])
+    tib_need = max(lay["med_wb_fem_cart"] + lay["med_tib_cart"],
+                   lay["lat_wb_fem_cart"] + lay["lat_tib_cart"])
     plateau_top = -r - tib_need - gap_mm
     troch_ap, troch_si, troch_r = 6.0 * s, 12.0 * s, 16.0 * s
     pat_half = (17.0 * s, 9.0 * s, 16.0 * s)
-    pat_face = troch_ap + troch_r + t["ant_fem_cart"] + gap_mm + 0.3 + t["pat_cart"]
+    pat_face = troch_ap + troch_r + lay["ant_fem_cart"] + gap_mm + 0.3 + lay["pat_cart"]
     return Anatomy(
         scale=s,
         thickness=t,
@@ -136,6 +143,7 @@ def build_anatomy(scale: float, thickness: Mapping[str, float], gap_mm: float = 
         meniscus_height=6.0 * s,
         body_axes=(62.0 * s, 56.0 * s),
         fat_mm=6.0 * s,
+        layout_thickness=lay,
     )
 
 
@@ -325,7 +333,8 @@ def _soft_tissue(a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray, mat:
 def _joint_slab(a: Anatomy, m: np.ndarray, ap: np.ndarray, si: np.ndarray) -> np.ndarray:
     """Indices of the slab above the tibial plateau (fluid, menisci, tibial cartilage live there)."""
     am, aap = a.tib_cart_axes
-    slab_top = a.plateau_top + max(9.0 * a.scale, max(a.thickness.values()) + 1.0)
+    layout = a.layout_thickness or a.thickness  # a follow-up's slab is its baseline's
+    slab_top = a.plateau_top + max(9.0 * a.scale, max(layout.values()) + 1.0)
     slab = (si > a.plateau_top) & (si < slab_top)
     slab &= np.abs(ap - a.plateau_ap) < aap * a.meniscus_outer + 1.0
     slab &= np.abs(m) < a.condyle_m + am * a.meniscus_outer + 1.0

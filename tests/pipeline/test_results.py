@@ -12,6 +12,7 @@ import pytest
 from kneenode.errors import ErrorCode, NodeError
 from pipeline.results import (
     CSV_COLUMNS,
+    RESULTS_CSV_COLUMNS,
     SCHEMA_VERSION,
     read_results,
     schema_text,
@@ -41,7 +42,8 @@ def test_update_merges_validates_and_writes_the_csv(tmp_path: Path) -> None:
     assert merged["pat_cart_mm_mean"] == 2.5 and merged["seconds"] == {"a": 1.0, "b": 2.0}
     assert read_results(tmp_path) == merged
     rows = list(csv.reader(io.StringIO((tmp_path / "results.csv").read_text())))
-    assert rows[0] == list(CSV_COLUMNS) and len(rows) == 2
+    assert rows[0] == list(RESULTS_CSV_COLUMNS) and len(rows) == 2
+    assert RESULTS_CSV_COLUMNS[:len(CSV_COLUMNS)] == CSV_COLUMNS  # the research columns first
     row = dict(zip(rows[0], rows[1], strict=True))
     assert row["study_uid"] == "1.2.3" and row["pat_cart_mm_mean"] == "2.5"
     assert row["bscore"] == "0.25" and row["med_tib_cart_mm_std"] == ""  # null -> empty cell

@@ -396,3 +396,28 @@ def test_one_enhanced_mr_object_is_a_series_of_one_instance(uploads: Cluster,
             ).read_bytes() == path.read_bytes()
     job = uploads.store.get(out.job_id) or {}
     assert job["state"] == "queued" and job["instance_count"] == 1
+
+
+def test_a_failed_hand_off_keeps_the_checked_series_for_the_edge_to_announce(
+        tmp_path: Path, phantom) -> None:
+    """Once renamed into the spool the series is accepted, as an acknowledged C-STORE is: a
+    hand-off that fails (redis down; a raising function stands in for it) leaves it complete
+    and unannounced, and the edge's completion monitor announces it on its next poll."""
+    _, archive = phantom
+    settings = Settings(data_dir=tmp_path / "data",
+                        spool={"min_free_bytes": 0, "min_free_percent": 0})
+
+    def down(series: object) -> str:
+        raise ConnectionError("redis is down (test)")
+
+    out = import_upload([UploadFile(archive.name, path=archive)], settings=settings,
+                        hand_off=down, user="hal")
+    assert out.job_id == "" and "redis is down" in out.hand_off_error
+    assert not (out.series_path / "announced").exists()
+    assert not (out.series_path / IMPORTING).exists() and (out.series_path / "summary.json").exists()
+    jobs: list[str] = []
+    monitor = CompletionMonitor(Spool(settings.spool_dir), settings,
+                                lambda s: jobs.append(s.series_uid) or "job-1")
+    assert [s.series_uid for s in monitor.poll_once()] == [out.series_uid] == jobs
+    assert json.loads((out.series_path / "announced").read_text())["job_id"] == "job-1"
+

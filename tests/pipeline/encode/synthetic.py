@@ -159,3 +159,25 @@ def highdicom_reference_seg(source: list[Dataset], labels: np.ndarray, card: dic
         device_serial_number="x",
         omit_empty_frames=False,
     )
+
+
+def make_change(results: dict[str, object], card: dict[str, object]) -> dict[str, object]:
+    """results.json's ``change`` for :func:`make_results`: two priors (2025, 2026), the current
+    exam 2027-02-05; 0.3 mm lost in med_wb_fem_cart and 0.2 mL in med_tib_cart since 2026."""
+    from datetime import date
+
+    from kneenode.settings import ChangeSettings
+    from pipeline.change import PriorExam, compute_change, model_id
+    from pipeline.results import Results
+
+    def exam(extra_mm: float, extra_ml: float) -> Results:
+        data = {k: v for k, v in results.items() if k != "change"}
+        data["med_wb_fem_cart_mm_mean"] = float(data["med_wb_fem_cart_mm_mean"]) + extra_mm  # type: ignore[arg-type]
+        data["med_tib_cart_ml"] = float(data["med_tib_cart_ml"]) + extra_ml  # type: ignore[arg-type]
+        return Results.model_validate({**data, "model": card})
+
+    priors = [PriorExam(date(2025, 1, 10), exam(0.4, 0.3), model_id(card), "job-2025"),
+              PriorExam(date(2026, 1, 1), exam(0.3, 0.2), model_id(card), "job-2026")]
+    report = compute_change(exam(0.0, 0.0), date(2027, 2, 5), priors, ChangeSettings(),
+                            current_job_id="job-2027")
+    return report.model_dump(mode="json")
