@@ -11,6 +11,8 @@ from kneenode.commands import history as _history  # noqa: F401
 from kneenode.commands import jobs as _jobs  # noqa: F401
 from kneenode.commands import ops as _ops  # noqa: F401
 from kneenode.commands import review as _review  # noqa: F401
+from kneenode.commands import upload as _upload  # noqa: F401
+from kneenode.commands import users as _users  # noqa: F401
 
 
 def main() -> None:

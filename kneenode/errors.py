@@ -29,6 +29,14 @@ class ErrorCode(StrEnum):
     BLANK_IMAGE = "BLANK_IMAGE"
     OUTPUT_MISSING = "OUTPUT_MISSING"
     QC_FAILED = "QC_FAILED"
+    UPLOAD_TOO_LARGE = "UPLOAD_TOO_LARGE"
+    UPLOAD_UNSAFE_PATH = "UPLOAD_UNSAFE_PATH"
+    UPLOAD_BOMB = "UPLOAD_BOMB"
+    UPLOAD_TOO_MANY_FILES = "UPLOAD_TOO_MANY_FILES"
+    UPLOAD_NOT_DICOM = "UPLOAD_NOT_DICOM"
+    UPLOAD_MANY_SERIES = "UPLOAD_MANY_SERIES"
+    UPLOAD_NO_SPACE = "UPLOAD_NO_SPACE"
+    UNKNOWN_PROFILE = "UNKNOWN_PROFILE"
     HISTORY_UNAVAILABLE = "HISTORY_UNAVAILABLE"
 
 
@@ -64,6 +72,26 @@ HINTS: dict[ErrorCode, str] = {
     ErrorCode.QC_FAILED: "The segmentation failed quality control (see the reasons: input the "
     "model was not made for, a cut field of view, another contrast); review it, then "
     "`kneenode release ID` to deliver it flagged or `kneenode discard ID` to deliver nothing.",
+    ErrorCode.UPLOAD_TOO_LARGE: "The upload (or one DICOM file in it) is over the limit "
+    "(`upload.max_bytes`, `scp.max_instance_bytes`); nothing was kept. Upload fewer files, or "
+    "raise the limit.",
+    ErrorCode.UPLOAD_UNSAFE_PATH: "The zip holds a member with an unsafe name (`..`, an absolute "
+    "path) or a symbolic link; nothing was kept. Zip the series' folder again without links.",
+    ErrorCode.UPLOAD_BOMB: "The zip inflates to far more than its size (`upload.max_ratio`, "
+    "`upload.max_unpacked_bytes`): refused as a zip bomb, nothing was kept. Zip the series "
+    "itself, or raise the limits for genuinely compressible data.",
+    ErrorCode.UPLOAD_TOO_MANY_FILES: "The upload has more files than `upload.max_members`; "
+    "nothing was kept. Upload one series, or raise the limit.",
+    ErrorCode.UPLOAD_NOT_DICOM: "The upload is not a DICOM series (a zip of DICOM files, the "
+    "files themselves, or one NIfTI / NRRD volume); nothing was kept. Check what was chosen.",
+    ErrorCode.UPLOAD_MANY_SERIES: "One upload is one series (one job, one profile); nothing was "
+    "kept. Upload the knee series' own folder, or send the whole study by C-STORE, where each "
+    "series becomes its own job.",
+    ErrorCode.UPLOAD_NO_SPACE: "The spool is below its free-space watermark "
+    "(`spool.min_free_bytes`, `spool.min_free_percent`); nothing was kept. Free disk space, then "
+    "upload again.",
+    ErrorCode.UNKNOWN_PROFILE: "No such processing profile; choose one of the profiles the error "
+    "lists (`default` or a `[profiles.<name>]` of kneenode.toml).",
     ErrorCode.HISTORY_UNAVAILABLE: "The results history database could not be opened or "
     "written (the results were delivered); check `history.url`, the database server and its "
     "password file, then `kneenode retry ID --from-stage history`.",
@@ -83,6 +111,13 @@ PERMANENT: frozenset[ErrorCode] = frozenset(
         ErrorCode.BLANK_IMAGE,
         ErrorCode.OUTPUT_MISSING,  # re-encoding is a deliberate retry from encode
         ErrorCode.QC_FAILED,
+        ErrorCode.UPLOAD_TOO_LARGE,
+        ErrorCode.UPLOAD_UNSAFE_PATH,
+        ErrorCode.UPLOAD_BOMB,
+        ErrorCode.UPLOAD_TOO_MANY_FILES,
+        ErrorCode.UPLOAD_NOT_DICOM,
+        ErrorCode.UPLOAD_MANY_SERIES,
+        ErrorCode.UNKNOWN_PROFILE,
     }
 )
 

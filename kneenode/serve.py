@@ -27,6 +27,7 @@ from workers.broker import (
     redis_folder,
     requeue_orphans,
 )
+from workers.console.auth import check_exposure
 from workers.http import StatusServer
 from workers.intake import make_on_complete
 from workers.jobconfig import startup_stages
@@ -75,6 +76,8 @@ class Node:
         # a bad jobs.chain or a profile naming a missing model stops the node before anything
         # starts (not even data_dir is created)
         chain = startup_stages(s)
+        if s.jobs.http_enabled:  # off loopback without accounts: refused before anything starts
+            check_exposure(s)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         if s.jobs.redis_url:
             self.redis_url = s.jobs.redis_url
@@ -93,7 +96,8 @@ class Node:
         self.supervisor = Supervisor(s, self.redis_url, specs_for_serve(s), self.config)
         self.supervisor.start()
         if s.jobs.http_enabled:  # its own client: /health must answer at once while redis is down
-            self.http = StatusServer(JobStore(make_client(self.redis_url), s.jobs.namespace), s)
+            self.http = StatusServer(JobStore(make_client(self.redis_url), s.jobs.namespace), s,
+                                     self.redis_url)
             self.http.start()
         self.retention = RetentionLoop(s, store)
         self.retention.start()

@@ -158,6 +158,42 @@ class SpoolSettings(Section):
     )
 
 
+class UploadSettings(Section):
+    """Series uploaded through the web console or ``kneenode upload`` (docs/upload.md)."""
+
+    max_bytes: int = Field(
+        default=4 * 1024**3, ge=1024,
+        description="Largest upload (bytes as sent, all files together); a larger one is refused "
+        "(UPLOAD_TOO_LARGE) while it is read and nothing of it is kept.",
+    )
+    max_unpacked_bytes: int = Field(
+        default=8 * 1024**3, ge=1024,
+        description="Most bytes the members of an uploaded zip may inflate to, counted while "
+        "inflating (zip headers are not trusted); more is refused as a zip bomb (UPLOAD_BOMB).",
+    )
+    max_members: int = Field(
+        default=20000, ge=1,
+        description="Most files in one upload (zip members, or uploaded files); more is refused "
+        "(UPLOAD_TOO_MANY_FILES).",
+    )
+    max_ratio: float = Field(
+        default=200.0, gt=1,
+        description="Highest compression ratio of a zip member (inflated / compressed bytes, "
+        "counted while inflating, for members over 1 MiB inflated); above it the upload is "
+        "refused as a zip bomb (UPLOAD_BOMB). DICOM images compress 2-10x, blank ones ~100x.",
+    )
+    default_patient_name: str = Field(
+        default="ANONYMOUS^UPLOAD",
+        description="Patient Name of a series converted from a NIfTI / NRRD upload when the "
+        "uploader gives none.",
+    )
+    default_body_part: str = Field(
+        default="KNEE",
+        description="Body Part Examined of a series converted from a NIfTI / NRRD upload when the "
+        "uploader gives none (the selection rules look for a knee keyword).",
+    )
+
+
 class CompletionSettings(Section):
     """When a series counts as complete."""
 
@@ -478,6 +514,11 @@ class EncodeSettings(Section):
         "destinations that accept JPEG Baseline.",
     )
     pdf_key_slices: int = Field(default=3, ge=1, le=6, description="Key slices shown in the PDF report.")
+    report_images: bool = Field(
+        default=True,
+        description="Also write the report's key-slice overlays and thickness maps as PNG files "
+        "(encode/images/, for the web console), drawn by the PDF's own code; also without the PDF.",
+    )
     sr_source_images: bool = Field(
         default=False,
         description="In each SR measurement group, also list the source slices of its segment "
@@ -973,6 +1014,82 @@ class RouteSettings(RouteTarget):
         return bool(self.calling_ae or self.hosts)
 
 
+ROLES = ("viewer", "operator")
+USER_NAME = r"[A-Za-z0-9._-]{1,64}"
+
+
+class UserAccount(Section):
+    """One console account ([http.users.<name>]); `kneenode user add` writes it."""
+
+    password_hash: str = Field(
+        description="argon2id hash of the password (`kneenode user add NAME` or `kneenode user "
+        "hash`); never the password itself.",
+    )
+    role: Literal["viewer", "operator"] = Field(
+        default="viewer",
+        description="viewer: every page and download; operator: also upload and the actions "
+        "(retry, reprocess, cancel, resend, release, discard).",
+    )
+
+    @field_validator("password_hash")
+    @classmethod
+    def _is_argon2(cls, value: str) -> str:
+        if not value.startswith("$argon2"):
+            raise ValueError("not an argon2 hash: make one with `kneenode user hash`")
+        return value
+
+
+class HttpSettings(Section):
+    """The web console on the HTTP status server (address and port: `jobs.http_host/port`)."""
+
+    users: dict[str, UserAccount] = Field(
+        default_factory=dict,
+        description="Console accounts ([http.users.<name>]: password_hash, role). Without any, "
+        "the node serves the console only on a loopback `jobs.http_host`, without login, to "
+        "everyone on this machine as operator `local`; off loopback it refuses to start.",
+    )
+    show_patient: bool = Field(
+        default=False,
+        description="Show patient name and ID in the console (read from the series headers "
+        "when a page is drawn; never logged or stored in job records).",
+    )
+    session_secret: str | None = Field(
+        default=None,
+        description="Key signing session cookies and CSRF tokens (32+ characters); unset = a "
+        "random key kept in data_dir/http-secret (mode 0600), so logins survive a restart.",
+    )
+    session_max_age_s: int = Field(
+        default=43200, ge=60, description="A login lasts this long (s), then the user logs in "
+        "again.",
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate: serve HTTP over TLS (with `tls_key`)."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key for `tls_cert`.")
+    secure_cookies: bool | None = Field(
+        default=None,
+        description="Mark cookies Secure (sent over HTTPS only); unset = exactly when the node "
+        "serves TLS itself (`tls_cert`). Set true behind a TLS-terminating reverse proxy.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("'http.tls_cert' and 'http.tls_key' go together")
+        if self.session_secret is not None and len(self.session_secret) < 32:
+            raise ValueError("'http.session_secret': at least 32 characters")
+        for name in self.users:
+            if not re.fullmatch(USER_NAME, name):
+                raise ValueError(f"'http.users.{name}': a user name is 1-64 letters, digits, "
+                                 "'.', '_' or '-'")
+        return self
+
+    @property
+    def cookies_secure(self) -> bool:
+        """Whether session cookies carry the Secure flag (the rule of `secure_cookies`)."""
+        return self.tls_cert is not None if self.secure_cookies is None else self.secure_cookies
+
+
 class Settings(BaseSettings):
     """Root of the settings tree."""
 
@@ -985,6 +1102,9 @@ class Settings(BaseSettings):
     )
     scp: ScpSettings = Field(default_factory=ScpSettings, description="Storage SCP.")
     spool: SpoolSettings = Field(default_factory=SpoolSettings, description="Durable spool.")
+    upload: UploadSettings = Field(
+        default_factory=UploadSettings, description="Uploaded series (web console, kneenode upload)."
+    )
     completion: CompletionSettings = Field(
         default_factory=CompletionSettings, description="Series completion."
     )
@@ -1005,6 +1125,9 @@ class Settings(BaseSettings):
         default_factory=EncodeSettings, description="Result DICOM objects (SEG, SR, overlay, PDF)."
     )
     jobs: JobsSettings = Field(default_factory=JobsSettings, description="Job system.")
+    http: HttpSettings = Field(
+        default_factory=HttpSettings, description="Web console: accounts, sessions, patient data."
+    )
     segment: SegmentSettings = Field(
         default_factory=SegmentSettings, description="nnU-Net v2 segmentation model."
     )

@@ -37,7 +37,7 @@ from scp import metrics
 from scp.announce import CompletedSeries, OnComplete, missing_hand_offs
 from scp.closing import TIMER, close_version, dcm_snapshot, read_closed
 from scp.routing import Origin, quiet_seconds_for
-from scp.spool import SeriesKey, Spool, read_events
+from scp.spool import SeriesKey, Spool, being_imported, read_events
 from scp.summary import summarize_series
 
 log = get_logger(__name__)
@@ -171,9 +171,16 @@ class CompletionMonitor:
         finally:
             self._claimed.discard(next_dir)
 
+    def announce(self, version_dir: Path) -> CompletedSeries:
+        """Summarise and hand off one complete version now (an upload's own announcement,
+        :mod:`workers.upload`): the same steps as a closed series, in the caller's thread.
+        Raises when the hand-off fails (a running edge announces the version later)."""
+        return self._finish(version_dir)
+
     def _unfinished(self) -> list[Path]:
         return [p for _, _, p in self.spool.complete_versions()
-                if not (p / ANNOUNCED).exists() and p not in self._claimed]
+                if not (p / ANNOUNCED).exists() and p not in self._claimed
+                and not being_imported(p)]
 
     def _reconcile(self) -> list[CompletedSeries]:
         """Announce again every version whose recorded job the jobs layer no longer knows."""
@@ -278,4 +285,6 @@ class CompletionMonitor:
             completion=closed,
             events=_events(version_dir),
         )
+        if source.get("upload"):  # who uploaded it, the chosen profile (workers.upload)
+            summary["upload"] = source["upload"]
         return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,45 @@ def resolve_targets(settings: Settings) -> list[Target]:
     return [target_of(d) for d in settings.delivery.destinations]
 
 
+def destinations_of(settings: Settings) -> list[str]:
+    """The ``AET@HOST:PORT`` names of a job's destinations (its effective settings)."""
+    return [str(t.destination) for t in resolve_targets(settings)]
+
+
+def reset_destination(path: Path, destination: str) -> int:
+    """Mark every instance of one destination pending again (an operator's resend); returns
+    how many. A destination the outbox does not list yet is sent everything anyway."""
+    if not path.exists():
+        return 0
+    box = json.loads(path.read_text())
+    entries = box["destinations"].get(destination, {})
+    for entry in entries.values():
+        entry["state"] = "pending"
+    write_json_atomic(path, box)
+    return len(entries)
+
+
+def outbox_summary(path: Path) -> dict[str, dict[str, Any]]:
+    """Per destination: instances sent / total, the statuses it answered (counts by
+    ``0xNNNN``), its last detail and the last attempt's answer (time, error); empty without
+    an outbox (nothing delivered yet, or no destinations)."""
+    if not path.exists():
+        return {}
+    box = json.loads(path.read_text())
+    out: dict[str, dict[str, Any]] = {}
+    for dest, entries in box.get("destinations", {}).items():
+        statuses: dict[str, int] = {}
+        for e in entries.values():
+            shown = "no answer" if e.get("status") is None else f"0x{int(e['status']):04X}"
+            statuses[shown] = statuses.get(shown, 0) + 1
+        details = [e["detail"] for e in entries.values() if e.get("detail")]
+        out[dest] = {"total": len(entries),
+                     "sent": sum(1 for e in entries.values() if e["state"] == "sent"),
+                     "statuses": statuses, "detail": details[-1] if details else "",
+                     "last": box.get("answers", {}).get(dest, {})}
+    return out
+
+
 def load_outbox(path: Path, files: list[Path], targets: list[Target]) -> dict[str, Any]:
     """Read the outbox, adding any destination or file it does not list yet (as pending)."""
     box: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"destinations": {}}
@@ -109,6 +149,8 @@ def deliver(
                 shown = "no answer" if first.status is None else f"0x{first.status:04X}"
                 errors[key] = f"{len(report.failed)} refused, e.g. {first.path.name}: {shown}"
         pending[key] = sum(1 for e in entries.values() if e["state"] != "sent")
+        box.setdefault("answers", {})[key] = {"t": round(time.time(), 3), "attempted": len(todo),
+                                              "pending": pending[key], "error": errors.get(key, "")}
         log.info("delivery attempt", destination=key, sent=len(entries) - pending[key],
                  pending=pending[key], error=errors.get(key, ""))
     write_json_atomic(outbox_path, box)

@@ -146,7 +146,7 @@ def _store(event: events.Event, spool: Spool, settings: Settings, blog: Any,
         blog.error("spool below free-space watermark, refusing instance", spool=str(spool.root))
         metrics.INSTANCES_FAILED.labels(reason="out_of_resources").inc()
         return StoreStatus.OUT_OF_RESOURCES
-    header, problem = _read_header(received) if inflated is None else _read_inflated(inflated)
+    header, problem = read_header(received) if inflated is None else _read_inflated(inflated)
     if header is None:
         blog.warning("undecodable dataset", reason=problem)
         metrics.INSTANCES_FAILED.labels(reason="cannot_understand").inc()
@@ -226,8 +226,9 @@ def _read_inflated(prefix: bytes) -> tuple[Any, str]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _read_header(path: Path) -> tuple[Any, str]:
-    """Decode the header (no pixel data); return (dataset, "") or (None, reason)."""
+def read_header(path: Path) -> tuple[Any, str]:
+    """Decode the identifying header (SOP class and instance, Study and Series UIDs; no pixel
+    data) of a received or uploaded file: (dataset, "") or (None, why it cannot be decoded)."""
     try:
         with open(path, "rb") as fh:
             ds = read_partial(fh, stop_when=_past_identifiers, defer_size=4096,

@@ -10,12 +10,16 @@ Layout under the spool root::
         events.jsonl                       append-only series events (duplicates, late arrival)
     complete/<Study>/<Series>/v<N>/        immutable complete versions (renamed from incoming/)
         *.dcm, source.json, events.jsonl, summary.json, announced
+        .importing                         held (flock) while an upload announces it
+    uploads/<id>/                          an upload being checked (workers.upload); renamed
+                                           into complete/ only once all of it passed
 
 All state is derived from this tree, so a restarted node resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -38,6 +42,38 @@ _VERSION_RE = re.compile(r"^v([0-9]+)$")
 def is_valid_uid(uid: str) -> bool:
     """A DICOM UID: digits and dots, at most 64 characters (safe as a path component too)."""
     return 0 < len(uid) <= 64 and bool(_UID_RE.match(uid))
+
+
+#: Lock file of a complete version another process is still announcing (an upload).
+IMPORTING = ".importing"
+
+
+def hold_lock(path: Path) -> int | None:
+    """Open ``path`` and take an exclusive flock without waiting: the descriptor, or None
+    when another process holds it. The kernel drops the lock when the holder dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def being_imported(version_dir: Path) -> bool:
+    """Whether another live process holds the version's ``.importing`` lock (it announces the
+    version itself; a holder that died released the lock, and the monitor takes over)."""
+    path = version_dir / IMPORTING
+    if not path.exists():
+        return False
+    try:
+        fd = hold_lock(path)
+    except OSError:
+        return False
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
 
 
 class StoreOutcome(Enum):

@@ -1,4 +1,4 @@
-"""The HTTP status server (starlette + uvicorn), loopback by default.
+"""The HTTP status server (starlette + uvicorn), loopback by default, with the web console.
 
 ``GET /health``  redis reachable, live workers per queue, free disk of data_dir, whether the
                  spool takes instances (``spool``: watermark and a write probe, see
@@ -7,16 +7,17 @@
 ``GET /jobs``    newest jobs (``?state=failed&limit=50``).
 ``GET /jobs/{id}`` one job with its events.
 ``GET /metrics`` Prometheus text format (see :mod:`workers.metrics`).
+
+The web console (:mod:`workers.console`, docs/console.md) shares the server. ``/health`` and
+``/metrics`` never need a login; with accounts (``http.users``) the JSON API needs a console
+session or HTTP Basic credentials of an account, without accounts (loopback only) it is open.
 """
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
-from typing import Any
 
-import redis
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -25,38 +26,24 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kneenode.settings import Settings
-from scp.edgehealth import spool_health
+from workers.broker import make_broker
+from workers.console.app import console, console_middleware
+from workers.console.auth import check_exposure
+from workers.health import health
 from workers.jobstate import JobStore
-from workers.metrics import live_workers, render
+from workers.metrics import render
 
 
-def health(store: JobStore, settings: Settings) -> tuple[int, dict[str, Any]]:
-    """The health document and its HTTP status."""
-    usage = shutil.disk_usage(settings.data_dir if settings.data_dir.exists() else ".")
-    doc: dict[str, Any] = {
-        "disk": {"path": str(settings.data_dir), "free_bytes": usage.free,
-                 "free_percent": round(100 * usage.free / usage.total, 2)},
-    }
-    try:
-        store.client.ping()
-        doc["redis"] = "ok"
-        doc["workers"] = live_workers(store)
-    except redis.RedisError as exc:
-        doc["redis"] = f"error: {exc}"
-        doc["workers"] = {}
-        doc["status"] = "down"
-        return 503, doc
-    missing = [q for q, n in doc["workers"].items() if n == 0]
-    doc["spool"] = spool_health(settings)
-    degraded = bool(missing) or doc["spool"]["status"] != "ok"
-    doc["status"] = "degraded" if degraded else "ok"
-    if missing:
-        doc["queues_without_workers"] = missing
-    return (503 if degraded else 200), doc
+def make_app(store: JobStore, settings: Settings, redis_url: str) -> Starlette:
+    """The status application and the console over one job store (``redis_url``: its redis, for
+    the console's actions and uploads).
 
-
-def make_app(store: JobStore, settings: Settings) -> Starlette:
-    """The status application over one job store."""
+    Raises
+    ------
+    NodeError
+        CONFIG_ERROR when ``jobs.http_host`` is off loopback and there are no accounts.
+    """
+    check_exposure(settings)
 
     async def get_health(request: Request) -> JSONResponse:
         status, doc = await run_in_threadpool(health, store, settings)
@@ -83,21 +70,26 @@ def make_app(store: JobStore, settings: Settings) -> Starlette:
         body = await run_in_threadpool(render, store, settings.jobs)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    pages, handlers = console(store, settings, make_broker(redis_url, settings.jobs), redis_url)
     return Starlette(routes=[
         Route("/health", get_health),
         Route("/jobs", get_jobs),
         Route("/jobs/{job_id}", get_job),
         Route("/metrics", get_metrics),
-    ])
+        *pages,
+    ], middleware=console_middleware(settings), exception_handlers=handlers)
 
 
 class StatusServer:
     """uvicorn serving :func:`make_app` in a background thread; :meth:`stop` ends it."""
 
-    def __init__(self, store: JobStore, settings: Settings) -> None:
+    def __init__(self, store: JobStore, settings: Settings, redis_url: str) -> None:
+        tls = settings.http
         config = uvicorn.Config(
-            make_app(store, settings), host=settings.jobs.http_host, port=settings.jobs.http_port,
-            log_level="warning", access_log=False, lifespan="off",
+            make_app(store, settings, redis_url), host=settings.jobs.http_host,
+            port=settings.jobs.http_port, log_level="warning", access_log=False, lifespan="off",
+            ssl_certfile=str(tls.tls_cert) if tls.tls_cert else None,
+            ssl_keyfile=str(tls.tls_key) if tls.tls_key else None,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)

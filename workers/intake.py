@@ -2,10 +2,11 @@
 
 Idempotent per (series_uid, version): the edge may announce a version again after a crash, and
 gets the same job back. Each version gets a new job linked to the series' earlier job. The series
-is routed (:mod:`scp.routing`, first match wins) to a profile; the job stores which rule matched
-and why, and a snapshot of its configuration (:mod:`workers.jobconfig`) that every stage, retry
-and redelivery runs from. Series that a route ignores or that fail selection become ``ignored``
-jobs carrying the rule and the reason, so operators can see every series.
+is routed (:mod:`scp.routing`, first match wins) to a profile (an uploaded series: the uploader's
+choice, :mod:`workers.upload`); the job stores which rule matched and why, and a snapshot of its
+configuration (:mod:`workers.jobconfig`) that every stage, retry and redelivery runs from. Series
+that a route ignores or that fail selection become ``ignored`` jobs carrying the rule and the
+reason, so operators can see every series.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ CONFIG_FILE = "config.json"
 
 def job_fields(summary: Mapping[str, Any], match: RouteMatch) -> dict[str, Any]:
     """The record fields a job takes from its series summary and its route."""
+    upload = summary.get("upload") or {}
     return {
+        "source": "upload" if upload else "dicom",
+        "user": str(upload.get("user") or ""),
         "calling_ae": str(summary.get("calling_ae") or ""),
         "called_ae": str(summary.get("called_ae") or ""),
         "address": str(summary.get("address") or ""),
@@ -48,7 +52,8 @@ def job_fields(summary: Mapping[str, Any], match: RouteMatch) -> dict[str, Any]:
         "completion_wait_s": summary.get("completion_wait_seconds") or 0.0,
         "route": match.name,
         "route_reason": match.reason,
-        "profile": match.target.profile if match.target.action == "process" else "",
+        "profile": (upload.get("profile") or match.target.profile)
+        if match.target.action == "process" else "",
         "chain": [],
     }
 
@@ -132,6 +137,11 @@ class JobCreator:
             return job_id
         job_dir = self.settings.data_dir / "jobs" / job_id
         job_dir.mkdir(parents=True, exist_ok=True)
+        upload = s.get("upload") or {}
+        if created and upload:
+            self.store.event(job_id, "uploaded", user=upload.get("user", ""),
+                             profile=upload.get("profile", ""), format=upload.get("kind", ""),
+                             files=upload.get("files", []))
         if created:
             self.store.incr("series_completed")
             self.store.incr("instances_received", int(fields["instance_count"]))
@@ -151,7 +161,9 @@ class JobCreator:
             bound.info("series ignored", reason=decision.reason)
             return job_id
         try:
-            config = build_config(self.settings, self.chain, match)
+            # an upload's chosen profile wins over its route's, as `reprocess --profile` does
+            config = build_config(self.settings, self.chain, match,
+                                  profile=upload.get("profile") or None)
         except NodeError as exc:  # e.g. a model folder removed after startup
             self.store.update(job_id, job_dir=str(job_dir))
             self.store.fail(job_id, "", exc.as_dict())

@@ -116,11 +116,13 @@ class JobStore:
         self.event(job_id, "created", version=version, previous_job=record["previous_job"])
         return job_id, True
 
-    def create_linked(self, source: dict[str, Any], fields: dict[str, Any]) -> str:
+    def create_linked(self, source: dict[str, Any], fields: dict[str, Any], *,
+                      user: str = "") -> str:
         """A new job of the same series version as ``source`` (``kneenode reprocess``).
 
         Not idempotent on purpose: every call is a new job, linked both ways
-        (``reprocess_of`` / ``reprocessed_as``) and last in the series' job list.
+        (``reprocess_of`` / ``reprocessed_as``) and last in the series' job list. ``user``
+        (who asked) goes into both jobs' events.
         """
         job_id = new_job_id()
         t = now()
@@ -138,8 +140,10 @@ class JobStore:
         pipe.rpush(self.key("series", str(source["series_uid"]), "jobs"), job_id)
         pipe.hset(self.key("job", source["id"]), "reprocessed_as", job_id)
         pipe.execute()
-        self.event(job_id, "created", version=record.get("version"), reprocess_of=source["id"])
-        self.event(source["id"], "reprocessed", job=job_id, profile=fields.get("profile", ""))
+        self.event(job_id, "created", version=record.get("version"), reprocess_of=source["id"],
+                   **_by(user))
+        self.event(source["id"], "reprocessed", job=job_id, profile=fields.get("profile", ""),
+                   **_by(user))
         return job_id
 
     # -- reads ------------------------------------------------------------------------------
@@ -288,7 +292,7 @@ class JobStore:
         self.update(job_id, state="ignored", reason=reason, error={"code": code, "message": reason})
         self.event(job_id, "ignored", code=code, reason=reason)
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, *, user: str = "") -> bool:
         """Cancel a job that has not ended; False if it had already ended."""
         with self.client.pipeline(transaction=True) as pipe:
             while True:
@@ -304,10 +308,10 @@ class JobStore:
                     break
                 except redis.WatchError:
                     continue
-        self.event(job_id, "cancelled")
+        self.event(job_id, "cancelled", **_by(user))
         return True
 
-    def restart(self, job_id: str, from_stage: str) -> int:
+    def restart(self, job_id: str, from_stage: str, *, user: str = "") -> int:
         """Prepare a job for ``kneenode retry``: new run number, attempts of later stages reset."""
         job = self.get(job_id)
         if job is None:
@@ -318,7 +322,7 @@ class JobStore:
         self.client.hdel(self.key("job", job_id), *[f"attempts:{s}" for s in later])
         # rerun_stage: if the message is lost, reconciliation re-sends it as a rerun too.
         self.update(job_id, state="queued", stage=from_stage, error=None, rerun_stage=from_stage)
-        self.event(job_id, "retry", from_stage=from_stage, run=run)
+        self.event(job_id, "retry", from_stage=from_stage, run=run, **_by(user))
         return run
 
     # -- leases: one running copy of a stage ------------------------------------------------
@@ -366,6 +370,11 @@ class JobStore:
             raw = self.client.hgetall(self.key("metrics", "stage_seconds", stage))
             out[stage] = {k: float(v) for k, v in raw.items()}
         return out
+
+
+def _by(user: str) -> dict[str, str]:
+    """The ``user`` field of an operator's event (left out when nobody is named)."""
+    return {"user": user} if user else {}
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, str | int | float]:

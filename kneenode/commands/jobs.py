@@ -1,14 +1,17 @@
-"""Job commands: ``serve``, ``worker``, ``jobs``, ``job``, ``retry``, ``reprocess``, ``cancel``."""
+"""Job commands: ``serve``, ``worker``, ``jobs``, ``job``, ``retry``, ``reprocess``, ``resend``,
+``cancel`` (the actions themselves are :mod:`workers.actions`, shared with the web console)."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import signal
 import threading
-from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from dramatiq.brokers.redis import RedisBroker
 from rich.console import Console
 from rich.table import Table
 
@@ -16,15 +19,12 @@ from kneenode.changeview import job_change
 from kneenode.cli_app import CliState, app, fail, settings_for
 from kneenode.errors import NodeError
 from kneenode.joblist import jobs_table, when
-from kneenode.profiles import parse_sets
 from kneenode.settings import Settings
-from scp.routing import match_series
+from workers import actions
+from workers.actions import ActionError, Outcome
 from workers.broker import make_broker, make_client, resolve_redis_url
-from workers.dispatch import enqueue_stage
-from workers.intake import dispatch, job_fields
-from workers.jobconfig import build_config, job_settings, startup_stages
-from workers.jobstate import TERMINAL, JobStore
-from workers.stages import load_chain
+from workers.jobconfig import startup_stages
+from workers.jobstate import JobStore
 from workers.supervisor import Supervisor, specs_for_worker
 
 console = Console()
@@ -38,24 +38,13 @@ def _store(settings: Settings) -> tuple[JobStore, str]:
     return JobStore(make_client(url), settings.jobs.namespace), url
 
 
-def resolve_job_id(store: JobStore, given: str) -> str:
-    """The full job ID for a full or short ID (as ``kneenode jobs`` shows it at 80 columns)."""
-    found = store.match_ids(given)
-    if not found:
-        raise fail(f"no job {given}")
-    if len(found) > 1:
-        raise fail(f"{len(found)} jobs match '{given}' ({', '.join(found[:4])}...): give more "
-                   "of the ID")
-    return found[0]
-
-
 def _job(store: JobStore, given: str) -> tuple[str, dict[str, Any]]:
     """The full ID and record of a job given by its full or short ID."""
-    job_id = resolve_job_id(store, given)
-    job = store.get(job_id)
-    if job is None:
-        raise fail(f"no job {job_id}")
-    return job_id, job
+    try:
+        job = actions.find_job(store, given)
+    except ActionError as exc:
+        raise fail(exc.message) from None
+    return job["id"], job
 
 
 @app.command("serve")
@@ -143,7 +132,7 @@ def job_cmd(
         return
     head = Table(show_header=False, title=f"job {job_id}")
     for key in ("state", "stage", "progress", "run", "attempts", "study_uid", "series_uid",
-                "version", "calling_ae", "called_ae", "address", "route", "route_reason",
+                "version", "source", "user", "calling_ae", "called_ae", "address", "route", "route_reason",
                 "profile", "modality", "series_description", "instance_count", "closed_by",
                 "completion_wait_s", "more_after_close", "previous_job", "reprocess_of",
                 "reprocessed_as", "reason", "qc", "job_dir", "series_path"):
@@ -186,12 +175,31 @@ def job_cmd(
     console.print(ev)
 
 
-def stage_queues(settings: Settings, job: dict[str, Any]) -> dict[str, str]:
-    """Stage name -> queue from the job's own snapshot (the node's chain for older jobs)."""
-    config = job.get("config")
-    if isinstance(config, dict):
-        return {s["name"]: s["queue"] for s in config["chain"]}
-    return {s.name: s.queue for s in load_chain(settings)}  # jobs from before snapshots
+def _act(action: Callable[[], Outcome], usage_exit: int = 1) -> None:
+    """Run one of :mod:`workers.actions` and print its outcome; a refusal exits with its message
+    (``usage_exit`` for a bad value the user gave, e.g. an unknown profile)."""
+    try:
+        outcome = action()
+    except ActionError as exc:
+        if exc.status == 400 and usage_exit != 1:
+            shown = f"{exc.code}: {exc.message}. {exc.hint}" if exc.hint else exc.message
+            raise fail(shown, usage_exit) from None
+        raise fail(exc.message) from None
+    console.print(outcome.message)
+
+
+def _node(ctx: typer.Context) -> tuple[Settings, JobStore, RedisBroker]:
+    settings = settings_for(ctx)
+    store, url = _store(settings)
+    return settings, store, make_broker(url, settings.jobs)
+
+
+def user_name() -> str:
+    """Who runs the command, for the job's events (``unknown`` in a container without one)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
 
 
 @app.command("retry")
@@ -206,28 +214,9 @@ def retry_cmd(
     A live job (queued, running) whose stage message was lost is re-sent as it is; one that is
     still on its way is left alone (the node's reconciliation also re-sends stranded jobs).
     """
-    settings = settings_for(ctx)
-    store, url = _store(settings)
-    job_id, job = _job(store, job_id)
-    if job["state"].split(":")[0] not in TERMINAL:
-        _resend_if_stranded(settings, store, url, job)
-        return
-    if job["state"] == "ignored":
-        raise fail(f"job {job_id} is ignored ({job.get('reason', '')}): send the series again")
-    if job.get("purged"):
-        raise fail(f"job {job_id}'s folders were removed (purged): send the series again")
-    config = job.get("config")
-    queues = stage_queues(settings, job)
-    chain: list[str] = job.get("chain") or []
-    stage = from_stage or (job.get("stage") if job["state"] == "failed" else None) or chain[0]
-    if stage not in chain or stage not in queues:
-        raise fail(f"unknown stage '{stage}' (stages: {', '.join(chain)})")
-    run = store.restart(job_id, stage)
-    jobs = job_settings(settings, config).jobs  # the job's own time limits, not today's config
-    enqueue_stage(make_broker(url, settings.jobs), jobs, job_id=job_id, stage=stage,
-                  queue=queues[stage], run=run, rerun=True)
-    console.print(f"job {job_id} queued again from stage '{stage}' (run {run}, profile "
-                  f"'{job.get('profile') or 'default'}' as configured when it was created)")
+    settings, store, broker = _node(ctx)
+    _act(lambda: actions.retry(settings, store, broker, job_id, from_stage=from_stage,
+                               user=user_name()))
 
 
 @app.command("reprocess")
@@ -241,44 +230,21 @@ def reprocess_cmd(
         "(repeatable).")] = None,
 ) -> None:
     """Make a new job, linked to JOB_ID, from the same spooled series with today's config."""
-    settings = settings_for(ctx)
-    store, url = _store(settings)
-    job_id, job = _job(store, job_id)
-    series_path = Path(str(job.get("series_path", "")))
-    if job.get("purged") or not (series_path / "summary.json").is_file():
-        raise fail(f"job {job_id}'s spooled series is gone ({series_path}): send the series again")
-    try:
-        overrides = parse_sets(sets or [])
-        stages = startup_stages(settings)
-        summary = json.loads((series_path / "summary.json").read_text(encoding="utf-8"))
-        match = match_series(settings, summary)
-        name = profile or job.get("profile") or match.target.profile
-        config = build_config(settings, stages, match, profile=name, sets=overrides,
-                              reprocess_of=job_id)
-    except ValueError as exc:
-        raise fail(str(exc), 2) from None
-    except OSError as exc:
-        raise fail(f"cannot read the series summary: {exc}") from None
-    except NodeError as exc:
-        raise fail(f"{exc.code}: {exc.message}. {exc.hint}", 2) from None
-    new_id = store.create_linked(job, {**job_fields(summary, match), "profile": config.profile})
-    job_dir = settings.data_dir / "jobs" / new_id
-    job_dir.mkdir(parents=True, exist_ok=True)
-    dispatch(settings, store, make_broker(url, settings.jobs), new_id, job_dir, config)
-    console.print(f"job {new_id} queued: series of {job_id} with profile '{config.profile}'"
-                  + (f" and --set {json.dumps(overrides)}" if overrides else ""))
+    settings, store, broker = _node(ctx)
+    _act(lambda: actions.reprocess(settings, store, broker, job_id, profile=profile,
+                                   sets=sets or [], user=user_name()), usage_exit=2)
 
 
-def _resend_if_stranded(settings: Settings, store: JobStore, url: str, job: dict[str, Any]) -> None:
-    from workers.reconcile import reconcile_jobs
-
-    queues = {s.name: s.queue for s in startup_stages(settings)}
-    sent = reconcile_jobs(store, make_broker(url, settings.jobs), settings, queues,
-                          job_ids=[job["id"]], grace_s=0)
-    if not sent:
-        raise fail(f"job {job['id']} is {job['state']} and its stage '{job.get('stage')}' is "
-                   "queued or running: nothing to retry (cancel it first to start over)")
-    console.print(f"job {job['id']} had no message for stage '{job['stage']}': sent again")
+@app.command("resend")
+def resend_cmd(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="Job ID, full or short (done or failed).")],
+    to: Annotated[str, typer.Option("--to", help="One of the job's destinations, "
+                                    "AET@HOST:PORT (as `job` shows them).")],
+) -> None:
+    """Send a job's existing results again to one of its destinations."""
+    settings, store, broker = _node(ctx)
+    _act(lambda: actions.resend(settings, store, broker, job_id, to, user=user_name()))
 
 
 @app.command("cancel")
@@ -288,7 +254,4 @@ def cancel_cmd(
 ) -> None:
     """Cancel a job: no further stage starts; a running stage may finish or stop early."""
     store, _ = _store(settings_for(ctx))
-    job_id, job = _job(store, job_id)
-    if not store.cancel(job_id):
-        raise fail(f"job {job_id} already ended ({job['state']})")
-    console.print(f"job {job_id} cancelled")
+    _act(lambda: actions.cancel(store, job_id, user=user_name()))

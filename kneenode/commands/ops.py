@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kneenode.cli_app import app, fail, settings_for
-from kneenode.commands.jobs import _store, resolve_job_id
+from kneenode.commands.jobs import _job, _store
 from kneenode.demo import DemoResult
 from workers.retention import all_jobs, apply, plan_manual, run_retention
 
@@ -44,7 +44,7 @@ def purge_cmd(
         raise fail(f"--state takes ended states only, not {sorted(bad)}", 2)
     if not job_ids and not state:
         raise fail("name job ids, --state or --policy", 2)
-    job_ids = [resolve_job_id(store, j) for j in job_ids or []]
+    job_ids = [_job(store, j)[0] for j in job_ids or []]
     items = plan_manual(all_jobs(store), job_ids=set(job_ids or []), states=set(state or []),
                         older_than_days=older_than, now=time.time())
     for item in items:

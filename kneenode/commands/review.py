@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
 from typing import Annotated
 
 import typer
 
-from kneenode.cli_app import app, fail, settings_for
-from kneenode.commands.jobs import _store, console, resolve_job_id, stage_queues
-from kneenode.errors import NodeError
-from workers.broker import make_broker
-from workers.dispatch import enqueue_stage
-from workers.jobconfig import job_settings
-from workers.review import discard, release
+from kneenode.cli_app import app, settings_for
+from kneenode.commands.jobs import _act, _node, _store, user_name
+from workers import actions
 
 JobId = Annotated[str, typer.Argument(help="Job id, full or short (state review).")]
 Operator = Annotated[str | None, typer.Option(help="Who decided (recorded; default: the user).")]
@@ -22,30 +17,12 @@ Operator = Annotated[str | None, typer.Option(help="Who decided (recorded; defau
 @app.command("release")
 def release_cmd(ctx: typer.Context, job_id: JobId, operator: Operator = None) -> None:
     """Deliver a job held after failed QC: it continues, its results flagged as failed QC."""
-    settings = settings_for(ctx)
-    store, url = _store(settings)
-    job_id = resolve_job_id(store, job_id)
-    job = store.get(job_id) or {}
-    queues = stage_queues(settings, job)
-    try:
-        stage, run = release(store, job_id, operator or getpass.getuser())
-    except NodeError as exc:
-        raise fail(exc.message) from None
-    if stage not in queues:
-        raise fail(f"job {job_id}: stage '{stage}' is not in the job's chain")
-    jobs = job_settings(settings, job.get("config")).jobs  # the job's own limits and retries
-    enqueue_stage(make_broker(url, settings.jobs), jobs, job_id=job_id, stage=stage,
-                  queue=queues[stage], run=run)
-    console.print(f"job {job_id} released: continues with stage '{stage}', results flagged")
+    settings, store, broker = _node(ctx)
+    _act(lambda: actions.release(settings, store, broker, job_id, user=operator or user_name()))
 
 
 @app.command("discard")
 def discard_cmd(ctx: typer.Context, job_id: JobId, operator: Operator = None) -> None:
     """Drop a job held after failed QC: nothing is delivered (the job ends cancelled)."""
     store, _ = _store(settings_for(ctx))
-    job_id = resolve_job_id(store, job_id)
-    try:
-        discard(store, job_id, operator or getpass.getuser())
-    except NodeError as exc:
-        raise fail(exc.message) from None
-    console.print(f"job {job_id} discarded: nothing delivered")
+    _act(lambda: actions.discard(store, job_id, user=operator or user_name()))

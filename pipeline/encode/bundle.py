@@ -17,12 +17,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from kneenode.errors import ErrorCode, NodeError
-from kneenode.fsio import fsync_dir, write_atomic
+from kneenode.fsio import fsync_dir, write_atomic, write_bytes_atomic, write_json_atomic
 from kneenode.logs import get_logger
 from kneenode.settings import EncodeSettings
-from pipeline.encode.common import AlgorithmInfo, knee_side, load_source
+from pipeline.encode.common import AlgorithmInfo, check_label_map, knee_side, load_source
 from pipeline.encode.overlay import encode_overlay
-from pipeline.encode.pdf import encode_pdf
+from pipeline.encode.pdf import ReportImage, encode_pdf, report_figures, report_images
 from pipeline.encode.seg import encode_seg
 from pipeline.encode.sr import encode_sr
 from pipeline.encode.sr_viewer import add_measurement_sources
@@ -38,6 +38,7 @@ class EncodedResults:
     sr: Dataset | None = None
     overlay: list[Dataset] = field(default_factory=list)
     pdf: Dataset | None = None
+    images: list[ReportImage] = field(default_factory=list)  # the report's pictures as PNG
 
     def instances(self) -> list[tuple[str, Dataset]]:
         """(kind, dataset) of every instance, in sending order (SEG before the SR that cites it)."""
@@ -122,6 +123,10 @@ def encode_results(
             source=datasets, labels=labels, model=info, side=side, options=options,
             qc=results.get("qc"),
         )
+    figures = None
+    if options.pdf or options.report_images:  # one drawing of slices and maps for both
+        figures = report_figures(datasets, check_label_map(labels, datasets), results, options,
+                                 thickness_map, thickness_points)
     if options.pdf:
         out.pdf = encode_pdf(
             source=datasets,
@@ -131,7 +136,10 @@ def encode_results(
             thickness_map=thickness_map,
             options=options,
             thickness_points=thickness_points,
+            figures=figures,
         )
+    if options.report_images and figures is not None:
+        out.images = report_images(figures, results)
     log.info(
         "encoded results",
         series_uid=datasets[0].SeriesInstanceUID,
@@ -147,8 +155,21 @@ def _save(ds: Dataset, path: str) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+IMAGES = "images"  #: folder of the report's PNG pictures in the encode output
+IMAGES_INDEX = "images.json"  #: their names and captions, in report order
+
+
 def write_results(encoded: EncodedResults, out_dir: Path) -> list[Path]:
-    """Write every instance as ``<kind>/<SOPInstanceUID>.dcm`` (temp file, fsync, rename)."""
+    """Write every instance as ``<kind>/<SOPInstanceUID>.dcm`` (temp file, fsync, rename) and
+    the report's pictures as ``images/<name>.png`` with ``images/images.json`` (name, caption);
+    returns the DICOM files."""
+    if encoded.images:
+        folder = Path(out_dir) / IMAGES
+        folder.mkdir(parents=True, exist_ok=True)
+        for image in encoded.images:
+            write_bytes_atomic(folder / image.name, image.data)
+        write_json_atomic(folder / IMAGES_INDEX, [{"name": i.name, "caption": i.caption}
+                                                  for i in encoded.images])
     written = []
     for kind, ds in encoded.instances():
         folder = Path(out_dir) / kind

@@ -4,7 +4,9 @@ Page one: identification, the QC outcome (coloured banner with its reasons), the
 table with the region colours, and continuous cartilage thickness maps (:mod:`report_maps`:
 femoral cartilage unrolled, both tibial plateaus from above, patella) with region boundaries,
 region means and one fixed colour scale in mm. Page two: the key slices with the overlay.
-Every text is wrapped or shortened to the page (:func:`fit_lines`).
+Every text is wrapped or shortened to the page (:func:`fit_lines`). The key slices and maps are
+computed once (:func:`report_figures`) and drawn both into the PDF and, by the same functions,
+into PNG files for the web console (:func:`report_images`).
 
 highdicom has no class for the Encapsulated PDF IOD, so the dataset is built with pydicom here
 (Patient, General Study, Encapsulated Document Series, General Equipment, SC Equipment,
@@ -20,6 +22,7 @@ import io
 import logging
 import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,7 @@ DISCLAIMER = (
 )
 _A4 = (8.27, 11.69)
 _FEMORAL = (4, *SUBREGIONS)
+_MIN_PNG_PIXELS = 256  # a key-slice PNG of a small matrix is enlarged to at least this
 
 
 def key_slices(labels: np.ndarray, count: int) -> list[int]:
@@ -254,10 +258,14 @@ def _maps(fig: Figure, top: float, bottom: float, maps: list[ReportMap],
         h = (height - 0.02) / n
         image = _draw_map(fig, (0.60, top - (i + 1) * h + 0.02, 0.28, h - 0.04), m, results)
     if image is not None:
-        cax = fig.add_axes((0.895, bottom + 0.04, 0.015, height - 0.08))
-        bar = fig.colorbar(image, cax=cax, extend="max")
-        bar.set_label("thickness (mm), fixed scale", fontsize=7)
-        bar.ax.tick_params(labelsize=6)
+        _colour_bar(fig, (0.895, bottom + 0.04, 0.015, height - 0.08), image)
+
+
+def _colour_bar(fig: Figure, box: tuple[float, float, float, float], image: Any) -> None:
+    """The fixed thickness scale beside the maps."""
+    bar = fig.colorbar(image, cax=fig.add_axes(box), extend="max")
+    bar.set_label("thickness (mm), fixed scale", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
 
 
 def _page_one(first: Dataset, results: Mapping[str, Any], info: AlgorithmInfo,
@@ -314,6 +322,15 @@ def _qc_details(fig: Figure, top: float, qc: Any) -> None:
             y -= 0.015
 
 
+def _draw_slice(fig: Figure, box: tuple[float, float, float, float], index: int,
+                rgb: np.ndarray) -> None:
+    """One key slice with the overlay, titled with its 1-based slice number."""
+    ax = fig.add_axes(box)
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_title(f"slice {index + 1}", fontsize=8)
+    ax.axis("off")
+
+
 def _change_page(results: Mapping[str, Any], info: AlgorithmInfo) -> Figure | None:
     """The change since the prior (tables and trends), when a comparison was made."""
     change = change_of(results)
@@ -343,11 +360,8 @@ def _page_two(rgb_slices: list[tuple[int, np.ndarray]], results: Mapping[str, An
     height = 0.27 / rows_n
     for i, (index, rgb) in enumerate(rgb_slices):
         r, c = divmod(i, cols)
-        ax = fig.add_axes((0.04 + c * 0.92 / cols, y - (r + 1) * height,
-                           0.9 / cols, height - 0.025))
-        ax.imshow(rgb, interpolation="nearest")
-        ax.set_title(f"slice {index + 1}", fontsize=8)
-        ax.axis("off")
+        _draw_slice(fig, (0.04 + c * 0.92 / cols, y - (r + 1) * height,
+                          0.9 / cols, height - 0.025), index, rgb)
     y -= 0.29
     legend = [(COLORS[label], text) for label, (_, text) in TISSUES.items()]
     for i, (colour, text) in enumerate(legend):
@@ -361,23 +375,98 @@ def _page_two(rgb_slices: list[tuple[int, np.ndarray]], results: Mapping[str, An
     return fig
 
 
+@dataclass(frozen=True)
+class ReportFigures:
+    """What the report draws besides text: the key slices (index, RGB overlay) and the maps.
+
+    Computed once per job (:func:`report_figures`) for both the PDF and the PNG images of
+    :func:`report_images`, so the web console shows exactly the pictures of the report.
+    """
+
+    rgb_slices: list[tuple[int, np.ndarray]]
+    maps: list[ReportMap]
+
+
+@dataclass(frozen=True)
+class ReportImage:
+    """One picture of the report as a PNG file: ``name`` (file name), ``caption``, ``data``."""
+
+    name: str
+    caption: str
+    data: bytes
+
+
+def report_figures(
+    datasets: Sequence[Dataset],
+    labels: np.ndarray,
+    results: Mapping[str, Any],
+    options: EncodeSettings,
+    thickness_map: np.ndarray | None = None,
+    thickness_points: Mapping[str, np.ndarray] | None = None,
+) -> ReportFigures:
+    """The key slices with the overlay (the slices with the most femoral cartilage in
+    ``options.pdf_key_slices`` parts of its extent) and the thickness maps (from
+    ``thickness_points`` in the knee frame of ``results["subregion_rule"]``; a legacy 2-D
+    ``thickness_map`` when they give none) of one job. ``datasets`` carry pixels."""
+    chosen = key_slices(labels, options.pdf_key_slices)
+    grey = window_to_uint8(source_volume([datasets[i] for i in chosen]))
+    rgb = colorize(grey, labels[chosen], alpha=options.overlay_alpha,
+                   outline=options.overlay_outline)
+    maps = report_maps(thickness_points, results.get("subregion_rule"))
+    if not maps and thickness_map is not None and np.isfinite(thickness_map).any():
+        maps = [map_from_grid(thickness_map)]
+    return ReportFigures(list(zip(chosen, rgb, strict=True)), maps)
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    with rc_context({"axes.unicode_minus": False}):
+        fig.savefig(buf, format="png", dpi=150, bbox_inches="tight", pad_inches=0.08)
+    return buf.getvalue()
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+def report_images(figures: ReportFigures, results: Mapping[str, Any]) -> list[ReportImage]:
+    """The report's pictures as PNG files: each key slice with the overlay (its pixels as the
+    PDF shows them, each source pixel a square block, the longer side at least
+    ``_MIN_PNG_PIXELS``) and
+    each thickness map drawn by the PDF's own :func:`_draw_map` with the fixed colour bar."""
+    from PIL import Image
+
+    out = []
+    for index, rgb in figures.rgb_slices:
+        buf = io.BytesIO()
+        # nearest-neighbour by a whole factor: every source pixel stays one sharp block
+        factor = max(1, -(-_MIN_PNG_PIXELS // max(rgb.shape[:2])))
+        big = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+        Image.fromarray(np.ascontiguousarray(big), "RGB").save(buf, format="PNG")
+        out.append(ReportImage(f"key-slice-{index + 1:04d}.png",
+                               f"Key slice {index + 1} with the segmentation overlay",
+                               buf.getvalue()))
+    for m in figures.maps:
+        fig = Figure(figsize=(4.6, 4.0))
+        image = _draw_map(fig, (0.12, 0.12, 0.66, 0.78), m, results)
+        image.axes.apply_aspect()
+        pos = image.axes.get_position()
+        _colour_bar(fig, (pos.x1 + 0.03, pos.y0, 0.03, pos.height), image)
+        out.append(ReportImage(f"map-{_slug(m.title)}.png",
+                               f"{m.title}: cartilage thickness (mm; numbers: region means)",
+                               _png(fig)))
+    return out
+
+
 def render_report(
     *,
     first: Dataset,
     results: Mapping[str, Any],
     info: AlgorithmInfo,
-    rgb_slices: list[tuple[int, np.ndarray]],
-    thickness_map: np.ndarray | None = None,
-    thickness_points: Mapping[str, np.ndarray] | None = None,
+    figures: ReportFigures,
 ) -> bytes:
-    """The report as PDF bytes (two A4 pages; three with a change since a prior exam).
-
-    Maps come from ``thickness_points`` (the quantify stage's per-vertex thickness) in the knee
-    frame of ``results["subregion_rule"]``; without them a legacy 2-D ``thickness_map`` is drawn.
-    """
-    maps = report_maps(thickness_points, results.get("subregion_rule"))
-    if not maps and thickness_map is not None and np.isfinite(thickness_map).any():
-        maps = [map_from_grid(thickness_map)]
+    """The report as PDF bytes (two A4 pages; three with a change since a prior exam) with the
+    key slices and maps of ``figures``."""
     buf = io.BytesIO()
     font_log = logging.getLogger("matplotlib.font_manager")
     level = font_log.level
@@ -387,11 +476,11 @@ def render_report(
         # core fonts lack the minus sign U+2212: plain hyphens on the map axes
         with rc_context({"pdf.use14corefonts": True, "axes.unicode_minus": False}), \
                 PdfPages(buf, metadata=meta) as pdf:
-            pdf.savefig(_page_one(first, results, info, maps))
+            pdf.savefig(_page_one(first, results, info, figures.maps))
             change_page = _change_page(results, info)
             if change_page is not None:
                 pdf.savefig(change_page)
-            pdf.savefig(_page_two(rgb_slices, results, info))
+            pdf.savefig(_page_two(figures.rgb_slices, results, info))
     finally:
         font_log.setLevel(level)
     return buf.getvalue()
@@ -406,6 +495,7 @@ def encode_pdf(
     thickness_map: np.ndarray | None = None,
     options: EncodeSettings | None = None,
     thickness_points: Mapping[str, np.ndarray] | None = None,
+    figures: ReportFigures | None = None,
 ) -> Dataset:
     """Encode the report as an Encapsulated PDF instance in the source's study.
 
@@ -427,6 +517,9 @@ def encode_pdf(
     thickness_points
         The quantify stage's ``thickness_points.npz`` arrays (per bone: LPS vertices, areas,
         thickness, region): the femoral, tibial and patellar maps of page one.
+    figures
+        The key slices and maps when the caller computed them already
+        (:func:`report_figures`, shared with :func:`report_images`).
 
     Returns
     -------
@@ -443,17 +536,9 @@ def encode_pdf(
         raise encode_error("thickness_map must be a 2-D numpy array")
     datasets = load_source(source, pixels=True)
     lab = check_label_map(labels, datasets)
-    chosen = key_slices(lab, opts.pdf_key_slices)
-    grey = window_to_uint8(source_volume([datasets[i] for i in chosen]))
-    rgb = colorize(grey, lab[chosen], alpha=opts.overlay_alpha, outline=opts.overlay_outline)
-    document = render_report(
-        first=datasets[0],
-        results=results,
-        info=info,
-        rgb_slices=list(zip(chosen, rgb, strict=True)),
-        thickness_map=thickness_map,
-        thickness_points=thickness_points,
-    )
+    if figures is None:
+        figures = report_figures(datasets, lab, results, opts, thickness_map, thickness_points)
+    document = render_report(first=datasets[0], results=results, info=info, figures=figures)
     return _pdf_dataset(datasets, document, info, opts)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     MRImageStorage,
 )
+
+from pipeline.phantom.pose import ImageGrid
 
 if TYPE_CHECKING:
     from pipeline.phantom.build import Phantom
@@ -100,18 +102,7 @@ def _common(phantom: Phantom) -> dict[str, Any]:
         "AcquisitionTime": STUDY_TIME,
         "ImageType": ["ORIGINAL", "PRIMARY", "OTHER"],
         "BurnedInAnnotation": "NO",
-        "PixelSpacing": [f"{g.spacing[1]:.6g}", f"{g.spacing[0]:.6g}"],
-        "ImageOrientationPatient": [f"{v:.8f}" for v in (*g.matrix[:, 0], *g.matrix[:, 1])],
-        "SliceThickness": f"{g.spacing[2]:.6g}",
-        "SpacingBetweenSlices": f"{g.spacing[2]:.6g}",
-        "SamplesPerPixel": 1,
-        "PhotometricInterpretation": "MONOCHROME2",
-        "Rows": nj,
-        "Columns": ni,
-        "BitsAllocated": 16,
-        "BitsStored": 16,
-        "HighBit": 15,
-        "PixelRepresentation": 0,
+        **plane_attributes(g),
         "ScanningSequence": ["GR"],
         "SequenceVariant": ["SS"],
         "ScanOptions": "",
@@ -134,6 +125,61 @@ def _common(phantom: Phantom) -> dict[str, Any]:
     }
 
 
+def plane_attributes(g: ImageGrid) -> dict[str, Any]:
+    """Image Plane and Image Pixel attributes (16-bit unsigned) of every slice of ``g``."""
+    ni, nj, _ = g.size
+    return {
+        "PixelSpacing": [f"{g.spacing[1]:.6g}", f"{g.spacing[0]:.6g}"],
+        "ImageOrientationPatient": [f"{v:.8f}" for v in (*g.matrix[:, 0], *g.matrix[:, 1])],
+        "SliceThickness": f"{g.spacing[2]:.6g}",
+        "SpacingBetweenSlices": f"{g.spacing[2]:.6g}",
+        "SamplesPerPixel": 1,
+        "PhotometricInterpretation": "MONOCHROME2",
+        "Rows": nj,
+        "Columns": ni,
+        "BitsAllocated": 16,
+        "BitsStored": 16,
+        "HighBit": 15,
+        "PixelRepresentation": 0,
+    }
+
+
+def write_slices(
+    common: dict[str, Any],
+    stored: np.ndarray,
+    grid: ImageGrid,
+    folder: Path,
+    sop_uids: Sequence[str],
+    *,
+    first_number: int = 1,
+    per_slice: Callable[[Dataset, int], None] | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> list[Path]:
+    """One MR Image Storage file per slice k of ``stored`` (k, rows, columns; uint16).
+
+    ``common`` holds every attribute the slices share (:func:`plane_attributes` among them);
+    each slice gets its SOP Instance UID, Instance Number, position and slice location, then
+    ``per_slice(ds, k)`` may add more. Files are ``MR<instance number>.dcm``.
+    """
+    normal = grid.matrix[:, 2]
+    paths = []
+    for k, pos in enumerate(grid.slice_positions()):
+        number = first_number + k
+        ds = _dataset(common)
+        ds.SOPInstanceUID = sop_uids[k]
+        ds.InstanceNumber = number
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in pos]
+        ds.SliceLocation = f"{float(np.dot(normal, pos)):.6f}"
+        if per_slice is not None:
+            per_slice(ds, k)
+        ds.file_meta = _file_meta(ds.SOPInstanceUID)
+        _set_pixels(ds, stored[k], transfer_syntax)
+        path = folder / f"MR{number:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
 def _dataset(common: dict[str, Any]) -> Dataset:
     ds = Dataset()
     for key, value in common.items():
@@ -154,35 +200,26 @@ def write_dicom_series(
     """
     folder.mkdir(parents=True, exist_ok=True)
     common = _common(phantom)
-    grid = phantom.grid
-    normal = grid.matrix[:, 2]
-    positions = grid.slice_positions()
+    positions = phantom.grid.slice_positions()
     qp = phantom.qdess_params
     paths: list[Path] = []
-    number = 0
     # As GE writes it: the whole acquisition's image count (echoes x slices), which lets a
     # receiver see a complete series without waiting (see docs/conformance.md, completion).
     common["ImagesInAcquisition"] = len(phantom.echoes) * len(positions)
     for e, (echo, te) in enumerate(zip(phantom.echoes, phantom.echo_times_ms, strict=True)):
-        stored = to_stored(echo)
-        for k, pos in enumerate(positions):
-            number += 1
-            ds = _dataset(common)
-            ds.SOPInstanceUID = _uid(phantom, f"sop/{e}/{k}")
-            ds.InstanceNumber = number
+
+        def per_slice(ds: Dataset, k: int, e: int = e, te: float = te) -> None:
             ds.EchoTime = f"{te:.6g}"
             ds.EchoNumbers = e + 1
-            ds.ImagePositionPatient = [f"{v:.6f}" for v in pos]
-            ds.SliceLocation = f"{float(np.dot(normal, pos)):.6f}"
             if phantom.qdess:
                 block = ds.private_block(0x0019, GE_CREATOR, create=True)
                 block.add_new(0xB6, "DS", f"{qp.gl_area:.6g}")
                 block.add_new(0xB7, "DS", f"{qp.tg_us:.6g}")
-            ds.file_meta = _file_meta(ds.SOPInstanceUID)
-            _set_pixels(ds, stored[k], transfer_syntax)
-            path = folder / f"MR{number:05d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            paths.append(path)
+
+        uids = [_uid(phantom, f"sop/{e}/{k}") for k in range(len(positions))]
+        paths += write_slices(common, to_stored(echo), phantom.grid, folder, uids,
+                              first_number=len(paths) + 1, per_slice=per_slice,
+                              transfer_syntax=transfer_syntax)
     return paths
 
 

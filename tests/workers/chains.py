@@ -145,6 +145,13 @@ def _lossy_encode(ctx: StageContext) -> None:
         min((ctx.work_dir / "overlay").glob("*.dcm")).unlink()
 
 
+def upload_chain(settings: Settings) -> list[Stage]:
+    """The node's own prepare (an uploaded series must read as a volume) -> s1 (cpu), which
+    records the settings it ran with (``s1/settings.json``: the chosen profile's values)."""
+    del settings
+    return [Stage("prepare", "cpu", prepare), Stage("s1", "cpu", _recording("s1"))]
+
+
 DEMO_CARD = {"algorithm_name": "kneenode-test-model", "algorithm_version": "7.1",
              "checkpoint_sha256": ["c" * 64]}
 

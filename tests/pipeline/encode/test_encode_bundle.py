@@ -49,3 +49,38 @@ def test_settings_section_validates():
         EncodeSettings(uid_prefix="1.2.x.")
     with pytest.raises(ValueError):
         EncodeSettings(unknown=True)
+
+
+def test_the_report_pictures_are_written_beside_the_objects_and_pass_verify(
+        series, labels, results, card, tmp_path):
+    """Key slices (the PDF's page two) as PNG next to the DICOM kinds; ``verify`` ignores them;
+    with the PDF off they are still drawn, with report_images off they are not."""
+    import json
+
+    from PIL import Image
+
+    from pipeline.encode.pdf import key_slices
+    from pipeline.encode.verify import expected_outputs, verify_outputs
+
+    opts = EncodeSettings(pdf_key_slices=2)
+    encoded = encode_results(source=series, labels=labels, results=results, model=card,
+                             options=opts)
+    out = tmp_path / "out"
+    write_results(encoded, out)
+    index = json.loads((out / "images" / "images.json").read_text())
+    chosen = key_slices(labels, 2)
+    assert [i["name"] for i in index] == [f"key-slice-{k + 1:04d}.png" for k in chosen]
+    for item in index:
+        with Image.open(out / "images" / item["name"]) as png:
+            assert png.format == "PNG" and png.mode == "RGB" and max(png.size) >= 256
+        assert item["caption"].startswith("Key slice")
+    manifest = verify_outputs(out, expected_outputs(opts, len(series)),
+                              study_uid=series[0].StudyInstanceUID)
+    assert set(manifest) == {"seg", "sr", "overlay", "pdf"}
+
+    no_pdf = encode_results(source=series, labels=labels, results=results, model=card,
+                            options=EncodeSettings(pdf=False))
+    assert no_pdf.pdf is None and len(no_pdf.images) == len(key_slices(labels, 3))
+    none = encode_results(source=series, labels=labels, results=results, model=card,
+                          options=EncodeSettings(report_images=False))
+    assert none.pdf is not None and none.images == []
