@@ -12,14 +12,17 @@ only the new measurement is compared.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 
 from kneenode.history import ExamRecord, open_history, read_patient_header
 from kneenode.orthanc import start_orthanc
 from kneenode.settings import Settings
+from pipeline.encode.pdf import pdf_document
 from pipeline.encode.sr_change import read_sr_change
 from pipeline.phantom import make_phantom, write_followup_pair, write_phantom
 from tests.priors.exams import write_exam
@@ -149,6 +152,18 @@ def test_followup_gets_the_change_since_the_baseline(node_factory, tmp_path: Pat
         assert set(sr_change["thickness"]) >= set(pair.loss_mm), sr_change
         events = [e["kind"] for e in store.events(job["id"])]
         assert {"priors_requested", "priors_lookup", "prior_received", "compare"} <= set(events)
+        # the console's results page shows the same change (loopback without accounts: open)
+        page = httpx.get(f"http://127.0.0.1:{node.config['jobs']['http_port']}/ui/jobs/"
+                         f"{job['id']}/results", timeout=60).text
+        shown = dict(re.findall(r'data-key="([a-z_]+):change_mm" data-value="([^"]*)"', page))
+        assert {r: round(float(v), 6) for r, v in shown.items()} == {
+            t["region"]: round(t["change_mm"], 6) for t in change["thickness"]}, shown
+        assert page.count('class="flagged"') >= len(flagged)
+        # the delivered PDF, kept for a look (docs/change-report-e2e.png is rendered from it)
+        pdf = pdf_document(pydicom.dcmread(next((Path(job["job_dir"]) / "encode" / "pdf")
+                                                .glob("*.dcm"))))
+        (tmp_path / "report.pdf").write_bytes(pdf)
+        print("change report PDF:", tmp_path / "report.pdf")
     finally:
         orthanc.stop()
 
