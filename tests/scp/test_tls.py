@@ -50,18 +50,18 @@ def test_tls_with_client_certificate(node_factory, pki, tmp_path):
 def test_delivery_over_tls_to_a_tls_peer(node_factory, pki, tmp_path):
     """The SCU side: a TLS destination with our client certificate (what delivery uses)."""
     from kneenode.settings import DestinationSettings
-    from scp.delivery import _target
+    from scp.delivery import target_of
     from scp.sender import send_files
 
     files = mr_series(tmp_path / "s", slices=2)
     node = node_factory({"scp": {"allow_any": True, "tls": {
         "enabled": True, "cert": str(pki / "server.crt"), "key": str(pki / "server.key"),
         "ca": str(pki / "ca.crt"), "require_client_cert": True}}})
-    target = _target(DestinationSettings(ae_title="KNEENODE", host="127.0.0.1", port=node.port,
+    target = target_of(DestinationSettings(ae_title="KNEENODE", host="127.0.0.1", port=node.port,
                                          tls=True, ca=pki / "ca.crt", cert=pki / "client.crt",
                                          key=pki / "client.key"))
     report = send_files(files, target.destination, tls=target.tls, timeout=30)
     assert report.ok, report
-    no_cert = _target(DestinationSettings(ae_title="KNEENODE", host="127.0.0.1", port=node.port,
+    no_cert = target_of(DestinationSettings(ae_title="KNEENODE", host="127.0.0.1", port=node.port,
                                           tls=True, ca=pki / "ca.crt"))
     assert not send_files(files, no_cert.destination, tls=no_cert.tls, timeout=30).ok
