@@ -35,6 +35,7 @@ import torch
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from kneenode.settings import DEMO_MODEL_DIR
@@ -70,7 +71,7 @@ LARGE_CASES = {"full@model": (20_000, 10), "mid": (30_000, 4), "full": (40_000, 
 class Case:
     """One preprocessed training phantom: normalised image and native labels at plans spacing."""
 
-    data: np.ndarray  # float32 (z, y, x)
+    data: np.ndarray  # float32 (c, z, y, x): the image, then (cascade) the lower stage's one-hot
     seg: np.ndarray  # int8 (z, y, x), native labels
     fg: dict[int, np.ndarray]  # native label -> voxel indices (N, 3)
     grid: str = "small"
@@ -121,23 +122,40 @@ def make_plans() -> dict[str, Any]:
 
 
 def make_case(seed: int, side: str, orientation: str, pm: PlansManager,
-              dataset: dict[str, Any], grid: str = "small") -> Case:
+              dataset: dict[str, Any], grid: str = "small",
+              configuration: str = CONFIGURATION) -> Case:
     """Generate and preprocess one phantom exactly as inference will see it."""
     image, labels = phantom_images(seed, side, orientation, grid)
-    native = canonical_to_native()[sitk.GetArrayFromImage(labels)]
+    return preprocess_case(image, labels, pm, dataset, configuration, grid)
+
+
+def preprocess_case(image: sitk.Image, labels: sitk.Image, pm: PlansManager,
+                    dataset: dict[str, Any], configuration: str, grid: str,
+                    previous: np.ndarray | None = None) -> Case:
+    """nnU-Net's preprocessing of (image, canonical labels) for ``configuration``.
+
+    ``previous`` (native labels of the lower cascade stage, on the image's grid) goes through the
+    same preprocessing call and is appended as one-hot channels, as inference does.
+    """
+    native = canonical_to_native()[sitk.GetArrayFromImage(labels)].astype(np.int16)
+    segs = native[None] if previous is None else np.stack([native, previous.astype(np.int16)])
     spacing = list(reversed(image.GetSpacing()))
     data, seg, _ = DefaultPreprocessor(verbose=False).run_case_npy(
-        sitk.GetArrayFromImage(image)[None], native[None].astype(np.int16), {"spacing": spacing},
-        pm, pm.get_configuration(CONFIGURATION), dataset,
+        sitk.GetArrayFromImage(image)[None], segs, {"spacing": spacing},
+        pm, pm.get_configuration(configuration), dataset,
     )
-    seg = np.where(seg[0] < 0, 0, seg[0]).astype(np.int8)
-    fg = {int(v): np.argwhere(seg == v).astype(np.int16) for v in np.unique(seg) if v > 0}
-    return Case(data=data[0].astype(np.float32), seg=seg, fg=fg, grid=grid)
+    if previous is not None:
+        foreground = pm.get_label_manager(dataset).foreground_labels
+        data = np.vstack((data, convert_labelmap_to_one_hot(seg[1], foreground, data.dtype)))
+    truth = np.where(seg[0] < 0, 0, seg[0]).astype(np.int8)
+    fg = {int(v): np.argwhere(truth == v).astype(np.int16) for v in np.unique(truth) if v > 0}
+    return Case(data=data.astype(np.float32), seg=truth, fg=fg, grid=grid)
 
 
-def _crop(case: Case, rng: np.random.Generator, foreground: bool) -> tuple[np.ndarray, np.ndarray]:
-    shape = np.array(case.data.shape)
-    patch = np.array(PATCH)
+def _crop(case: Case, rng: np.random.Generator, foreground: bool,
+          patch_size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    shape = np.array(case.seg.shape)
+    patch = np.array(patch_size)
     if foreground and case.fg:
         label = rng.choice(list(case.fg))
         centre = case.fg[label][rng.integers(len(case.fg[label]))].astype(np.int64)
@@ -145,30 +163,36 @@ def _crop(case: Case, rng: np.random.Generator, foreground: bool) -> tuple[np.nd
         centre = rng.integers(0, shape)
     start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
     sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
-    x, y = case.data[sl], case.seg[sl]
-    pad = [(0, int(p - s)) for p, s in zip(patch, x.shape)]
-    return np.pad(x, pad), np.pad(y, pad)
+    x, y = case.data[(slice(None), *sl)], case.seg[sl]
+    pad = [(0, int(p - s)) for p, s in zip(patch, y.shape)]
+    return np.pad(x, [(0, 0), *pad]), np.pad(y, pad)
 
 
-def batch(cases: list[Case], rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patches (2/3 centred on a random foreground class), LR mirroring, intensity jitter."""
+def batch(cases: list[Case], rng: np.random.Generator, size: int,
+          patch: tuple[int, ...] = PATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches (2/3 centred on a random foreground class), LR mirroring, intensity jitter.
+
+    Jitter and noise touch the image channel only, never a cascade's one-hot channels.
+    """
     xs, ys = [], []
     small = [c for c in cases if c.grid == "small"]
     large = [c for c in cases if c.grid != "small"] or small
     for i in range(size):
         pool = small if (rng.random() < 0.5 and small) else large  # half the patches each
-        x, y = _crop(pool[rng.integers(len(pool))], rng, foreground=rng.random() < 0.67)
+        x, y = _crop(pool[rng.integers(len(pool))], rng, rng.random() < 0.67, patch)
         if rng.random() < 0.5:
-            x, y = x[::-1], y[::-1]
-        x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)
-        x = x + rng.normal(0, rng.uniform(0, 0.08), x.shape).astype(np.float32)
-        xs.append(np.ascontiguousarray(x, dtype=np.float32))
+            x, y = x[:, ::-1], y[::-1]
+        x = np.array(x, dtype=np.float32)
+        x[0] = x[0] * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)
+        x[0] += rng.normal(0, rng.uniform(0, 0.08), x[0].shape).astype(np.float32)
+        xs.append(x)
         ys.append(np.ascontiguousarray(y, dtype=np.int64))
-    return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys)[:, None])
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)[:, None])
 
 
 def train(cases: list[Case], network: torch.nn.Module, iterations: int, batch_size: int,
-          seed: int, minutes: float, lr: float = 4e-3, log_every: int = 50) -> list[float]:
+          seed: int, minutes: float, lr: float = 4e-3, log_every: int = 50,
+          patch: tuple[int, ...] = PATCH) -> list[float]:
     """AdamW with polynomial decay over whichever ends first, ``iterations`` or ``minutes``.
 
     The schedule follows the larger of the iteration and the time fraction, so a busy machine
@@ -190,7 +214,7 @@ def train(cases: list[Case], network: torch.nn.Module, iterations: int, batch_si
             break
         for group in opt.param_groups:
             group["lr"] = lr * (1 - done) ** 0.9
-        x, y = batch(cases, rng, batch_size)
+        x, y = batch(cases, rng, batch_size, patch)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(network(x), y)
         loss.backward()
@@ -211,8 +235,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
 
 
-def evaluate(model_dir: Path, cases: tuple[tuple[int, str, str, str], ...]
-             ) -> dict[str, dict[str, float]]:
+def evaluate(model_dir: Path, cases: tuple[tuple[int, str, str, str], ...],
+             configuration: str = CONFIGURATION) -> dict[str, dict[str, float]]:
     """Dice per structure of the written model on unseen phantoms, through the real inference path.
 
     ``cases`` are (seed, side, orientation, grid); the key records the inference seconds too.
@@ -220,7 +244,8 @@ def evaluate(model_dir: Path, cases: tuple[tuple[int, str, str, str], ...]
     from kneenode.settings import SegmentSettings
     from pipeline.segment import load_model, segment_image
 
-    model = load_model(SegmentSettings(model_dir=model_dir, device="cpu"))
+    model = load_model(SegmentSettings(model_dir=model_dir, configuration=configuration,
+                                       device="cpu"))
     out: dict[str, dict[str, float]] = {}
     for seed, side, orientation, grid in cases:
         image, truth = phantom_images(seed, side, orientation, grid)

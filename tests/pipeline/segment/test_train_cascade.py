@@ -1,0 +1,59 @@
+"""The demo cascade's training pieces: plans, the widened stem, a smoke run through inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from kneenode.settings import SegmentSettings
+from pipeline.segment import folder as mf
+from pipeline.segment import load_model, segment_image
+from pipeline.segment import train_cascade as tc
+from pipeline.segment import train_demo as td
+from pipeline.segment.labels import PUBLIC_MODEL_LABELS
+from pipeline.segment.model import build_network
+
+
+def test_plans_hold_both_stages():
+    pm = PlansManager(tc.make_plans())
+    low, cascade = pm.get_configuration(tc.LOWRES), pm.get_configuration(tc.CASCADE)
+    assert list(low.spacing) == list(tc.LOWRES_SPACING)
+    assert list(low.patch_size) == list(tc.LOWRES_PATCH)
+    assert low.network_arch_init_kwargs["n_stages"] == len(tc.LOWRES_FEATURES)
+    assert cascade.previous_stage_name == tc.LOWRES
+    assert list(cascade.patch_size) == list(td.PATCH)
+
+
+def test_widened_stem_keeps_the_single_stage_output():
+    """Zero weights on the one-hot channels: the cascade network starts as the demo network."""
+    plans, dataset = tc.make_plans(), mf.dataset_json(td.DATASET, PUBLIC_MODEL_LABELS)
+    pm = PlansManager(plans)
+    torch.manual_seed(0)
+    single = build_network(pm, pm.get_configuration("3d_fullres"), dataset)
+    single.apply(single.initialize)
+    cascade = build_network(pm, pm.get_configuration(tc.CASCADE), dataset)
+    cascade.load_state_dict(tc.widen_stem(single.state_dict(), cascade.state_dict()))
+    single.eval(), cascade.eval()
+    x = torch.randn(1, 1, *td.PATCH)
+    onehot = (torch.rand(1, 9, *td.PATCH) > 0.5).float()
+    with torch.no_grad():
+        a = single(x)
+        b = cascade(torch.cat([x, onehot], 1))
+        c = cascade(torch.cat([x, 1 - onehot], 1))
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
+
+
+def test_smoke_training_gives_a_cascade_the_node_loads(tmp_path):
+    """Two tiny stages trained for a few steps load as a cascade and label a phantom."""
+    common = ["--out", str(tmp_path), "--cases", "2", "--no-large", "--iterations", "2"]
+    tc.main(["--stage", "lowres", *common])
+    tc.main(["--stage", "cascade", *common, "--no-eval"])
+    folder = tc.stage_dir(tmp_path, tc.CASCADE)
+    model = load_model(SegmentSettings(model_dir=folder, configuration=tc.CASCADE, device="cpu"))
+    assert model.previous is not None and model.previous.configuration == tc.LOWRES
+    image, _ = td.phantom_images(90_001, "left", "sagittal", "small")
+    labels = sitk.GetArrayFromImage(segment_image(image, model))
+    assert labels.shape == sitk.GetArrayFromImage(image).shape
+    assert set(np.unique(labels)) <= set(range(10))
