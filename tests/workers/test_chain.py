@@ -79,7 +79,7 @@ def test_kill_9_of_whole_worker_host_recovers_by_heartbeat(cluster_factory) -> N
         assert len(children) == 2  # gpu process + cpu,io process
         for proc in [psutil.Process(host.pid), *children]:
             proc.kill()
-        host.wait(5)
+        host.wait(30)
         psutil.wait_procs(children, timeout=5)
         c.store.client.hset(c.store.key("job", job_id), "updated", 0)  # nothing else changes
         ids = c.store.client.smembers(c.store.key("workers"))
