@@ -20,6 +20,7 @@ from typing import Any
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.settings import (
     DEFAULT_PROFILE,
+    NNUNET_CONFIGURATIONS,
     PROFILE_JOB_KEYS,
     PROFILE_SECTIONS,
     SegmentSettings,
@@ -142,7 +143,7 @@ def trained_model_folder(segment: SegmentSettings, configuration: str | None = N
     The same rule as :func:`pipeline.segment.folder.trained_model_dir`: ``model_dir`` itself, or
     its ``<trainer>__<plans>__<configuration>`` subfolder.
     """
-    config = configuration or segment.configuration
+    config = configuration or segment.resolved_configuration
     for folder in (Path(segment.model_dir),
                    Path(segment.model_dir) / f"{segment.trainer}__{segment.plans}__{config}"):
         if (folder / "plans.json").is_file():
@@ -152,10 +153,11 @@ def trained_model_folder(segment: SegmentSettings, configuration: str | None = N
 
 def _segment_problems(segment: SegmentSettings) -> list[tuple[str, str]]:
     folder = trained_model_folder(segment)
+    configuration = segment.resolved_configuration
     if folder is None:
-        sub = f"{segment.trainer}__{segment.plans}__{segment.configuration}"
+        sub = f"{segment.trainer}__{segment.plans}__{configuration}"
         text = (f"{segment.model_dir}: no nnU-Net trained-model folder for "
-                f"{segment.configuration} (no plans.json there or in {sub}/)")
+                f"{configuration} (no plans.json there or in {sub}/)")
         return [("segment.model_dir", text)]
     problems = []
     try:
@@ -163,11 +165,15 @@ def _segment_problems(segment: SegmentSettings) -> list[tuple[str, str]]:
     except (OSError, ValueError) as exc:
         return [("segment.model_dir", f"{folder}/plans.json cannot be read: {exc}")]
     configs = plans.get("configurations", {})
-    if segment.configuration not in configs:
-        text = f"{segment.configuration!r} is not in {folder}/plans.json (has {sorted(configs)})"
+    stage = folder.name.split("__")[-1]
+    if configuration not in configs:
+        text = f"{configuration!r} is not in {folder}/plans.json (has {sorted(configs)})"
         problems.append(("segment.configuration", text))
-    elif configs[segment.configuration].get("previous_stage"):
-        low = configs[segment.configuration]["previous_stage"]
+    elif stage in NNUNET_CONFIGURATIONS and stage != configuration:
+        text = f"{folder} holds the {stage} stage, not {configuration}"
+        problems.append(("segment.configuration", text))
+    elif configs[configuration].get("previous_stage"):
+        low = configs[configuration]["previous_stage"]
         parts = folder.name.split("__")
         sibling = "__".join([*parts[:2], low]) if len(parts) == 3 else f"{folder.name}__{low}"
         low_dir = (Path(segment.lowres_model_dir) if segment.lowres_model_dir
@@ -259,7 +265,7 @@ def _segment_card(segment: SegmentSettings) -> dict[str, Any]:
     card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
     return {
         "folder": str(folder.resolve()),
-        "configuration": segment.configuration,
+        "configuration": segment.resolved_configuration,
         "algorithm_name": card.get("algorithm_name", ""),
         "algorithm_version": card.get("algorithm_version", ""),
         "is_demo": bool(card.get("is_demo", False)),

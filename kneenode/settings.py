@@ -274,6 +274,9 @@ class ReaderSettings(Section):
         return max(self.inplane_tolerance * pixel_spacing, self.rounding_allowance_mm, 1e-3)
 
 
+#: nnU-Net v2's configuration names (the last part of a trained-model folder's name).
+NNUNET_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+
 DEMO_MODEL_DIR = (
     Path(__file__).resolve().parent.parent
     / "models"
@@ -295,8 +298,10 @@ class SegmentSettings(Section):
     trainer: str = Field(default="nnUNetTrainer", description="Trainer name in the folder name.")
     plans: str = Field(default="nnUNetResEncUNetMPlans", description="Plans name in the folder name.")
     configuration: str = Field(
-        default="3d_fullres",
-        description="3d_fullres, 3d_lowres or 3d_cascade_fullres (runs its 3d_lowres stage first).",
+        default="auto",
+        description="3d_fullres, 3d_lowres or 3d_cascade_fullres (runs its 3d_lowres stage "
+        "first); auto = the one model_dir's folder name <trainer>__<plans>__<configuration> "
+        "names, else 3d_fullres.",
     )
     lowres_model_dir: str = Field(
         default="",
@@ -341,6 +346,18 @@ class SegmentSettings(Section):
         description="Load checkpoints that the weights-only unpickler refuses (runs pickled code: "
         "only for model folders you trust).",
     )
+
+    @property
+    def resolved_configuration(self) -> str:
+        """The nnU-Net configuration to run: ``configuration``, with ``auto`` resolved.
+
+        ``auto`` reads the folder name, so a model folder that is itself one stage of a cascade
+        (the phantom demo's ``..._3d_cascade_fullres``) runs as what it was trained for.
+        """
+        if self.configuration != "auto":
+            return self.configuration
+        parts = Path(self.model_dir).name.split("__")
+        return parts[2] if len(parts) == 3 and parts[2] in NNUNET_CONFIGURATIONS else "3d_fullres"
 
 
 DEFAULT_KNEE_PATTERN = (

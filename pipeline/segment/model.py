@@ -221,10 +221,9 @@ def _load_config(
 
 def _load(settings: SegmentSettings) -> LoadedModel:
     device = resolve_device(settings.device)
-    folder = mf.trained_model_dir(
-        settings.model_dir, settings.trainer, settings.plans, settings.configuration
-    )
-    model = _load_config(folder, settings.configuration, settings, device)
+    configuration = settings.resolved_configuration
+    folder = mf.trained_model_dir(settings.model_dir, settings.trainer, settings.plans, configuration)
+    model = _load_config(folder, configuration, settings, device)
     previous = model.configuration_manager.previous_stage_name
     if previous is not None:
         low_dir = (
@@ -250,6 +249,7 @@ def cache_key(settings: SegmentSettings) -> str:
     so profiles that differ only there share one warm model.
     """
     data = settings.model_dump(mode="json", exclude=set(PREDICT_KEYS))
+    data["configuration"] = settings.resolved_configuration  # "auto" and its value: one model
     return json.dumps(data, sort_keys=True)
 
 

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -79,15 +78,6 @@ def make_plans() -> dict[str, Any]:
 def stage_dir(out: Path, configuration: str) -> Path:
     """The trained-model folder of one stage inside the dataset folder ``out``."""
     return Path(out) / f"nnUNetTrainer__{td.PLANS}__{configuration}"
-
-
-def specs(cases: int, large: bool, offset: int = 0) -> list[tuple[int, str]]:
-    """(seed, grid) of the training phantoms, the recipe of :mod:`train_demo`."""
-    out = [(td.TRAIN_SEED0 + offset + i, "small") for i in range(cases)]
-    if large:
-        out += [(s0 + offset + i, grid) for grid, (s0, n) in td.LARGE_CASES.items()
-                for i in range(n)]
-    return out
 
 
 def lowres_cases(todo: list[tuple[int, str]], pm: PlansManager,
@@ -163,10 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     network = build_network(pm, pm.get_configuration(configuration), dataset)
     network.apply(network.initialize)  # type: ignore[arg-type]  # nnU-Net's He init
     if args.stage == "lowres":
-        todo = specs(args.cases, args.large)
+        todo = td.training_specs(args.cases, args.large)
         cases, patch = lowres_cases(todo, pm, dataset), LOWRES_PATCH
     else:
-        todo = specs(args.cases, args.large, CASCADE_SEED_OFFSET)
+        todo = td.training_specs(args.cases, args.large, CASCADE_SEED_OFFSET)
         cases = cascade_cases(todo, pm, dataset, stage_dir(args.out, LOWRES))
         patch = td.PATCH
         checkpoint, _ = mf.load_checkpoint(args.init / "fold_0" / "checkpoint_final.pth")

@@ -67,6 +67,17 @@ VALIDATION = ((90_001, "left", "sagittal", "small"), (90_002, "right", "coronal"
 LARGE_CASES = {"full@model": (20_000, 10), "mid": (30_000, 4), "full": (40_000, 2)}
 
 
+def training_specs(cases: int, large: bool, offset: int = 0) -> list[tuple[int, str]]:
+    """(seed, grid) of the training phantoms: ``cases`` small ones, then :data:`LARGE_CASES`.
+
+    ``offset`` shifts every seed (the cascade's second stage trains on phantoms the first never saw).
+    """
+    out = [(TRAIN_SEED0 + offset + i, "small") for i in range(cases)]
+    if large:
+        out += [(s0 + offset + i, grid) for grid, (s0, n) in LARGE_CASES.items() for i in range(n)]
+    return out
+
+
 @dataclass
 class Case:
     """One preprocessed training phantom: normalised image and native labels at plans spacing."""
@@ -313,9 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     plans, dataset = make_plans(), mf.dataset_json(DATASET, PUBLIC_MODEL_LABELS)
     pm = PlansManager(plans)
-    specs = [(TRAIN_SEED0 + i, "small") for i in range(args.cases)]
-    if args.large:
-        specs += [(s0 + i, grid) for grid, (s0, n) in LARGE_CASES.items() for i in range(n)]
+    specs = training_specs(args.cases, args.large)
     seeds = [s for s, _ in specs]
     cases = []
     for i, (s, grid) in enumerate(specs):

@@ -16,7 +16,7 @@ import torch
 from kneenode.configfile import options_table, toml_document
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.profiles import OLD_OPTIONS, check_models, model_fingerprint, option_text
-from kneenode.settings import Settings
+from kneenode.settings import SegmentSettings, Settings
 from pipeline.segment import load_model, segment_array, unload_all
 from pipeline.segment.model import _CACHE
 from pipeline.shape.stage import load_shape_models
@@ -73,7 +73,7 @@ def test_old_option_maps_to_its_documented_effect(option, tiny_dataset):
     assert option_text(keys) in options_table()
     if configuration is not None:
         torch.set_num_threads(1)
-        assert eff.segment.configuration == configuration and s.segment.configuration == "3d_fullres"
+        assert eff.segment.configuration == configuration and s.segment.resolved_configuration == "3d_fullres"
         model = load_model(eff.segment)
         assert model.card.configuration == configuration
         assert (model.previous is not None) == (configuration == "3d_cascade_fullres")
@@ -108,12 +108,35 @@ def test_a_profile_naming_a_missing_model_folder_is_a_config_error(tmp_path):
     check_models(s, ["segment"])  # a chain without the shape stage needs no NSM model
 
 
+def test_auto_configuration_follows_the_model_folder_name(tiny_dataset):
+    """``auto`` runs what a trained-model folder was trained as; a dataset folder means 3d_fullres;
+    an explicit configuration that contradicts the folder's name is refused at startup."""
+    torch.set_num_threads(1)
+    for config in ("3d_fullres", "3d_lowres", "3d_cascade_fullres"):
+        seg = SegmentSettings(model_dir=tiny_dataset / f"nnUNetTrainer__tinyPlans__{config}",
+                              device="cpu")
+        assert seg.configuration == "auto" and seg.resolved_configuration == config
+        check_models(Settings(segment=seg), ["segment"])
+        model = load_model(seg)
+        assert model.configuration == config
+        assert (model.previous is not None) == (config == "3d_cascade_fullres")
+    by_name = SegmentSettings(model_dir=tiny_dataset, plans="tinyPlans")
+    assert by_name.resolved_configuration == "3d_fullres"
+    assert load_model(by_name).configuration == "3d_fullres"
+    wrong = SegmentSettings(model_dir=tiny_dataset / "nnUNetTrainer__tinyPlans__3d_cascade_fullres",
+                            configuration="3d_fullres")
+    with pytest.raises(NodeError) as err:
+        check_models(Settings(segment=wrong), ["segment"])
+    assert "segment.configuration" in err.value.message
+    assert "holds the 3d_cascade_fullres stage, not 3d_fullres" in err.value.message
+
+
 def test_serve_refuses_to_start_and_starts_nothing(tmp_path):
     data = tmp_path / "data"
     config = tmp_path / "kneenode.toml"
     config.write_text(toml_document({
         "data_dir": str(data), "scp": {"port": 0}, "jobs": {"http_port": 0},
-        "profiles": {"research": {"segment": {"configuration": "3d_cascade_fullres"}}},
+        "profiles": {"research": {"segment": {"configuration": "2d"}}},
         "routes": [{"name": "research", "called_ae": ["KNEE_RESEARCH"], "profile": "research"}],
     }), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KNEENODE_")}
@@ -122,7 +145,7 @@ def test_serve_refuses_to_start_and_starts_nothing(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     line = " ".join(done.stderr.split())
     assert re.search(r"CONFIG_ERROR: profile 'research': segment.configuration: "
-                     r"'3d_cascade_fullres' is not in .*plans.json", line), line
+                     r"'2d' is not in .*plans.json", line), line
     assert "fix segment.configuration in [profiles.research]" in line  # markup-safe
     assert "Traceback" not in done.stderr
     assert not data.exists()  # no spool, no redis folder, no serve.json: nothing half-started

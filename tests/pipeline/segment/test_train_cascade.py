@@ -51,7 +51,7 @@ def test_smoke_training_gives_a_cascade_the_node_loads(tmp_path):
     tc.main(["--stage", "lowres", *common])
     tc.main(["--stage", "cascade", *common, "--no-eval"])
     folder = tc.stage_dir(tmp_path, tc.CASCADE)
-    model = load_model(SegmentSettings(model_dir=folder, configuration=tc.CASCADE, device="cpu"))
+    model = load_model(SegmentSettings(model_dir=folder, device="cpu"))  # auto: the folder name
     assert model.previous is not None and model.previous.configuration == tc.LOWRES
     image, _ = td.phantom_images(90_001, "left", "sagittal", "small")
     labels = sitk.GetArrayFromImage(segment_image(image, model))
