@@ -300,8 +300,8 @@ class SegmentSettings(Section):
     configuration: str = Field(
         default="auto",
         description="3d_fullres, 3d_lowres or 3d_cascade_fullres (runs its 3d_lowres stage "
-        "first); auto = the one model_dir's folder name <trainer>__<plans>__<configuration> "
-        "names, else 3d_fullres.",
+        "first); auto = the configuration in model_dir's folder name "
+        "(<trainer>__<plans>__<configuration>), else 3d_fullres.",
     )
     lowres_model_dir: str = Field(
         default="",
