@@ -25,6 +25,7 @@ from kneenode.signals import wait_for_stop_signal
 from scp.sender import Destination, collect_files, send_files
 from workers.broker import make_client
 from workers.jobstate import TERMINAL, JobStore
+from workers.review import REVIEW
 
 
 @dataclass
@@ -57,7 +58,8 @@ def demo_settings(base: Settings, folder: Path, orthanc: Orthanc) -> Settings:
     return Settings.model_validate(merged)
 
 
-def run_demo(base: Settings, folder: Path, *, seed: int = 1, timeout: float = 900,
+def run_demo(base: Settings, folder: Path, *, seed: int = 1, preset: str = "small",
+             timeout: float = 900,
              keep: bool = False, say: Callable[[str], None] = print,
              show: Callable[[DemoResult], None] | None = None) -> DemoResult:
     """Run the demo; raises TimeoutError when the job does not end in ``timeout`` seconds.
@@ -77,7 +79,7 @@ def run_demo(base: Settings, folder: Path, *, seed: int = 1, timeout: float = 90
         say(f"starting kneenode (SCP port {settings.scp.port}) delivering to {orthanc.destination}")
         node = Node(settings, config)
         node.start()
-        paths = write_phantom(make_phantom(seed, "small"), folder / f"phantom-{time.time_ns()}")
+        paths = write_phantom(make_phantom(seed, preset), folder / f"phantom-{time.time_ns()}")
         files = collect_files([paths.dicom_dir])
         study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         say("storing the synthetic knee in Orthanc too (the PACS holds the images it routes)")
@@ -115,7 +117,7 @@ def _wait_for_job(store: JobStore, study_uid: str, timeout: float,
             if job["state"] != last:
                 say(f"job {job['id']}: {job['state']}")
                 last = job["state"]
-            if job["state"] in TERMINAL:
+            if job["state"] in TERMINAL or job["state"] == REVIEW:  # held: nothing more comes
                 return job
         time.sleep(0.5)
     raise TimeoutError(f"no finished job for the phantom after {timeout:.0f} s")

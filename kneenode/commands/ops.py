@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kneenode.cli_app import app, fail, settings_for
+from kneenode.commands.analysis import PresetName
 from kneenode.commands.jobs import _job, _store
 from kneenode.demo import DemoResult
 from workers.retention import all_jobs, apply, plan_manual, run_retention
@@ -62,16 +63,19 @@ def demo_cmd(
     ctx: typer.Context,
     folder: Annotated[Path, typer.Option(help="Where the demo keeps everything.")] = Path("data/demo"),
     seed: Annotated[int, typer.Option(help="Phantom seed.")] = 1,
+    preset: Annotated[PresetName, typer.Option(
+        help="Phantom size: small (64x64x48) or full (384x384x160, a real knee's size; "
+        "minutes on a CPU).")] = PresetName.small,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the job.")] = 900,
     keep: Annotated[bool, typer.Option(help="Keep the node and Orthanc running afterwards, "
                                        "until Ctrl-C.")] = False,
 ) -> None:
     """Start the node and an Orthanc, send a synthetic knee, wait, show what reached Orthanc."""
     from kneenode.demo import run_demo
-
     settings = settings_for(ctx)
     try:
-        result = run_demo(settings, folder.resolve(), seed=seed, timeout=timeout, keep=keep,
+        result = run_demo(settings, folder.resolve(), seed=seed, preset=preset.value, timeout=timeout,
+                          keep=keep,
                           say=lambda text: console.print(f"[dim]demo:[/] {text}", highlight=False),
                           show=_show_demo)
     except (TimeoutError, RuntimeError, FileNotFoundError) as exc:
@@ -79,7 +83,8 @@ def demo_cmd(
     job = result.job
     if job["state"] != "done":
         error = job.get("error") or {}
-        raise fail(f"the job ended {job['state']}: {error.get('code', '')} {error.get('message', '')}")
+        what = "is held for review (docs/qc.md)" if job["state"] == "review" else f"ended {job['state']}"
+        raise fail(f"the job {what}: {error.get('code', '')} {error.get('message', '')}")
 
 
 def _show_demo(result: DemoResult) -> None:

@@ -236,6 +236,25 @@ def dataset_json(name: str, labels: Mapping[str, int], *, num_training: int = 0)
     }
 
 
+def portable_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies of a state dict that keep its aliases shared.
+
+    dynamic_network_architectures registers every convolution twice (``conv`` and
+    ``all_modules.0``, norms too); one copy per alias stores every weight several times (the demo
+    cascade's lower stage: 25.5 MB instead of 7.2 MB). ``torch.save`` of the returned dict stores
+    each tensor once, as nnU-Net's trainer does when it saves the live state dict.
+    """
+    copies: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
+    out = {}
+    for name, value in state.items():
+        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+               tuple(value.stride()))
+        if key not in copies:
+            copies[key] = value.detach().cpu().clone()
+        out[name] = copies[key]
+    return out
+
+
 def write_trained_model(
     folder: Path,
     *,
@@ -255,7 +274,7 @@ def write_trained_model(
     write_json(folder / "plans.json", plans)
     for fold, state in weights.items():
         checkpoint = {
-            "network_weights": {k: v.detach().cpu().clone() for k, v in state.items()},
+            "network_weights": portable_weights(state),
             "optimizer_state": {},
             "grad_scaler_state": None,
             "logging": dict(logging or {}),

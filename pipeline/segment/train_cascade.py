@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stage", choices=("lowres", "cascade"), required=True)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="dataset folder")
     ap.add_argument("--init", type=Path, default=DEMO_MODEL_DIR,
-                    help="cascade stage: start from this single-stage 3d_fullres folder")
+                    help="cascade stage: start from this folder's weights (a single-stage "
+                    "3d_fullres model of train_demo, or a cascade stage to continue)")
     ap.add_argument("--cases", type=int, default=24)
     ap.add_argument("--no-large", dest="large", action="store_false")
     ap.add_argument("--iterations", type=int, default=2500)
@@ -171,7 +172,10 @@ def main(argv: list[str] | None = None) -> None:
         logging={"train_losses": [round(v, 5) for v in losses[::10]]},
     )
     card = td.model_card(len(losses), time.monotonic() - t0, [s for s, _ in todo], losses, {})
-    card["training"].update(stage=configuration, lr=args.lr, batch_size=args.batch_size)
+    card["training"].update(script="pipeline/segment/train_cascade.py", stage=configuration,
+                            lr=args.lr, batch_size=args.batch_size)
+    if args.stage == "cascade":
+        card["training"]["init"] = str(args.init)
     mf.write_json(folder / mf.MODEL_CARD, card)
     if args.stage == "cascade" and args.evaluate:
         card["validation_dice"] = evaluate(folder)

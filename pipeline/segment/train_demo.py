@@ -60,9 +60,10 @@ ALGORITHM_NAME = "kneenode PHANTOM DEMO knee segmentation (NOT FOR CLINICAL USE)
 ALGORITHM_VERSION = "phantom-demo-1.0"
 ORIENTATIONS = ("sagittal", "coronal", "axial", "oblique")
 TRAIN_SEED0 = 10_000
-#: Unseen validation phantoms (seed, side, orientation, grid): both presets.
+#: Unseen validation phantoms (seed, side, orientation, grid): both presets and a size between.
 VALIDATION = ((90_001, "left", "sagittal", "small"), (90_002, "right", "coronal", "small"),
-              (90_011, "right", "sagittal", "full"), (90_012, "left", "coronal", "full"))
+              (90_011, "right", "sagittal", "full"), (90_012, "left", "coronal", "full"),
+              (90_021, "left", "axial", "mid"), (90_022, "right", "oblique", "mid"))
 #: Extra training grids: name -> (first seed, count).
 LARGE_CASES = {"full@model": (20_000, 10), "mid": (30_000, 4), "full": (40_000, 2)}
 

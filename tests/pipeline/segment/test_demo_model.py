@@ -11,7 +11,7 @@ from kneenode.settings import DEMO_MODEL_DIR, SegmentSettings
 from pipeline.segment import CANONICAL, load_model, segment_image
 from pipeline.segment.labels import PUBLIC_MODEL_LABELS
 
-BONES = (1, 2, 3)
+MENISCI = (8, 9)
 #: New seeds (training used 10000-10023, the card's validation 90001-90003), both sides, two
 #: slice orientations.
 CASES = [(77001, "left", "sagittal"), (77002, "right", "coronal"), (77003, "right", "sagittal")]
@@ -71,5 +71,5 @@ def test_demo_model_dice_on_unseen_phantoms(demo):
     table = "\n".join(f"{k:<26} " + " ".join(f"{v:.3f}" for v in vals) for k, vals in scores.items())
     print("\nDice per unseen phantom " + str(CASES) + "\n" + table)
     for label, name in CANONICAL.items():
-        floor = 0.95 if label in BONES else 0.90
+        floor = 0.90 if label in MENISCI else 0.95  # issue 16: bones and cartilage >= 0.95
         assert min(scores[name]) >= floor, f"{name}: {scores[name]} < {floor}\n{table}"

@@ -190,6 +190,20 @@ def test_numpy_scalars_in_training_log_load_weights_only(tiny_model):
     assert load_model(settings_for(tiny_model)).networks
 
 
+def test_checkpoint_stores_aliased_weights_once(tiny_model):
+    """Each convolution is registered twice in the network; the file holds its weight once."""
+    path = tiny_model / "fold_0" / "checkpoint_final.pth"
+    weights = torch.load(path, weights_only=True, map_location="cpu")["network_weights"]
+    pairs = [(k, k.replace(".conv.weight", ".all_modules.0.weight")) for k in weights
+             if k.endswith(".conv.weight")]
+    assert pairs and all(b in weights for _, b in pairs)
+    for a, b in pairs:
+        assert weights[a].untyped_storage().data_ptr() == weights[b].untyped_storage().data_ptr()
+    stored = {v.untyped_storage().data_ptr(): v.untyped_storage().nbytes() for v in weights.values()}
+    assert path.stat().st_size < 1.2 * sum(stored.values()) + 64 * 1024
+    load_model(settings_for(tiny_model))  # and it loads (strict) as before
+
+
 def test_architecture_mismatch_is_config_error(tiny_model):
     plans = mf.read_json(tiny_model / "plans.json")
     plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [
