@@ -247,7 +247,7 @@ def portable_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     copies: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
     out = {}
     for name, value in state.items():
-        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+        key = (value.untyped_storage().data_ptr(), int(value.storage_offset()), tuple(value.shape),
                tuple(value.stride()))
         if key not in copies:
             copies[key] = value.detach().cpu().clone()
