@@ -59,8 +59,7 @@ def demo_settings(base: Settings, folder: Path, orthanc: Orthanc) -> Settings:
 
 
 def run_demo(base: Settings, folder: Path, *, seed: int = 1, preset: str = "small",
-             timeout: float = 900,
-             keep: bool = False, say: Callable[[str], None] = print,
+             timeout: float = 900, keep: bool = False, say: Callable[[str], None] = print,
              show: Callable[[DemoResult], None] | None = None) -> DemoResult:
     """Run the demo; raises TimeoutError when the job does not end in ``timeout`` seconds.
 

@@ -20,11 +20,11 @@ from typing import Any
 from kneenode.errors import ErrorCode, NodeError
 from kneenode.settings import (
     DEFAULT_PROFILE,
-    NNUNET_CONFIGURATIONS,
     PROFILE_JOB_KEYS,
     PROFILE_SECTIONS,
     SegmentSettings,
     Settings,
+    configuration_in_name,
 )
 
 #: The old web app's per-upload options and the profile keys that replace them (docs/profiles.md).
@@ -165,11 +165,11 @@ def _segment_problems(segment: SegmentSettings) -> list[tuple[str, str]]:
     except (OSError, ValueError) as exc:
         return [("segment.model_dir", f"{folder}/plans.json cannot be read: {exc}")]
     configs = plans.get("configurations", {})
-    stage = folder.name.split("__")[-1]
+    stage = configuration_in_name(folder)
     if configuration not in configs:
         text = f"{configuration!r} is not in {folder}/plans.json (has {sorted(configs)})"
         problems.append(("segment.configuration", text))
-    elif stage in NNUNET_CONFIGURATIONS and stage != configuration:
+    elif stage is not None and stage != configuration:
         text = f"{folder} holds the {stage} stage, not {configuration}"
         problems.append(("segment.configuration", text))
     elif configs[configuration].get("previous_stage"):

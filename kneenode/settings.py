@@ -277,6 +277,14 @@ class ReaderSettings(Section):
 #: nnU-Net v2's configuration names (the last part of a trained-model folder's name).
 NNUNET_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 
+
+def configuration_in_name(folder: Path | str) -> str | None:
+    """The configuration a trained-model folder's name ``<trainer>__<plans>__<configuration>``
+    states; None for any other name (a dataset folder)."""
+    parts = Path(folder).name.split("__")
+    return parts[2] if len(parts) == 3 and parts[2] in NNUNET_CONFIGURATIONS else None
+
+
 DEMO_MODEL_DIR = (
     Path(__file__).resolve().parent.parent
     / "models"
@@ -356,8 +364,7 @@ class SegmentSettings(Section):
         """
         if self.configuration != "auto":
             return self.configuration
-        parts = Path(self.model_dir).name.split("__")
-        return parts[2] if len(parts) == 3 and parts[2] in NNUNET_CONFIGURATIONS else "3d_fullres"
+        return configuration_in_name(self.model_dir) or "3d_fullres"
 
 
 DEFAULT_KNEE_PATTERN = (

@@ -72,10 +72,11 @@ def demo_cmd(
 ) -> None:
     """Start the node and an Orthanc, send a synthetic knee, wait, show what reached Orthanc."""
     from kneenode.demo import run_demo
+
     settings = settings_for(ctx)
     try:
-        result = run_demo(settings, folder.resolve(), seed=seed, preset=preset.value, timeout=timeout,
-                          keep=keep,
+        result = run_demo(settings, folder.resolve(), seed=seed, preset=preset.value,
+                          timeout=timeout, keep=keep,
                           say=lambda text: console.print(f"[dim]demo:[/] {text}", highlight=False),
                           show=_show_demo)
     except (TimeoutError, RuntimeError, FileNotFoundError) as exc:
