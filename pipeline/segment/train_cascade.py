@@ -111,6 +111,34 @@ def cascade_cases(todo: list[tuple[int, str]], pm: PlansManager, dataset: dict[s
     return out
 
 
+def previous_stage_augmentation(n_labels: int) -> td.Augment:
+    """nnU-Net's cascade augmentation of the lower stage's one-hot channels (1..n_labels).
+
+    Dilating, eroding, opening or closing labels and deleting whole components teaches the
+    full-resolution stage to check the lower stage against the image. Without it the first round
+    trusted an empty channel: the lower stage misses thin tibial cartilage on small knees (1.4 mm),
+    and the cascade then gave Dice 0.29 where the single-stage model gave 0.99.
+    """
+    from batchgeneratorsv2.transforms.nnunet.random_binary_operator import (
+        ApplyRandomBinaryOperatorTransform,
+    )
+    from batchgeneratorsv2.transforms.nnunet.remove_connected_components import (
+        RemoveRandomConnectedComponentFromOneHotEncodingTransform,
+    )
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+    channels = list(range(1, n_labels + 1))
+    compose = ComposeTransforms([
+        RandomTransform(ApplyRandomBinaryOperatorTransform(
+            channels, strel_size=(1, 8), p_per_label=0.5), apply_probability=0.4),
+        RandomTransform(RemoveRandomConnectedComponentFromOneHotEncodingTransform(
+            channels, fill_with_other_class_p=0, dont_do_if_covers_more_than_x_percent=0.15,
+            p_per_label=0.5), apply_probability=0.3),
+    ])
+    return lambda patch: compose(image=patch)["image"]
+
+
 def widen_stem(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
                ) -> dict[str, torch.Tensor]:
     """Single-stage weights for the cascade network: zero weights on the new input channels."""
@@ -155,16 +183,17 @@ def main(argv: list[str] | None = None) -> None:
     network.apply(network.initialize)  # type: ignore[arg-type]  # nnU-Net's He init
     if args.stage == "lowres":
         todo = td.training_specs(args.cases, args.large)
-        cases, patch = lowres_cases(todo, pm, dataset), LOWRES_PATCH
+        cases, patch, augment = lowres_cases(todo, pm, dataset), LOWRES_PATCH, None
     else:
         todo = td.training_specs(args.cases, args.large, CASCADE_SEED_OFFSET)
         cases = cascade_cases(todo, pm, dataset, stage_dir(args.out, LOWRES))
         patch = td.PATCH
+        augment = previous_stage_augmentation(len(pm.get_label_manager(dataset).foreground_labels))
         checkpoint, _ = mf.load_checkpoint(args.init / "fold_0" / "checkpoint_final.pth")
         network.load_state_dict(widen_stem(checkpoint["network_weights"], network.state_dict()))
     dataset["numTraining"] = len(cases)
     losses = td.train(cases, network, args.iterations, args.batch_size, args.seed, args.minutes,
-                      args.lr, patch=patch)
+                      args.lr, patch=patch, augment=augment)
     folder = stage_dir(args.out, configuration)
     mf.write_trained_model(
         folder, plans=plans, dataset=dataset, configuration=configuration,

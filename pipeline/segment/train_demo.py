@@ -25,6 +25,7 @@ import argparse
 import importlib.metadata
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,11 +181,16 @@ def _crop(case: Case, rng: np.random.Generator, foreground: bool,
     return np.pad(x, [(0, 0), *pad]), np.pad(y, pad)
 
 
+Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
 def batch(cases: list[Case], rng: np.random.Generator, size: int,
-          patch: tuple[int, ...] = PATCH) -> tuple[torch.Tensor, torch.Tensor]:
+          patch: tuple[int, ...] = PATCH, augment: Augment | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches (2/3 centred on a random foreground class), LR mirroring, intensity jitter.
 
-    Jitter and noise touch the image channel only, never a cascade's one-hot channels.
+    Jitter and noise touch the image channel only, never a cascade's one-hot channels; those get
+    ``augment`` (one (c, z, y, x) patch in, one out), if given.
     """
     xs, ys = [], []
     small = [c for c in cases if c.grid == "small"]
@@ -197,14 +203,14 @@ def batch(cases: list[Case], rng: np.random.Generator, size: int,
         x = np.array(x, dtype=np.float32)
         x[0] = x[0] * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)
         x[0] += rng.normal(0, rng.uniform(0, 0.08), x[0].shape).astype(np.float32)
-        xs.append(x)
+        xs.append(x if augment is None else augment(torch.from_numpy(x)).numpy())
         ys.append(np.ascontiguousarray(y, dtype=np.int64))
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)[:, None])
 
 
 def train(cases: list[Case], network: torch.nn.Module, iterations: int, batch_size: int,
           seed: int, minutes: float, lr: float = 4e-3, log_every: int = 50,
-          patch: tuple[int, ...] = PATCH) -> list[float]:
+          patch: tuple[int, ...] = PATCH, augment: Augment | None = None) -> list[float]:
     """AdamW with polynomial decay over whichever ends first, ``iterations`` or ``minutes``.
 
     The schedule follows the larger of the iteration and the time fraction, so a busy machine
@@ -226,7 +232,7 @@ def train(cases: list[Case], network: torch.nn.Module, iterations: int, batch_si
             break
         for group in opt.param_groups:
             group["lr"] = lr * (1 - done) ** 0.9
-        x, y = batch(cases, rng, batch_size, patch)
+        x, y = batch(cases, rng, batch_size, patch, augment)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(network(x), y)
         loss.backward()

@@ -45,6 +45,26 @@ def test_widened_stem_keeps_the_single_stage_output():
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
 
 
+def test_previous_stage_augmentation_changes_labels_never_the_image():
+    """The one-hot channels are dilated/eroded or lose components; channel 0 (image) never moves."""
+    torch.manual_seed(0)
+    augment = tc.previous_stage_augmentation(9)
+    x = torch.zeros(10, 32, 32, 32)
+    x[0] = torch.rand(32, 32, 32)
+    x[1, 8:20, 8:20, 8:20] = 1  # a block: dilation or erosion changes it
+    x[2, 24:27, 24:27, 24:27] = 1  # a small component: removal deletes it
+    changed = 0
+    for _ in range(60):
+        y = augment(x.clone())
+        assert y.shape == x.shape and torch.equal(y[0], x[0])
+        assert set(torch.unique(y[1:]).tolist()) <= {0.0, 1.0}
+        changed += int(not torch.equal(y[1:], x[1:]))
+    assert 5 < changed < 60  # some patches augmented, some left as the lower stage gave them
+    patches, _ = td.batch([td.Case(data=x.numpy(), seg=np.zeros((32,) * 3, np.int8), fg={})],
+                          np.random.default_rng(0), 4, (32, 32, 32), augment=lambda p: p * 0)
+    assert not patches.any()  # batch hands every patch to the augmentation
+
+
 def test_smoke_training_gives_a_cascade_the_node_loads(tmp_path):
     """Two tiny stages trained for a few steps load as a cascade and label a phantom."""
     common = ["--out", str(tmp_path), "--cases", "2", "--no-large", "--iterations", "2"]
