@@ -68,7 +68,7 @@ VALIDATION = ((90_001, "left", "sagittal", "small"), (90_002, "right", "coronal"
 #: Extra training grids: name -> (first seed, count). Most are rendered finer than the model's
 #: 0.7 mm and resampled by nnU-Net's preprocessing, as a real series is: a model that mostly saw
 #: ``full@model`` knees (rendered at 0.7 mm) reached Dice 0.99 on those and 0.92 on the same knees
-#: through the resampling (cartilage under-segmented by half a voxel).
+#: through the resampling. This mix alone did not close that gap (docs/segmentation.md, round 3).
 LARGE_CASES = {"full@model": (20_000, 4), "mid": (30_000, 8), "full": (40_000, 8)}
 
 
