@@ -106,7 +106,8 @@ def cascade_cases(todo: list[tuple[int, str]], pm: PlansManager, dataset: dict[s
                                           td.ORIENTATIONS[(i // 2) % 4], grid)
         spacing = list(reversed(image.GetSpacing()))
         previous = predict_native(low, sitk.GetArrayFromImage(image), spacing)
-        out.append(td.preprocess_case(image, labels, pm, dataset, CASCADE, grid, previous))
+        out.append(td.preprocess_case(image, labels, pm, dataset, CASCADE, grid, previous,
+                                      antialias=True))
         print(f"cascade case {i + 1}/{len(todo)} {grid} {time.monotonic() - t0:.0f} s", flush=True)
     return out
 
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
                             lr=args.lr, batch_size=args.batch_size)
     if args.stage == "cascade":
         card["training"]["init"] = str(args.init)
+        card["antialias"] = True  # trained on filtered input: inference must filter too
     mf.write_json(folder / mf.MODEL_CARD, card)
     if args.stage == "cascade" and args.evaluate:
         card["validation_dice"] = evaluate(folder)

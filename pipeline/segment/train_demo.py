@@ -41,6 +41,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from kneenode.settings import DEMO_MODEL_DIR
 from pipeline.segment import folder as mf
+from pipeline.segment.antialias import antialias as filter_for_model
+from pipeline.segment.antialias import target_spacing_in_input_axes
 from pipeline.segment.labels import CANONICAL, PUBLIC_MODEL_LABELS, native_to_canonical
 from pipeline.segment.model import build_network
 from pipeline.series.reorient import reorient
@@ -147,8 +149,11 @@ def make_case(seed: int, side: str, orientation: str, pm: PlansManager,
 
 def preprocess_case(image: sitk.Image, labels: sitk.Image, pm: PlansManager,
                     dataset: dict[str, Any], configuration: str, grid: str,
-                    previous: np.ndarray | None = None) -> Case:
+                    previous: np.ndarray | None = None, antialias: bool = False) -> Case:
     """nnU-Net's preprocessing of (image, canonical labels) for ``configuration``.
+
+    ``antialias`` filters the image first, as inference does for a model whose card asks for it
+    (:mod:`pipeline.segment.antialias`).
 
     ``previous`` (native labels of the lower cascade stage, on the image's grid) goes through the
     same preprocessing call and is appended as one-hot channels, as inference does.
@@ -156,8 +161,13 @@ def preprocess_case(image: sitk.Image, labels: sitk.Image, pm: PlansManager,
     native = canonical_to_native()[sitk.GetArrayFromImage(labels)].astype(np.int16)
     segs = native[None] if previous is None else np.stack([native, previous.astype(np.int16)])
     spacing = list(reversed(image.GetSpacing()))
+    array = sitk.GetArrayFromImage(image)
+    if antialias:
+        cm = pm.get_configuration(configuration)
+        array = filter_for_model(array, spacing,
+                                 target_spacing_in_input_axes(cm.spacing, pm.transpose_forward))
     data, seg, _ = DefaultPreprocessor(verbose=False).run_case_npy(
-        sitk.GetArrayFromImage(image)[None], segs, {"spacing": spacing},
+        array[None], segs, {"spacing": spacing},
         pm, pm.get_configuration(configuration), dataset,
     )
     if previous is not None:
