@@ -74,7 +74,35 @@ def test_smoke_training_gives_a_cascade_the_node_loads(tmp_path):
     folder = tc.stage_dir(tmp_path, tc.CASCADE)
     model = load_model(SegmentSettings(model_dir=folder, device="cpu"))  # auto: the folder name
     assert model.previous is not None and model.previous.configuration == tc.LOWRES
+    # trained on antialiased input, so inference filters too; the lower stage was not
+    assert model.card.extra["antialias"] is True and "antialias" not in model.previous.card.extra
     image, _ = td.phantom_images(90_001, "left", "sagittal", "small")
     labels = sitk.GetArrayFromImage(segment_image(image, model))
     assert labels.shape == sitk.GetArrayFromImage(image).shape
     assert set(np.unique(labels)) <= set(range(10))
+
+
+def test_training_cases_can_see_the_antialiased_input_inference_sees():
+    """preprocess_case(antialias=True) equals nnU-Net's preprocessing of the filtered image."""
+    from pipeline.segment.antialias import antialias
+    from tests.pipeline.segment.conftest import blob_volume
+
+    pm = PlansManager(td.make_plans())
+    dataset = mf.dataset_json(td.DATASET, PUBLIC_MODEL_LABELS)
+    array = blob_volume((24, 48, 48), seed=5)
+    spacing_xyz = (0.35, 0.35, 0.7)  # finer than the model's 0.7 mm in-plane
+
+    def image_of(a):
+        img = sitk.GetImageFromArray(a)
+        img.SetSpacing(spacing_xyz)
+        return img
+
+    labels = sitk.GetImageFromArray(np.zeros(array.shape, np.uint8))
+    labels.SetSpacing(spacing_xyz)
+    filtered = antialias(array, tuple(reversed(spacing_xyz)), td.SPACING)
+    on = td.preprocess_case(image_of(array), labels, pm, dataset, td.CONFIGURATION, "t",
+                            antialias=True)
+    ref = td.preprocess_case(image_of(filtered), labels, pm, dataset, td.CONFIGURATION, "t")
+    off = td.preprocess_case(image_of(array), labels, pm, dataset, td.CONFIGURATION, "t")
+    np.testing.assert_allclose(on.data, ref.data, atol=1e-5)
+    assert not np.allclose(on.data, off.data, atol=1e-2)
