@@ -37,7 +37,7 @@ from nnunetv2.preprocessing.resampling.default_resampling import (
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 
 from kneenode.errors import ErrorCode, NodeError
-from pipeline.segment.antialias import antialias, target_spacing_in_input_axes
+from pipeline.segment.antialias import antialias_for_configuration
 from pipeline.segment.model import LoadedModel
 
 #: progress(done, total) called after each batch of tiles.
@@ -290,9 +290,8 @@ def _predict_native(
     if model.previous is not None:
         previous = _predict_native(model.previous, image, spacing, progress)
     if model.card.extra.get("antialias"):
-        target = target_spacing_in_input_axes(model.configuration_manager.spacing,
-                                              model.plans_manager.transpose_forward)
-        image = antialias(image, spacing, target)
+        image = antialias_for_configuration(image, spacing, model.plans_manager,
+                                            model.configuration_manager)
     fast = device_preprocess(model, image, spacing) if previous is None else None
     data, props = fast if fast is not None else preprocess(model, image, spacing, previous)
     logits = sliding_window_logits(model, data, progress)

@@ -41,8 +41,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from kneenode.settings import DEMO_MODEL_DIR
 from pipeline.segment import folder as mf
-from pipeline.segment.antialias import antialias as filter_for_model
-from pipeline.segment.antialias import target_spacing_in_input_axes
+from pipeline.segment.antialias import antialias_for_configuration
 from pipeline.segment.labels import CANONICAL, PUBLIC_MODEL_LABELS, native_to_canonical
 from pipeline.segment.model import build_network
 from pipeline.series.reorient import reorient
@@ -161,14 +160,12 @@ def preprocess_case(image: sitk.Image, labels: sitk.Image, pm: PlansManager,
     native = canonical_to_native()[sitk.GetArrayFromImage(labels)].astype(np.int16)
     segs = native[None] if previous is None else np.stack([native, previous.astype(np.int16)])
     spacing = list(reversed(image.GetSpacing()))
+    cm = pm.get_configuration(configuration)
     array = sitk.GetArrayFromImage(image)
     if antialias:
-        cm = pm.get_configuration(configuration)
-        array = filter_for_model(array, spacing,
-                                 target_spacing_in_input_axes(cm.spacing, pm.transpose_forward))
+        array = antialias_for_configuration(array, spacing, pm, cm)
     data, seg, _ = DefaultPreprocessor(verbose=False).run_case_npy(
-        array[None], segs, {"spacing": spacing},
-        pm, pm.get_configuration(configuration), dataset,
+        array[None], segs, {"spacing": spacing}, pm, cm, dataset,
     )
     if previous is not None:
         foreground = pm.get_label_manager(dataset).foreground_labels
