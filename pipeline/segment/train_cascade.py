@@ -107,7 +107,7 @@ def cascade_cases(todo: list[tuple[int, str]], pm: PlansManager, dataset: dict[s
         spacing = list(reversed(image.GetSpacing()))
         previous = predict_native(low, sitk.GetArrayFromImage(image), spacing)
         out.append(td.preprocess_case(image, labels, pm, dataset, CASCADE, grid, previous,
-                                      antialias=True))
+                                      antialias=True, soft=True))
         print(f"cascade case {i + 1}/{len(todo)} {grid} {time.monotonic() - t0:.0f} s", flush=True)
     return out
 
@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "cascade":
         card["training"]["init"] = str(args.init)
         card["antialias"] = True  # trained on filtered input: inference must filter too
+        card["training"]["targets"] = "partial-volume"
     mf.write_json(folder / mf.MODEL_CARD, card)
     if args.stage == "cascade" and args.evaluate:
         card["validation_dice"] = evaluate(folder)

@@ -36,8 +36,9 @@ import torch
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.utilities.helpers import softmax_helper_dim1
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from kneenode.settings import DEMO_MODEL_DIR
 from pipeline.segment import folder as mf
@@ -92,6 +93,9 @@ class Case:
     seg: np.ndarray  # int8 (z, y, x), native labels
     fg: dict[int, np.ndarray]  # native label -> voxel indices (N, 3)
     grid: str = "small"
+    #: float16 (labels, z, y, x): each native label's share of every voxel, when trained on
+    #: partial-volume targets (:func:`partial_volume_targets`); None: ``seg`` is the target.
+    target: np.ndarray | None = None
 
 
 #: Training grids besides the presets themselves (``make_phantom`` overrides). The ``full`` knee is
@@ -148,11 +152,13 @@ def make_case(seed: int, side: str, orientation: str, pm: PlansManager,
 
 def preprocess_case(image: sitk.Image, labels: sitk.Image, pm: PlansManager,
                     dataset: dict[str, Any], configuration: str, grid: str,
-                    previous: np.ndarray | None = None, antialias: bool = False) -> Case:
+                    previous: np.ndarray | None = None, antialias: bool = False,
+                    soft: bool = False) -> Case:
     """nnU-Net's preprocessing of (image, canonical labels) for ``configuration``.
 
     ``antialias`` filters the image first, as inference does for a model whose card asks for it
-    (:mod:`pipeline.segment.antialias`).
+    (:mod:`pipeline.segment.antialias`). ``soft`` adds partial-volume targets
+    (:func:`partial_volume_targets`).
 
     ``previous`` (native labels of the lower cascade stage, on the image's grid) goes through the
     same preprocessing call and is appended as one-hot channels, as inference does.
@@ -164,15 +170,45 @@ def preprocess_case(image: sitk.Image, labels: sitk.Image, pm: PlansManager,
     array = sitk.GetArrayFromImage(image)
     if antialias:
         array = antialias_for_configuration(array, spacing, pm, cm)
-    data, seg, _ = DefaultPreprocessor(verbose=False).run_case_npy(
+    data, seg, props = DefaultPreprocessor(verbose=False).run_case_npy(
         array[None], segs, {"spacing": spacing}, pm, cm, dataset,
     )
+    target = None
+    if soft:
+        n_labels = len(pm.get_label_manager(dataset).all_labels)
+        target = partial_volume_targets(native, spacing, props["bbox_used_for_cropping"],
+                                        data.shape[1:], n_labels, pm, cm)
     if previous is not None:
         foreground = pm.get_label_manager(dataset).foreground_labels
         data = np.vstack((data, convert_labelmap_to_one_hot(seg[1], foreground, data.dtype)))
     truth = np.where(seg[0] < 0, 0, seg[0]).astype(np.int8)
     fg = {int(v): np.argwhere(truth == v).astype(np.int16) for v in np.unique(truth) if v > 0}
-    return Case(data=data.astype(np.float32), seg=truth, fg=fg, grid=grid)
+    return Case(data=data.astype(np.float32), seg=truth, fg=fg, grid=grid, target=target)
+
+
+def partial_volume_targets(native: np.ndarray, spacing: list[float], bbox: list[list[int]],
+                           shape: tuple[int, ...], n_labels: int, pm: PlansManager,
+                           cm: ConfigurationManager) -> np.ndarray:
+    """Each label's share of every model voxel, float16 (labels, z, y, x), summing to one.
+
+    Why: a hard label map on the model's 0.7 mm grid cannot say where inside a voxel a boundary
+    lies. Exported to a 0.365 mm series it caps thin cartilage's Dice near 0.93 even when every
+    voxel is right (docs/segmentation.md). Shares let the network learn the boundary's position.
+    Each one-hot label (cropped as nnU-Net cropped the image) gets the image's antialiasing blur
+    and the export's trilinear resampling, so the targets see the input's geometry.
+    """
+    if list(pm.transpose_forward) != list(range(native.ndim)):
+        raise ValueError("partial-volume targets need plans without a transpose")
+    crop = native[tuple(slice(int(lo), int(hi)) for lo, hi in bbox)]
+    out = torch.empty((n_labels, *shape), dtype=torch.float32)
+    for label in range(n_labels):
+        share = antialias_for_configuration((crop == label).astype(np.float32), spacing, pm, cm)
+        out[label] = torch.nn.functional.interpolate(
+            torch.from_numpy(np.ascontiguousarray(share, dtype=np.float32))[None, None],
+            size=tuple(shape), mode="trilinear", align_corners=False)[0, 0]
+    out = out.clamp_(0, 1)
+    out /= out.sum(0, keepdim=True).clamp_min(1e-6)
+    return out.numpy().astype(np.float16)
 
 
 def _crop(case: Case, rng: np.random.Generator, foreground: bool,
@@ -186,9 +222,13 @@ def _crop(case: Case, rng: np.random.Generator, foreground: bool,
         centre = rng.integers(0, shape)
     start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
     sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
-    x, y = case.data[(slice(None), *sl)], case.seg[sl]
-    pad = [(0, int(p - s)) for p, s in zip(patch, y.shape)]
-    return np.pad(x, [(0, 0), *pad]), np.pad(y, pad)
+    x = case.data[(slice(None), *sl)]
+    pad = [(0, int(p - s)) for p, s in zip(patch, x.shape[1:])]
+    if case.target is None:
+        return np.pad(x, [(0, 0), *pad]), np.pad(case.seg[sl], pad)
+    y = np.pad(case.target[(slice(None), *sl)].astype(np.float32), [(0, 0), *pad])
+    y[0][y.sum(0) == 0] = 1  # the padding is background
+    return np.pad(x, [(0, 0), *pad]), y
 
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -198,6 +238,8 @@ def batch(cases: list[Case], rng: np.random.Generator, size: int,
           patch: tuple[int, ...] = PATCH, augment: Augment | None = None
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches (2/3 centred on a random foreground class), LR mirroring, intensity jitter.
+
+    The targets are labels (b, 1, z, y, x), or shares (b, labels, z, y, x) for cases that have them.
 
     Jitter and noise touch the image channel only, never a cascade's one-hot channels; those get
     ``augment`` (one (c, z, y, x) patch in, one out), if given.
@@ -209,13 +251,34 @@ def batch(cases: list[Case], rng: np.random.Generator, size: int,
         pool = small if (rng.random() < 0.5 and small) else large  # half the patches each
         x, y = _crop(pool[rng.integers(len(pool))], rng, rng.random() < 0.67, patch)
         if rng.random() < 0.5:
-            x, y = x[:, ::-1], y[::-1]
+            x, y = x[:, ::-1], (y[::-1] if y.ndim == 3 else y[:, ::-1])
         x = np.array(x, dtype=np.float32)
         x[0] = x[0] * rng.uniform(0.85, 1.15) + rng.uniform(-0.15, 0.15)
         x[0] += rng.normal(0, rng.uniform(0, 0.08), x[0].shape).astype(np.float32)
         xs.append(x if augment is None else augment(torch.from_numpy(x)).numpy())
-        ys.append(np.ascontiguousarray(y, dtype=np.int64))
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)[:, None])
+        ys.append(np.ascontiguousarray(y, dtype=np.int64 if y.ndim == 3 else np.float32))
+    y_batch = np.stack(ys)
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(
+        y_batch[:, None] if y_batch.ndim == 4 else y_batch)
+
+
+_HARD_LOSS = DC_and_CE_loss(
+    {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+    weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss,
+)
+_SOFT_DICE = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=False,
+                                         do_bg=False, smooth=1e-5, ddp=False)
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's Dice + cross-entropy, for labels (b, 1, ...) or shares (b, labels, ...).
+
+    On shares it is the same sum: torch's cross-entropy takes class probabilities and the soft
+    Dice takes a one-hot-shaped target as it is, so one-hot shares give the labels' loss.
+    """
+    if target.shape[1] == 1:
+        return _HARD_LOSS(logits, target)
+    return torch.nn.functional.cross_entropy(logits, target) + _SOFT_DICE(logits, target)
 
 
 def train(cases: list[Case], network: torch.nn.Module, iterations: int, batch_size: int,
@@ -228,10 +291,6 @@ def train(cases: list[Case], network: torch.nn.Module, iterations: int, batch_si
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    loss_fn = DC_and_CE_loss(
-        {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-        weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss,
-    )
     opt = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
     losses: list[float] = []
     network.train()
@@ -244,7 +303,7 @@ def train(cases: list[Case], network: torch.nn.Module, iterations: int, batch_si
             group["lr"] = lr * (1 - done) ** 0.9
         x, y = batch(cases, rng, batch_size, patch, augment)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(network(x), y)
+        loss = dice_ce_loss(network(x), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
         opt.step()

@@ -106,3 +106,76 @@ def test_training_cases_can_see_the_antialiased_input_inference_sees():
     off = td.preprocess_case(image_of(array), labels, pm, dataset, td.CONFIGURATION, "t")
     np.testing.assert_allclose(on.data, ref.data, atol=1e-5)
     assert not np.allclose(on.data, off.data, atol=1e-2)
+
+
+def _slab_case(soft: bool) -> tuple[td.Case, np.ndarray]:
+    """A 2.1 mm cartilage layer between bone and background at 0.35 mm, preprocessed to 0.7 mm.
+
+    The layer's faces lie between the model's voxel centres, where a hard label map must round.
+    """
+    pm = PlansManager(td.make_plans())
+    dataset = mf.dataset_json(td.DATASET, PUBLIC_MODEL_LABELS)
+    shape = (24, 40, 40)  # z, y, x; z is already at 0.7 mm
+    canonical = np.zeros(shape, np.uint8)
+    canonical[:, :, :17] = 1  # femur
+    canonical[:, :, 17:23] = 4  # femoral cartilage, 6 fine voxels
+    spacing_xyz = (0.35, 0.35, 0.7)
+    image_array = (1.0 + canonical).astype(np.float32)  # no zeros: nnU-Net crops nothing
+
+    def image_of(a):
+        img = sitk.GetImageFromArray(a)
+        img.SetSpacing(spacing_xyz)
+        return img
+
+    case = td.preprocess_case(image_of(image_array), image_of(canonical), pm, dataset,
+                              td.CONFIGURATION, "t", soft=soft)
+    return case, td.canonical_to_native()[canonical]
+
+
+def test_partial_volume_targets_keep_where_a_boundary_lies():
+    """Shares resampled back to the fine grid give the layer back; the hard labels cannot."""
+    soft, native = _slab_case(soft=True)
+    hard, _ = _slab_case(soft=False)
+    assert hard.target is None and np.array_equal(soft.seg, hard.seg)
+    shares = soft.target.astype(np.float32)
+    assert shares.shape == (10, *soft.seg.shape) and soft.target.dtype == np.float16
+    np.testing.assert_allclose(shares.sum(0), 1, atol=2e-3)
+    assert np.mean(shares.argmax(0) == soft.seg) > 0.99
+
+    def back(channels: torch.Tensor) -> np.ndarray:
+        up = torch.nn.functional.interpolate(channels[None], size=native.shape, mode="trilinear",
+                                             align_corners=False)[0]
+        return up.argmax(0).numpy()
+
+    cartilage = td.canonical_to_native()[4]
+    one_hot = torch.nn.functional.one_hot(torch.from_numpy(hard.seg.astype(np.int64)), 10)
+    from_shares = td.dice(back(torch.from_numpy(shares)) == cartilage, native == cartilage)
+    from_labels = td.dice(back(one_hot.permute(3, 0, 1, 2).float()) == cartilage,
+                          native == cartilage)
+    assert from_shares > 0.99 and from_labels < 0.9
+
+
+def test_shares_train_with_the_labels_loss_and_flip_with_the_image():
+    """One-hot shares give nnU-Net's Dice + CE exactly; batches mirror shares with the image."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 10, 8, 8, 8)
+    labels = torch.randint(0, 10, (2, 1, 8, 8, 8))
+    shares = torch.nn.functional.one_hot(labels[:, 0], 10).permute(0, 4, 1, 2, 3).float()
+    torch.testing.assert_close(td.dice_ce_loss(logits, shares), td.dice_ce_loss(logits, labels))
+
+    # a case whose foreground share is the image itself: a patch mirrored differently from its
+    # image, or cut elsewhere, would decorrelate them
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0.05, 0.95, (1, 20, 24, 24)).astype(np.float32)
+    target = np.concatenate([1 - image, image, np.zeros((8, 20, 24, 24), np.float32)])
+    seg = target.argmax(0).astype(np.int8)
+    case = td.Case(data=image, seg=seg, fg={1: np.argwhere(seg == 1).astype(np.int16)},
+                   target=target.astype(np.float16))
+    x, y = td.batch([case], rng, 16, patch=(24, 16, 16))  # z is padded: 20 slices < 24
+    assert y.shape == (16, 10, 24, 16, 16) and y.dtype == torch.float32
+    torch.testing.assert_close(y.sum(1), torch.ones(16, 24, 16, 16), atol=2e-3, rtol=0)
+    for xi, yi in zip(x, y):
+        inside = yi[0] < 1  # padding is all background, with no image under it
+        assert inside.sum() == 20 * 16 * 16
+        r = np.corrcoef(xi[0][inside].numpy(), yi[1][inside].numpy())[0, 1]
+        assert r > 0.9
