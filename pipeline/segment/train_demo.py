@@ -222,13 +222,13 @@ def _crop(case: Case, rng: np.random.Generator, foreground: bool,
         centre = rng.integers(0, shape)
     start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
     sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
-    x = case.data[(slice(None), *sl)]
-    pad = [(0, int(p - s)) for p, s in zip(patch, x.shape[1:])]
+    pad = [(0, int(p - s)) for p, s in zip(patch, case.seg[sl].shape)]
+    x = np.pad(case.data[(slice(None), *sl)], [(0, 0), *pad])
     if case.target is None:
-        return np.pad(x, [(0, 0), *pad]), np.pad(case.seg[sl], pad)
+        return x, np.pad(case.seg[sl], pad)
     y = np.pad(case.target[(slice(None), *sl)].astype(np.float32), [(0, 0), *pad])
     y[0][y.sum(0) == 0] = 1  # the padding is background
-    return np.pad(x, [(0, 0), *pad]), y
+    return x, y
 
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -262,12 +262,10 @@ def batch(cases: list[Case], rng: np.random.Generator, size: int,
         y_batch[:, None] if y_batch.ndim == 4 else y_batch)
 
 
-_HARD_LOSS = DC_and_CE_loss(
-    {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-    weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss,
-)
-_SOFT_DICE = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=False,
-                                         do_bg=False, smooth=1e-5, ddp=False)
+_DICE = {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}
+_HARD_LOSS = DC_and_CE_loss(_DICE, {}, weight_ce=1, weight_dice=1, ignore_label=None,
+                            dice_class=MemoryEfficientSoftDiceLoss)
+_SOFT_DICE = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **_DICE)
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
