@@ -18,6 +18,10 @@ convolution gets zero weights for the new one-hot channels, so training starts f
 behaviour. Its training phantoms are new seeds the lower stage never saw, segmented by the trained
 lower stage through the real inference path, so the one-hot input carries the errors it will
 carry at inference.
+
+Either stage can continue from a trained folder of its own kind (``--init``) on phantoms it never
+saw (``--seed-offset``): round 2 of the lower stage continued round 1 this way on the larger
+``full`` and ``mid`` grids.
 """
 
 from __future__ import annotations
@@ -142,7 +146,10 @@ def previous_stage_augmentation(n_labels: int) -> td.Augment:
 
 def widen_stem(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
                ) -> dict[str, torch.Tensor]:
-    """Single-stage weights for the cascade network: zero weights on the new input channels."""
+    """``state`` loaded into a network shaped like ``target``: zero weights on new input channels.
+
+    Same shapes (continuing a stage) copy through; single-stage weights get the cascade's stem.
+    """
     out = {}
     for key, value in target.items():
         old = state[key]
@@ -160,9 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", choices=("lowres", "cascade"), required=True)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="dataset folder")
-    ap.add_argument("--init", type=Path, default=DEMO_MODEL_DIR,
-                    help="cascade stage: start from this folder's weights (a single-stage "
-                    "3d_fullres model of train_demo, or a cascade stage to continue)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this folder's weights: for the cascade stage a single-stage "
+                    "3d_fullres model of train_demo or a cascade stage to continue (default: the "
+                    "demo model); for the lowres stage a lowres stage to continue (default: none)")
+    ap.add_argument("--seed-offset", type=int, default=None,
+                    help="shift the training phantoms' seeds (continue on phantoms the start "
+                    f"weights never saw; default 0 for lowres, {CASCADE_SEED_OFFSET} for cascade)")
     ap.add_argument("--cases", type=int, default=24)
     ap.add_argument("--no-large", dest="large", action="store_false")
     ap.add_argument("--iterations", type=int, default=2500)
@@ -182,15 +193,19 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     network = build_network(pm, pm.get_configuration(configuration), dataset)
     network.apply(network.initialize)  # type: ignore[arg-type]  # nnU-Net's He init
+    init = args.init if args.init is not None or args.stage == "lowres" else DEMO_MODEL_DIR
     if args.stage == "lowres":
-        todo = td.training_specs(args.cases, args.large)
+        offset = 0 if args.seed_offset is None else args.seed_offset
+        todo = td.training_specs(args.cases, args.large, offset)
         cases, patch, augment = lowres_cases(todo, pm, dataset), LOWRES_PATCH, None
     else:
-        todo = td.training_specs(args.cases, args.large, CASCADE_SEED_OFFSET)
+        offset = CASCADE_SEED_OFFSET if args.seed_offset is None else args.seed_offset
+        todo = td.training_specs(args.cases, args.large, offset)
         cases = cascade_cases(todo, pm, dataset, stage_dir(args.out, LOWRES))
         patch = td.PATCH
         augment = previous_stage_augmentation(len(pm.get_label_manager(dataset).foreground_labels))
-        checkpoint, _ = mf.load_checkpoint(args.init / "fold_0" / "checkpoint_final.pth")
+    if init is not None:
+        checkpoint, _ = mf.load_checkpoint(init / "fold_0" / "checkpoint_final.pth")
         network.load_state_dict(widen_stem(checkpoint["network_weights"], network.state_dict()))
     dataset["numTraining"] = len(cases)
     losses = td.train(cases, network, args.iterations, args.batch_size, args.seed, args.minutes,
@@ -204,8 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     card = td.model_card(len(losses), time.monotonic() - t0, [s for s, _ in todo], losses, {})
     card["training"].update(script="pipeline/segment/train_cascade.py", stage=configuration,
                             lr=args.lr, batch_size=args.batch_size)
+    if init is not None:
+        card["training"]["init"] = str(init)
     if args.stage == "cascade":
-        card["training"]["init"] = str(args.init)
         card["antialias"] = True  # trained on filtered input: inference must filter too
         card["training"]["targets"] = "partial-volume"
     mf.write_json(folder / mf.MODEL_CARD, card)

@@ -179,3 +179,24 @@ def test_shares_train_with_the_labels_loss_and_flip_with_the_image():
         assert inside.sum() == 20 * 16 * 16
         r = np.corrcoef(xi[0][inside].numpy(), yi[1][inside].numpy())[0, 1]
         assert r > 0.9
+
+
+def test_lowres_stage_continues_from_its_weights_on_new_phantoms(tmp_path):
+    """``--init`` on the lowres stage loads that stage's weights; ``--seed-offset`` new phantoms.
+
+    With a learning rate of 0 the continued stage must hold exactly the weights it started from
+    (a fresh He init under another seed would not), and its card must name the start and the shifted seeds.
+    """
+    common = ["--cases", "1", "--no-large", "--iterations", "1"]
+    tc.main(["--stage", "lowres", "--out", str(tmp_path / "a"), *common])
+    start = tc.stage_dir(tmp_path / "a", tc.LOWRES)
+    tc.main(["--stage", "lowres", "--out", str(tmp_path / "b"), *common, "--init", str(start),
+             "--seed-offset", "500", "--lr", "0", "--seed", "1"])
+    continued = tc.stage_dir(tmp_path / "b", tc.LOWRES)
+    weights = [mf.load_checkpoint(f / "fold_0" / "checkpoint_final.pth")[0]["network_weights"]
+               for f in (start, continued)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    card = mf.read_json(continued / mf.MODEL_CARD)["training"]
+    assert card["init"] == str(start)
+    assert card["phantom_seeds"] == [td.TRAIN_SEED0 + 500]
