@@ -20,8 +20,7 @@ lower stage through the real inference path, so the one-hot input carries the er
 carry at inference.
 
 Either stage can continue from a trained folder of its own kind (``--init``) on phantoms it never
-saw (``--seed-offset``): round 2 of the lower stage continued round 1 this way on the larger
-``full`` and ``mid`` grids.
+saw (``--seed-offset``), e.g. a lower stage continued on the ``full`` and ``mid`` grids.
 """
 
 from __future__ import annotations
@@ -193,14 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     network = build_network(pm, pm.get_configuration(configuration), dataset)
     network.apply(network.initialize)  # type: ignore[arg-type]  # nnU-Net's He init
-    init = args.init if args.init is not None or args.stage == "lowres" else DEMO_MODEL_DIR
-    if args.stage == "lowres":
-        offset = 0 if args.seed_offset is None else args.seed_offset
-        todo = td.training_specs(args.cases, args.large, offset)
+    cascade = args.stage == "cascade"
+    init = args.init or (DEMO_MODEL_DIR if cascade else None)
+    offset = args.seed_offset if args.seed_offset is not None else CASCADE_SEED_OFFSET * cascade
+    todo = td.training_specs(args.cases, args.large, offset)
+    if not cascade:
         cases, patch, augment = lowres_cases(todo, pm, dataset), LOWRES_PATCH, None
     else:
-        offset = CASCADE_SEED_OFFSET if args.seed_offset is None else args.seed_offset
-        todo = td.training_specs(args.cases, args.large, offset)
         cases = cascade_cases(todo, pm, dataset, stage_dir(args.out, LOWRES))
         patch = td.PATCH
         augment = previous_stage_augmentation(len(pm.get_label_manager(dataset).foreground_labels))
@@ -221,11 +219,11 @@ def main(argv: list[str] | None = None) -> None:
                             lr=args.lr, batch_size=args.batch_size)
     if init is not None:
         card["training"]["init"] = str(init)
-    if args.stage == "cascade":
+    if cascade:
         card["antialias"] = True  # trained on filtered input: inference must filter too
         card["training"]["targets"] = "partial-volume"
     mf.write_json(folder / mf.MODEL_CARD, card)
-    if args.stage == "cascade" and args.evaluate:
+    if cascade and args.evaluate:
         card["validation_dice"] = evaluate(folder)
         mf.write_json(folder / mf.MODEL_CARD, card)
     print(f"wrote {folder} in {time.monotonic() - t0:.0f} s")
