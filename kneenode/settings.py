@@ -290,7 +290,7 @@ DEMO_MODEL_DIR = (
     / "models"
     / "phantom_demo"
     / "Dataset990_KneePhantomDemo"
-    / "nnUNetTrainer__nnUNetResEncUNetPhantomDemoPlans__3d_fullres"
+    / "nnUNetTrainer__nnUNetResEncUNetPhantomDemoPlans__3d_cascade_fullres"
 )
 
 

@@ -60,7 +60,9 @@ BLOCKS = (1, 1, 2, 2)
 #: downsampled) into the model's grid, so thin cartilage survives the round trip.
 SPACING = (0.7, 0.7, 0.7)
 ALGORITHM_NAME = "kneenode PHANTOM DEMO knee segmentation (NOT FOR CLINICAL USE)"  # <= 64 (LO)
-ALGORITHM_VERSION = "phantom-demo-1.0"
+ALGORITHM_VERSION = "phantom-demo-2.0"
+#: Where a single-stage demo model is written: the cascade's dataset folder, as its 3d_fullres.
+SINGLE_STAGE_DIR = DEMO_MODEL_DIR.parent / f"nnUNetTrainer__{PLANS}__3d_fullres"
 ORIENTATIONS = ("sagittal", "coronal", "axial", "oblique")
 TRAIN_SEED0 = 10_000
 #: Unseen validation phantoms (seed, side, orientation, grid): both presets and a size between.
@@ -379,7 +381,7 @@ def model_card(iterations: int, seconds: float, seeds: list[int], losses: list[f
 def main(argv: list[str] | None = None) -> None:
     """Generate phantoms, train, write the folder, validate, write the model card."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEMO_MODEL_DIR)
+    ap.add_argument("--out", type=Path, default=SINGLE_STAGE_DIR)
     ap.add_argument("--cases", type=int, default=24)
     ap.add_argument("--iterations", type=int, default=2500)
     ap.add_argument("--minutes", type=float, default=26.0, help="training time budget")

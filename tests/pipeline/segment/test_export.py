@@ -21,7 +21,9 @@ from pipeline.series.reorient import plan_reorientation
 
 
 def test_fast_export_equals_nnunet_export():
-    model = load_model(SegmentSettings(device="cpu", cpu_threads=1))
+    # the demo cascade's lower stage: one network, whose 1.4 mm logits the export must resample
+    model = load_model(SegmentSettings(device="cpu", cpu_threads=1)).previous
+    assert model is not None
     ph = make_phantom(78001, "small", side="right", orientation="coronal")  # 0.7 x 0.7 x 0.9 mm
     image = grid_image(ph.image.astype(np.float32), ph.grid)
     work = plan_reorientation(image, str(model.card.extra["input_orientation"])).apply(image)

@@ -112,6 +112,24 @@ def test_postprocess_keeps_a_structure_split_in_two_halves():
     assert (strict == 9).sum() == 64
 
 
+def test_postprocess_gives_a_misnamed_half_to_the_structure_it_is_attached_to():
+    """A horn of the lateral meniscus called medial joins the lateral meniscus, not background."""
+    labels = np.zeros((20, 30, 20), np.uint8)
+    labels[2:6, 2:8, 2:6] = 8  # medial meniscus (96 voxels)
+    labels[2:6, 14:24, 2:6] = 9  # lateral meniscus (160 voxels)
+    labels[2:6, 24:26, 2:4] = 8  # its horn, named medial (16 voxels, touches the lateral one)
+    labels[15, 15, 15] = 8  # a stray medial voxel touching nothing -> background
+    labels[10:12, 2:8, 2:6] = 5  # medial tibial cartilage (48 voxels)
+    labels[10:12, 14:24, 2:6] = 6  # lateral tibial cartilage (80 voxels)
+    labels[12, 14:16, 2:4] = 5  # a piece named medial on the lateral one -> lateral
+    out = postprocess(labels)
+    assert (out == 9).sum() == 160 + 16 and (out[2:6, 24:26, 2:4] == 9).all()
+    assert (out == 8).sum() == 96 and out[15, 15, 15] == 0
+    assert (out == 6).sum() == 80 + 4 and (out == 5).sum() == 48
+    alone = postprocess(labels, partners={})
+    assert (alone == 9).sum() == 160 and (alone[2:6, 24:26, 2:4] == 0).all()
+
+
 def test_postprocess_fills_bone_holes_but_not_other_structures():
     labels = np.zeros((20, 20, 20), np.uint8)
     labels[2:12, 2:12, 2:12] = 2
