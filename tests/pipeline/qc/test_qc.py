@@ -176,8 +176,8 @@ def test_ratio_out_of_range_fails():
 def test_demo_model_results_on_full_size_phantoms_pass(tmp_path, seed, side, orientation):
     """Issue 16's case: the demo model (a cascade trained on both presets) on the real-size
     preset passes QC, with its own confidence. (The earlier small-only model segmented it badly,
-    Dice 0.05-0.64, and QC failed it; the failing inputs have their own tests above; coronal full
-    knees are segmented in test_demo_model.py.)"""
+    Dice 0.05-0.64, and QC failed it; the failing inputs have their own tests above; a coronal
+    full knee passes QC in test_demo_model.py's Dice test.)"""
     ph = make_phantom(seed, "full", side=side, orientation=orientation)
     record, _ = _segment_and_qc(grid_image(ph.image.astype(np.float32), ph.grid), tmp_path)
     assert record.outcome == "pass", record.reasons

@@ -7,9 +7,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from kneenode.settings import DEMO_MODEL_DIR, SegmentSettings
+from kneenode.settings import DEMO_MODEL_DIR, QcSettings, SegmentSettings
+from pipeline.qc import evaluate_qc
 from pipeline.segment import CANONICAL, load_model, segment_image
 from pipeline.segment.labels import PUBLIC_MODEL_LABELS
+from pipeline.segment.softmax import summarize_logits
 
 MENISCI = (8, 9)
 #: The demo model is an nnU-Net cascade: this 3d_lowres stage runs first, its labels feed
@@ -76,14 +78,27 @@ def test_demo_model_loads_in_stock_nnunet():
 
 
 def test_demo_model_dice_on_unseen_phantoms_of_both_presets(demo):
+    """Dice floors per structure; QC (with the model's own confidence, as the node runs it)
+    passes each of these results too, so full knees pass QC in every orientation (the other
+    three are in tests/pipeline/qc/test_qc.py)."""
     scores: dict[str, list[float]] = {name: [] for name in CANONICAL.values()}
+    outcomes = []
     for seed, preset, side, orientation in CASES:
         image, truth = _phantom(seed, preset, side, orientation)
-        pred = sitk.GetArrayFromImage(segment_image(image, demo))
+        confidence: dict = {}
+
+        def keep(logits: torch.Tensor, out: dict = confidence) -> None:
+            out.update(summarize_logits(logits, demo.lut))
+
+        pred = sitk.GetArrayFromImage(segment_image(image, demo, on_logits=keep))
         for label, name in CANONICAL.items():
             scores[name].append(_dice(pred == label, truth == label))
+        qc = evaluate_qc(pred, tuple(reversed(image.GetSpacing())), QcSettings(),
+                         confidence=confidence)
+        outcomes.append((seed, preset, orientation, qc.outcome, [r.message for r in qc.reasons]))
     table = "\n".join(f"{k:<26} " + " ".join(f"{v:.3f}" for v in vals) for k, vals in scores.items())
-    print("\nDice per unseen phantom " + str(CASES) + "\n" + table)
+    print("\nDice per unseen phantom " + str(CASES) + "\n" + table + "\nQC: " + str(outcomes))
+    assert all(o[3] == "pass" for o in outcomes), outcomes
     for label, name in CANONICAL.items():
         floor = 0.90 if label in MENISCI else 0.95  # issue 16: bones and cartilage >= 0.95
         assert min(scores[name]) >= floor, f"{name}: {scores[name]} < {floor}\n{table}"
