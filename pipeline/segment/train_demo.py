@@ -62,7 +62,7 @@ SPACING = (0.7, 0.7, 0.7)
 ALGORITHM_NAME = "kneenode PHANTOM DEMO knee segmentation (NOT FOR CLINICAL USE)"  # <= 64 (LO)
 ALGORITHM_VERSION = "phantom-demo-2.0"
 #: Where a single-stage demo model is written: the cascade's dataset folder, as its 3d_fullres.
-SINGLE_STAGE_DIR = DEMO_MODEL_DIR.parent / f"nnUNetTrainer__{PLANS}__3d_fullres"
+SINGLE_STAGE_DIR = mf.sibling_dir(DEMO_MODEL_DIR, "3d_fullres")
 ORIENTATIONS = ("sagittal", "coronal", "axial", "oblique")
 TRAIN_SEED0 = 10_000
 #: Unseen validation phantoms (seed, side, orientation, grid): both presets and a size between.

@@ -10,13 +10,14 @@ import torch
 from kneenode.settings import DEMO_MODEL_DIR, QcSettings, SegmentSettings
 from pipeline.qc import evaluate_qc
 from pipeline.segment import CANONICAL, load_model, segment_image
+from pipeline.segment.folder import sibling_dir
 from pipeline.segment.labels import PUBLIC_MODEL_LABELS
 from pipeline.segment.softmax import summarize_logits
 
 MENISCI = (8, 9)
 #: The demo model is an nnU-Net cascade: this 3d_lowres stage runs first, its labels feed
 #: DEMO_MODEL_DIR (3d_cascade_fullres).
-LOWRES_DIR = DEMO_MODEL_DIR.parent / DEMO_MODEL_DIR.name.replace("3d_cascade_fullres", "3d_lowres")
+LOWRES_DIR = sibling_dir(DEMO_MODEL_DIR, "3d_lowres")
 #: Seeds no stage trained on (training used 10000-240007, the cards' validation 90001-90022), both
 #: presets, both sides, two slice orientations. Seed 1 full is ``kneenode demo --preset full``'s
 #: knee (left, sagittal), whose compartments the round-1 lower stage named the wrong way round.
